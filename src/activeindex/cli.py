@@ -1,0 +1,167 @@
+"""The ``activeindex`` command line: parses arguments, calls the library, formats the answer.
+
+Data goes to stdout (a table, or JSON with ``--json``); progress bars, warnings and errors to stderr.
+Exit codes: 0 success, 1 an error or any failed file, 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .activation import ActivationConfig, get_preset, PRESETS
+from .collection import BatchReport, Collection
+from .errors import ActiveIndexError
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("activeindex")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one subcommand per verb of the Python API)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    common.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    common.add_argument("--model", default=None, help="descriptor model: 'sscd' (default) or a TorchScript file")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+
+    parser = argparse.ArgumentParser(prog="activeindex", description="Image copy detection with active indexing.")
+    parser.add_argument("--version", action="version", version=f"activeindex {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="create a collection and train its index")
+    p.add_argument("collection", help="new collection folder")
+    p.add_argument("--factory", required=True, help="faiss factory string, e.g. 'IVF1024,PQ8x8'")
+    p.add_argument("--train", required=True, nargs="+", metavar="SRC",
+                   help="training images or folders, or one .npy of descriptors (disjoint from what you index)")
+    p.add_argument("--nprobe", type=int, default=1, help="IVF cells visited per query (default 1)")
+
+    p = sub.add_parser("add", parents=[common], help="register images as passive references")
+    p.add_argument("collection")
+    p.add_argument("images", nargs="+", help="image files or folders")
+
+    p = sub.add_parser("activate", parents=[common], help="register and activate images, writing PNGs")
+    p.add_argument("collection")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for the activated PNGs")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="'default' (PSNR >= 40 dB on real photos) or 'paper' (Fernandez et al.: scaling 3)")
+    for f in dataclasses.fields(ActivationConfig):
+        if f.type in ("float", "int"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int, default=None,
+                           help=f"override the preset's {f.name}")
+
+    p = sub.add_parser("search", parents=[common], help="find the registered images nearest to queries")
+    p.add_argument("collection")
+    p.add_argument("queries", nargs="+", help="query image files")
+    p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+
+    p = sub.add_parser("info", parents=[common], help="describe a collection")
+    p.add_argument("collection")
+    return parser
+
+
+def _activation_config(args: argparse.Namespace) -> ActivationConfig:
+    """The preset, with any explicitly given field overridden (unset flags keep the preset's value)."""
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ActivationConfig)
+                 if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(get_preset(args.preset), **overrides)
+
+
+def _open(args: argparse.Namespace) -> Collection:
+    return Collection.open(args.collection, model=args.model, device=args.device)
+
+
+def cmd_init(args: argparse.Namespace) -> dict:
+    collection = Collection.create(args.collection, args.factory, model=args.model or "sscd",
+                                   device=args.device, nprobe=args.nprobe)
+    source = args.train[0] if len(args.train) == 1 and args.train[0].endswith(".npy") else args.train
+    collection.train(source)
+    return collection.info()
+
+
+def cmd_add(args: argparse.Namespace) -> BatchReport:
+    return _open(args).add(args.images)
+
+
+def cmd_activate(args: argparse.Namespace) -> BatchReport:
+    return _open(args).activate(args.images, args.out, config=_activation_config(args))
+
+
+def cmd_search(args: argparse.Namespace) -> list[dict]:
+    results = _open(args).search(args.queries, k=args.k)
+    return [{"query": q, "matches": [m.to_dict() for m in matches]} for q, matches in zip(args.queries, results)]
+
+
+def cmd_info(args: argparse.Namespace) -> dict:
+    return _open(args).info()
+
+
+def _print_info(info: dict) -> None:
+    keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "ntotal",
+            "codec_fingerprint", "device"]
+    for key in keys:
+        print(f"{key:18} {info.get(key)}")
+    print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
+
+
+def _print_report(report: BatchReport) -> None:
+    for r in report.records:
+        if r.kind == "active":
+            cell = "" if r.same_cell is None else f"  cell {'yes' if r.same_cell else 'no '}"
+            print(f"{r.id:>6}  {r.activated_path}  PSNR {r.psnr:5.2f} dB  SSIM {r.ssim:.4f}  L-inf {r.linf:3d}  "
+                  f"cos {r.cos_before:.3f} -> {r.cos_after:.3f}{cell}  code {'yes' if r.same_code else 'no'}")
+        else:
+            print(f"{r.id:>6}  {r.original_path}")
+
+
+def _print_search(results: list[dict]) -> None:
+    for result in results:
+        print(result["query"])
+        for rank, m in enumerate(result["matches"], 1):
+            print(f"  {rank:>3}. id {m['id']:<6} similarity {m['similarity']:.3f}  distance {m['distance']:.4f}  "
+                  f"{m['original_path']}")
+
+
+COMMANDS = {"init": (cmd_init, _print_info), "add": (cmd_add, _print_report),
+            "activate": (cmd_activate, _print_report), "search": (cmd_search, _print_search),
+            "info": (cmd_info, _print_info)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    command, show = COMMANDS[args.command]
+    try:
+        result = command(args)
+    except ActiveIndexError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        data = result.to_dict() if isinstance(result, BatchReport) else result
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        show(result)
+    return _summarise(result) if isinstance(result, BatchReport) else 0
+
+
+def _summarise(report: BatchReport) -> int:
+    """Failures one line each, then a summary on stderr; 1 if anything failed."""
+    for path, error in report.failed:
+        print(f"error: {error}", file=sys.stderr)
+    for path, reason in report.skipped:
+        print(f"skipped: {path}: {reason}", file=sys.stderr)
+    print(f"{len(report.records)} registered, {len(report.skipped)} skipped, {len(report.failed)} failed",
+          file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The frozen faiss codec: train once from a factory string, then targets, cells, codes and search.
+
+A `Codec` holds the TRAINED, EMPTY index (centroids, codebooks, rotations...). Activation only needs
+that (targets are computed from the codec alone, so it parallelises); the searchable index holding the
+collection's vectors is `Codec.empty_index()` plus `add`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .errors import CodecMismatchError, InvalidInputError
+
+__all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is poorly trained
+
+
+class Codec:
+    """A trained faiss codec.
+
+    Args:
+        trained: a trained index with no vectors.
+
+    Example:
+        >>> codec = Codec.create("IVF64,PQ8x8", d=512)
+        >>> codec.train(train_descriptors)
+        >>> codec.targets(x).shape  # the index's own representation of each x
+        (n, 512)
+    """
+
+    def __init__(self, trained: faiss.Index):
+        self.trained = trained
+        self._ivf = _find_ivf(trained)
+
+    @classmethod
+    def create(cls, factory: str, d: int) -> Codec:
+        """An untrained codec from a faiss factory string (any string ``faiss.index_factory`` accepts)."""
+        try:
+            index = faiss.index_factory(d, factory)
+        except RuntimeError as e:
+            raise InvalidInputError(f"invalid faiss factory string {factory!r}: {_first_line(e)}") from e
+        if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+            raise InvalidInputError(f"{factory!r} is an exact (Flat) index: it does not quantise, so there is "
+                                    "nothing to activate; use a quantising index such as 'IVF1024,PQ8x8'")
+        return cls(index)
+
+    @property
+    def d(self) -> int:
+        return self.trained.d
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.trained.is_trained)
+
+    @property
+    def nlist(self) -> int:
+        """Number of IVF cells (0 when the index has no IVF stage)."""
+        return int(self._ivf.nlist) if self._ivf is not None else 0
+
+    def train(self, x: np.ndarray) -> None:
+        """Train on (n, d) float32 descriptors, disjoint from what will be indexed."""
+        x = _as_matrix(x, self.d)
+        if self.nlist and len(x) < self.nlist * MIN_POINTS_PER_CENTROID:
+            logger.warning("%d training vectors for %d cells: fewer than %d per cell", len(x), self.nlist,
+                           MIN_POINTS_PER_CENTROID)
+        try:
+            self.trained.train(x)
+        except RuntimeError as e:
+            raise InvalidInputError(f"training failed with {len(x)} vectors: {_first_line(e)}") from e
+        self._check_quantises(x[:64])
+
+    def _check_quantises(self, x: np.ndarray) -> None:
+        """Refuse a codec that reproduces descriptors exactly and has no cells: activation would be a no-op."""
+        try:
+            targets = self.targets(x)
+        except RuntimeError as e:
+            raise InvalidInputError(f"this index type has no standalone codec (sa_encode), so it cannot give "
+                                    f"activation targets: {_first_line(e)}") from e
+        if self._ivf is None and np.allclose(targets, x, atol=1e-6):
+            raise InvalidInputError("this index stores descriptors exactly and has no IVF cells: "
+                                    "there is nothing to activate")
+
+    def targets(self, x: np.ndarray) -> np.ndarray:
+        """The index's own representation of each descriptor, in descriptor space (METHOD.md section 4).
+
+        Quantised codes (PQ, IVF-PQ, OPQ, LSH, SQ...) give the decoded code mapped back through any
+        pre-transform; IVF-Flat gives the centroid of the assigned cell (its code is exact).
+
+        Args:
+            x: (n, d) float32 descriptors.
+
+        Returns:
+            (n, d) float32 targets (not normalised; the activation loss is a cosine).
+        """
+        x = _as_matrix(x, self.d)
+        if self._ivf is not None and isinstance(faiss.downcast_index(self._ivf), faiss.IndexIVFFlat):
+            return self._centroids(x)
+        return self.trained.sa_decode(self.trained.sa_encode(x))
+
+    def _centroids(self, x: np.ndarray) -> np.ndarray:
+        """The assigned IVF centroid of each x, mapped back to descriptor space."""
+        centroids = self._ivf.quantizer.reconstruct_batch(self.cells(x))
+        for transform in reversed(_chain(self.trained)):
+            centroids = transform.reverse_transform(centroids)
+        return centroids
+
+    def cells(self, x: np.ndarray) -> np.ndarray:
+        """(n,) int64 IVF cell of each descriptor; all -1 when the index has no IVF stage."""
+        x = _as_matrix(x, self.d)
+        if self._ivf is None:
+            return np.full(len(x), -1, np.int64)
+        _, cells = self._ivf.quantizer.search(self._apply_pretransform(x), 1)
+        return cells[:, 0]
+
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        """(n, code_size) uint8 standalone codes (for IVF indexes they include the cell number)."""
+        return self.trained.sa_encode(_as_matrix(x, self.d))
+
+    def _apply_pretransform(self, x: np.ndarray) -> np.ndarray:
+        for transform in _chain(self.trained):
+            x = transform.apply(x)
+        return x
+
+    def similarity(self, distances: np.ndarray) -> np.ndarray:
+        """Estimated cosine similarity for the index's distances (unit-norm descriptors).
+
+        Squared L2 gives 1 - d / 2; an LSH index's Hamming distance h over b bits gives cos(pi h / b).
+        """
+        lsh = faiss.downcast_index(self.trained.index if isinstance(self.trained, faiss.IndexPreTransform)
+                                   else self.trained)
+        if isinstance(lsh, faiss.IndexLSH):
+            return np.cos(np.pi * distances / lsh.nbits)
+        return np.clip(1.0 - distances / 2.0, -1.0, 1.0)
+
+    def fingerprint(self) -> str:
+        """sha256 of the serialised trained, empty index: identifies the codec an activation is tied to."""
+        return index_fingerprint(self.trained)
+
+    def empty_index(self) -> faiss.Index:
+        """A searchable copy of the codec taking caller ids (wrapped in IndexIDMap2 where needed)."""
+        index = faiss.clone_index(self.trained)
+        return index if _takes_ids(index) else faiss.IndexIDMap2(index)
+
+    @classmethod
+    def from_index(cls, index: faiss.Index) -> Codec:
+        """The codec of a searchable index (its trained part, emptied)."""
+        return cls(_emptied(index))
+
+
+def _chain(index: faiss.Index) -> list[faiss.VectorTransform]:
+    """The pre-transforms (OPQ, PCA, rotations...) applied before the index proper, in order."""
+    if not isinstance(index, faiss.IndexPreTransform):
+        return []
+    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+
+
+def _takes_ids(index: faiss.Index) -> bool:
+    """Whether ``add_with_ids`` works natively: an IVF index, possibly behind pre-transforms."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def _find_ivf(index: faiss.Index):
+    """The IVF stage of an index (through pre-transforms and id maps), or None."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _emptied(index: faiss.Index) -> faiss.Index:
+    """A clone of an index's trained part with no vectors (id-map wrappers removed)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        index = faiss.downcast_index(index.index)
+    empty = faiss.clone_index(index)
+    empty.reset()
+    return empty
+
+
+def index_fingerprint(index: faiss.Index) -> str:
+    """sha256 of a trained, empty index's serialisation."""
+    return hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """Set nprobe on the IVF stage of any index (through wrappers); a no-op without IVF."""
+    ivf = _find_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+
+
+def search(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN search: (D, I), each (n, k); I is -1 where fewer than k results exist."""
+    return index.search(_as_matrix(x, index.d), min(k, max(1, index.ntotal)))
+
+
+def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
+    """Write an index atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_index(path: str | os.PathLike, fingerprint: str | None = None) -> faiss.Index:
+    """Read an index; with `fingerprint`, refuse one whose trained codec differs."""
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise CodecMismatchError(f"{path}: not a readable faiss index ({_first_line(e)})") from e
+    if fingerprint is not None and index_fingerprint(_emptied(index)) != fingerprint:
+        raise CodecMismatchError(f"{path}: index trained with another codec than the collection's manifest "
+                                 f"(fingerprint {fingerprint[:12]}...); it cannot serve activated images")
+    return index
+
+
+def _as_matrix(x: np.ndarray, d: int) -> np.ndarray:
+    """Check and convert to a C-contiguous (n, d) float32 matrix."""
+    x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise InvalidInputError(f"expected descriptors of shape (n, {d}), got {x.shape}")
+    return x
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return next((ln for ln in lines if "Error" in ln or "failed" in ln), lines[-1] if lines else type(e).__name__)

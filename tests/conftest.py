@@ -1,0 +1,83 @@
+"""Shared fixtures: real photos (scikit-image's bundled ones, Debian's photo packages), the real SSCD
+model, a real faiss codec trained on real descriptors."""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+
+from activeindex import Codec, Extractor
+from activeindex.imageio import load_image
+
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+PHOTO_NAMES = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
+NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
+STAMPS = "/usr/share/tuxpaint/stamps/**/*.png"
+TEST_FACTORY = "IVF8,PQ8x4"  # small enough to train on a few hundred real vectors
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
+
+
+@pytest.fixture(scope="session")
+def photo_paths() -> list[Path]:
+    """Six real colour photos (scikit-image's bundled data: BSD / public domain)."""
+    return [SKIMAGE_DATA / name for name in PHOTO_NAMES]
+
+
+def small(image: np.ndarray, short_side: int = 192) -> np.ndarray:
+    """A real photo scaled down so tests stay fast."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = short_side / min(h, w)
+    return np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.BICUBIC))
+
+
+@pytest.fixture(scope="session")
+def small_photos(photo_paths) -> list[np.ndarray]:
+    return [small(load_image(p)) for p in photo_paths]
+
+
+@pytest.fixture(scope="session")
+def training_paths() -> list[str]:
+    """Real photos disjoint from the test photos: telescope photos and object cut-outs (Debian)."""
+    paths = sorted(glob.glob(NEBULAE))[:240] + sorted(glob.glob(STAMPS, recursive=True))[:160]
+    assert len(paths) >= 300, "photo packages missing: run `make photos`"
+    return paths
+
+
+@pytest.fixture(scope="session")
+def extractor() -> Extractor:
+    return Extractor(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def training_vectors(extractor, training_paths, tmp_path_factory) -> np.ndarray:
+    """Descriptors of ~400 real photos (embedded once per session)."""
+    vectors = []
+    for path in training_paths:
+        try:
+            vectors.append(extractor.encode(path))
+        except ValueError:
+            continue
+    return np.stack(vectors)
+
+
+@pytest.fixture(scope="session")
+def training_npy(training_vectors, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "train.npy"
+    np.save(path, training_vectors)
+    return path
+
+
+@pytest.fixture(scope="session")
+def codec(training_vectors) -> Codec:
+    codec = Codec.create(TEST_FACTORY, 512)
+    codec.train(training_vectors)
+    return codec
