@@ -47,8 +47,8 @@ def small_photos(photo_paths) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def training_paths() -> list[str]:
     """Real photos disjoint from the test photos: telescope photos and object cut-outs (Debian)."""
-    paths = sorted(glob.glob(NEBULAE))[:240] + sorted(glob.glob(STAMPS, recursive=True))[:160]
-    assert len(paths) >= 300, "photo packages missing: run `make photos`"
+    paths = sorted(glob.glob(NEBULAE))[:360] + sorted(glob.glob(STAMPS, recursive=True))[:300]
+    assert len(paths) >= 600, "photo packages missing: run `make photos`"
     return paths
 
 
@@ -59,7 +59,7 @@ def extractor() -> Extractor:
 
 @pytest.fixture(scope="session")
 def training_vectors(extractor, training_paths, tmp_path_factory) -> np.ndarray:
-    """Descriptors of ~400 real photos (embedded once per session)."""
+    """Descriptors of ~640 real photos (embedded once per session)."""
     vectors = []
     for path in training_paths:
         try:

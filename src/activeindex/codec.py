@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -47,7 +50,7 @@ class Codec:
             index = faiss.index_factory(d, factory)
         except RuntimeError as e:
             raise InvalidInputError(f"invalid faiss factory string {factory!r}: {_first_line(e)}") from e
-        if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        if isinstance(_without_id_map(index), faiss.IndexFlat):
             raise InvalidInputError(f"{factory!r} is an exact (Flat) index: it does not quantise, so there is "
                                     "nothing to activate; use a quantising index such as 'IVF1024,PQ8x8'")
         return cls(index)
@@ -66,16 +69,36 @@ class Codec:
         return int(self._ivf.nlist) if self._ivf is not None else 0
 
     def train(self, x: np.ndarray) -> None:
-        """Train on (n, d) float32 descriptors, disjoint from what will be indexed."""
+        """Train on (n, d) float32 descriptors, disjoint from what will be indexed.
+
+        Raises:
+            InvalidInputError: fewer vectors than the codec's largest k-means (or than d for OPQ).
+        """
         x = _as_matrix(x, self.d)
-        if self.nlist and len(x) < self.nlist * MIN_POINTS_PER_CENTROID:
-            logger.warning("%d training vectors for %d cells: fewer than %d per cell", len(x), self.nlist,
-                           MIN_POINTS_PER_CENTROID)
+        needed = self.min_training_size()
+        if len(x) < needed:
+            raise InvalidInputError(f"{len(x)} training vectors are too few for this index: it needs at least "
+                                    f"{needed} (more than {needed * MIN_POINTS_PER_CENTROID} trains it well)")
+        if len(x) < needed * MIN_POINTS_PER_CENTROID:
+            logger.warning("%d training vectors: k-means with %d centroids wants %d; the codec will be coarse",
+                           len(x), needed, needed * MIN_POINTS_PER_CENTROID)
         try:
-            self.trained.train(x)
+            with _silenced_stderr():  # faiss prints one warning per k-means run (hundreds for OPQ)
+                self.trained.train(x)
         except RuntimeError as e:
             raise InvalidInputError(f"training failed with {len(x)} vectors: {_first_line(e)}") from e
         self._check_quantises(x[:64])
+
+    def min_training_size(self) -> int:
+        """Fewest training vectors faiss accepts: the largest k-means, and d for OPQ (below, it corrupts memory)."""
+        sizes = [self.nlist]
+        for transform in _chain(self.trained):
+            if isinstance(transform, faiss.OPQMatrix):
+                sizes += [transform.d_in, 2 ** 8]
+        pq = getattr(faiss.downcast_index(self._ivf or _inner(self.trained)), "pq", None)
+        if pq is not None:
+            sizes.append(pq.ksub)
+        return max(sizes)
 
     def _check_quantises(self, x: np.ndarray) -> None:
         """Refuse a codec that reproduces descriptors exactly and has no cells: activation would be a no-op."""
@@ -134,8 +157,7 @@ class Codec:
 
         Squared L2 gives 1 - d / 2; an LSH index's Hamming distance h over b bits gives cos(pi h / b).
         """
-        lsh = faiss.downcast_index(self.trained.index if isinstance(self.trained, faiss.IndexPreTransform)
-                                   else self.trained)
+        lsh = faiss.downcast_index(_inner(self.trained))
         if isinstance(lsh, faiss.IndexLSH):
             return np.cos(np.pi * distances / lsh.nbits)
         return np.clip(1.0 - distances / 2.0, -1.0, 1.0)
@@ -153,6 +175,25 @@ class Codec:
     def from_index(cls, index: faiss.Index) -> Codec:
         """The codec of a searchable index (its trained part, emptied)."""
         return cls(_emptied(index))
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    """The index behind a pre-transform chain."""
+    return index.index if isinstance(index, faiss.IndexPreTransform) else index
+
+
+@contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """Silence C-level writes to stderr (file descriptor 2) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _chain(index: faiss.Index) -> list[faiss.VectorTransform]:
@@ -178,12 +219,17 @@ def _find_ivf(index: faiss.Index):
         return None
 
 
-def _emptied(index: faiss.Index) -> faiss.Index:
-    """A clone of an index's trained part with no vectors (id-map wrappers removed)."""
+def _without_id_map(index: faiss.Index) -> faiss.Index:
+    """The index inside an IndexIDMap / IndexIDMap2 wrapper (downcast), or the index itself."""
     index = faiss.downcast_index(index)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         index = faiss.downcast_index(index.index)
-    empty = faiss.clone_index(index)
+    return index
+
+
+def _emptied(index: faiss.Index) -> faiss.Index:
+    """A clone of an index's trained part with no vectors (id-map wrappers removed)."""
+    empty = faiss.clone_index(_without_id_map(index))
     empty.reset()
     return empty
 

@@ -1,0 +1,115 @@
+"""The codec: targets per index type, cells, codes, nprobe through wrappers, fingerprints, refusals."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from activeindex import Codec
+from activeindex.codec import load_index, save_index, search, set_nprobe
+from activeindex.errors import CodecMismatchError, InvalidInputError
+
+# factory strings small enough to train on ~400 real descriptors
+DECODED = ["PQ8x4", "IVF8,PQ8x4", "OPQ8,PQ8x4", "OPQ8,IVF8,PQ8x4", "LSH", "PCA64,LSH"]
+
+
+@pytest.fixture(scope="module")
+def split(training_vectors):
+    assert len(training_vectors) > 600
+    return training_vectors[:-80], training_vectors[-80:]
+
+
+@pytest.mark.parametrize("factory", DECODED)
+def test_decoded_targets_reproduce_the_code(split, factory):
+    """For code-based indexes the target IS the decoded code: encoding it gives the same code back."""
+    train, x = split
+    codec = Codec.create(factory, 512)
+    codec.train(train)
+    targets = codec.targets(x)
+    assert targets.shape == x.shape
+    np.testing.assert_array_equal(codec.codes(targets), codec.codes(x))
+    cos = (targets * x).sum(1) / np.linalg.norm(targets, axis=1)
+    assert 0.2 < cos.mean() < 0.999  # a real approximation: close to x, not x
+
+
+def test_ivf_flat_target_is_the_assigned_centroid(split):
+    train, x = split
+    codec = Codec.create("IVF8,Flat", 512)
+    codec.train(train)
+    ivf = faiss.extract_index_ivf(codec.trained)
+    _, assigned = ivf.quantizer.search(x, 1)
+    np.testing.assert_allclose(codec.targets(x), ivf.quantizer.reconstruct_batch(assigned[:, 0]), atol=1e-6)
+    np.testing.assert_array_equal(codec.cells(codec.targets(x)), assigned[:, 0])
+
+
+def test_ivf_flat_target_through_a_pretransform(split):
+    train, x = split
+    codec = Codec.create("OPQ8,IVF8,Flat", 512)
+    codec.train(train)
+    np.testing.assert_array_equal(codec.cells(codec.targets(x)), codec.cells(x))
+
+
+def test_cells_are_minus_one_without_ivf(split):
+    train, x = split
+    codec = Codec.create("PQ8x4", 512)
+    codec.train(train)
+    assert codec.nlist == 0 and (codec.cells(x) == -1).all()
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IDMap,Flat"])
+def test_flat_index_is_refused(factory):
+    with pytest.raises(InvalidInputError, match="nothing to activate"):
+        Codec.create(factory, 512)
+
+
+def test_index_without_standalone_codes_is_refused(split):
+    codec = Codec.create("HNSW16,Flat", 512)
+    with pytest.raises(InvalidInputError, match="no standalone codec"):
+        codec.train(split[0])
+
+
+def test_bad_factory_string():
+    with pytest.raises(InvalidInputError, match="invalid faiss factory string 'IVF,,PQ'"):
+        Codec.create("IVF,,PQ", 512)
+
+
+@pytest.mark.parametrize("factory", ["IVF8,PQ8x4", "OPQ8,IVF8,PQ8x4", "PCA64,IVF8,Flat"])
+def test_nprobe_is_set_through_wrappers(split, factory):
+    train, x = split
+    codec = Codec.create(factory, 512)
+    codec.train(train)
+    index = codec.empty_index()
+    index.add_with_ids(x, np.arange(len(x)) + 1000)
+    set_nprobe(index, 3)
+    assert faiss.extract_index_ivf(index).nprobe == 3
+    _, ids = search(index, x[:5], 1)
+    assert (ids[:, 0] >= 1000).all()
+
+
+def test_fingerprint_ignores_content_and_detects_another_codec(split, tmp_path):
+    train, x = split
+    codec = Codec.create("IVF8,PQ8x4", 512)
+    codec.train(train)
+    index = codec.empty_index()
+    index.add_with_ids(x, np.arange(len(x)))
+    save_index(index, tmp_path / "index.faiss")
+    assert Codec.from_index(load_index(tmp_path / "index.faiss", codec.fingerprint())).fingerprint() == \
+        codec.fingerprint()
+    other = Codec.create("IVF8,PQ8x4", 512)
+    other.train(train[::-1].copy())  # same string, other training order: other centroids
+    with pytest.raises(CodecMismatchError, match="another codec"):
+        load_index(tmp_path / "index.faiss", other.fingerprint())
+
+
+def test_too_few_training_vectors_is_a_clear_error(split):
+    codec = Codec.create("OPQ8,PQ8x4", 512)
+    assert codec.min_training_size() == 512  # OPQ needs n >= d (faiss corrupts memory below)
+    with pytest.raises(InvalidInputError, match="400 training vectors are too few for this index: it needs at "
+                                                "least 512"):
+        codec.train(split[0][:400])
+
+
+def test_wrong_descriptor_shape(split):
+    codec = Codec.create("PQ8x4", 512)
+    with pytest.raises(InvalidInputError, match=r"shape \(n, 512\)"):
+        codec.train(split[0][:, :100])
