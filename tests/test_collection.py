@@ -1,0 +1,144 @@
+"""The collection folder: train, add, activate, search; atomic writes, resumption and refusals."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from activeindex import ActivationConfig, Collection
+from activeindex.edits import get_edit
+from activeindex.errors import (CodecMismatchError, CollectionLockedError, CorruptCollectionError,
+                                InvalidInputError, ModelMismatchError)
+from activeindex.imageio import load_image, sha256_file
+
+from .conftest import TEST_FACTORY
+from .test_extractor import scripted_model
+
+FAST = ActivationConfig(iterations=4)
+
+
+@pytest.fixture(scope="module")
+def photo_files(small_photos, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i, image in enumerate(small_photos):
+        path = folder / f"photo{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(image).save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture()
+def collection(tmp_path, training_npy):
+    col = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu")
+    col.train(training_npy)
+    return col
+
+
+def test_create_train_activate_search_round_trip(collection, photo_files, tmp_path):
+    passive = collection.add(photo_files[3:])
+    active = collection.activate(photo_files[:3], tmp_path / "out", config=FAST)
+    assert [r.kind for r in passive.records] == ["passive"] * 3 and not passive.failed
+    assert [r.kind for r in active.records] == ["active"] * 3 and not active.failed
+    for record in active.records:
+        assert record.activated_path.endswith(".png") and sha256_file(record.activated_path) == record.activated_sha256
+        assert record.psnr > 38 and record.cos_after > record.cos_before
+    # edited copies of the activated files find their originals
+    query = get_edit("brightness_2.0")(load_image(active.records[0].activated_path))
+    best = collection.search(query, k=3)[0][0]
+    assert best.id == active.records[0].id and best.original_path == str(photo_files[0].resolve())
+    assert 0 < best.similarity <= 1
+    info = Collection.open(collection.root).info()
+    assert (info["images"], info["active"], info["passive"], info["ntotal"]) == (6, 3, 3, 6)
+
+
+def test_manifest_records_model_preprocessing_and_codec(collection):
+    m = collection.manifest
+    assert m["model"]["name"] == "sscd" and m["preprocessing"]["short_side"] == 288
+    assert m["factory"] == TEST_FACTORY and m["codec_fingerprint"] == collection.codec.fingerprint()
+
+
+def test_duplicates_are_not_added_twice(collection, photo_files, tmp_path):
+    collection.add(photo_files[:2])
+    copy = tmp_path / "renamed.png"
+    shutil.copy(photo_files[0], copy)
+    report = collection.add([photo_files[1], copy])
+    assert not report.records and [reason for _, reason in report.skipped] == [
+        "already registered (id 2)", "already registered (id 1)"]
+    assert collection.catalog.count() == collection.index.ntotal == 2
+
+
+def test_bad_files_fail_one_by_one_and_the_rest_proceeds(collection, photo_files, tmp_path):
+    (tmp_path / "text.jpg").write_text("hello")
+    data = photo_files[1].read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    Image.open(photo_files[0]).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    report = collection.add([tmp_path / "text.jpg", tmp_path / "cut.jpg", tmp_path / "cmyk.jpg",
+                             tmp_path / "tiny.png", tmp_path / "absent.png", photo_files[2]])
+    assert len(report.records) == 2  # the CMYK JPEG and the real photo
+    errors = dict(report.failed)
+    assert set(errors) == {str(tmp_path / n) for n in ["text.jpg", "cut.jpg", "tiny.png", "absent.png"]}
+    assert all("\n" not in e for e in errors.values())
+    assert collection.catalog.count() == collection.index.ntotal == 2
+
+
+def test_index_behind_catalog_is_caught_up_on_open(collection, photo_files, tmp_path):
+    """A process killed between the catalog commit and the index rename."""
+    collection.add(photo_files[:2])
+    stale = (collection.root / "index.faiss").read_bytes()
+    collection.add(photo_files[2:4])
+    (collection.root / "index.faiss").write_bytes(stale)
+    reopened = Collection.open(collection.root)
+    assert reopened.index.ntotal == reopened.catalog.count() == 4
+    assert reopened.search(load_image(photo_files[3]), k=1)[0][0].original_path == str(photo_files[3].resolve())
+
+
+def test_untrained_collection_refuses_writes(tmp_path, photo_files):
+    col = Collection.create(tmp_path / "new", "IVF8,PQ8x4", device="cpu")
+    with pytest.raises(InvalidInputError, match="not trained yet"):
+        col.add(photo_files[:1])
+
+
+def test_retraining_with_images_is_refused(collection, photo_files, training_npy):
+    collection.add(photo_files[:1])
+    with pytest.raises(InvalidInputError, match="re-training would orphan"):
+        collection.train(training_npy)
+
+
+def test_another_codec_is_refused(collection, tmp_path, training_vectors):
+    other = Collection.create(tmp_path / "other", TEST_FACTORY, device="cpu")
+    other.train(training_vectors[::-1].copy())
+    shutil.copy(other.root / "index.faiss", collection.root / "index.faiss")
+    with pytest.raises(CodecMismatchError, match="another codec"):
+        Collection.open(collection.root)
+
+
+def test_another_model_is_refused(collection, tmp_path):
+    with pytest.raises(ModelMismatchError, match="was built with model sscd"):
+        Collection.open(collection.root, model=scripted_model(tmp_path / "net.pt", 512))
+
+
+def test_not_a_collection(tmp_path):
+    with pytest.raises(CorruptCollectionError, match="not a collection"):
+        Collection.open(tmp_path)
+    with pytest.raises(InvalidInputError, match="not empty"):
+        Collection.create(tmp_path.parent, "IVF8,PQ8x4")
+
+
+def test_concurrent_writer_is_refused(collection, photo_files):
+    with collection._writing():
+        other = Collection.open(collection.root)
+        with pytest.raises(CollectionLockedError, match="another process is writing"):
+            other.add(photo_files[:1])
+    assert other.add(photo_files[:1]).records  # free again
+
+
+def test_catalog_rows_hold_the_original_descriptor(collection, photo_files, extractor):
+    collection.add(photo_files[:1])
+    with sqlite3.connect(collection.root / "catalog.sqlite") as db:
+        blob = db.execute("SELECT descriptor FROM images").fetchone()[0]
+    np.testing.assert_allclose(np.frombuffer(blob, np.float32), extractor.encode(photo_files[0]), atol=1e-6)
