@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -164,12 +164,12 @@ class Collection:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def train(self, source: ImageSource | Sequence[ImageSource] | np.ndarray, progress: bool | None = None) -> int:
+    def train(self, source: ImageSource | Iterable[ImageSource], progress: bool | None = None) -> int:
         """Train the codec, then freeze it.
 
         Args:
-            source: an (n, d) array or ``.npy`` file of descriptors, or images / folders of images
-                (disjoint from what will be indexed).
+            source: an (n, d) float array or ``.npy`` file of descriptors, or images / folders of images,
+                possibly a generator (disjoint from what will be indexed).
             progress: progress bar while embedding images.
 
         Returns:
@@ -195,33 +195,39 @@ class Collection:
             return len(vectors)
 
     def _training_vectors(self, source, progress: bool | None) -> np.ndarray:
-        if isinstance(source, np.ndarray) and source.dtype != np.uint8:
+        """Descriptors from an array, a ``.npy`` file, or a stream of images / folders (bad ones skipped)."""
+        if isinstance(source, np.ndarray) and source.ndim == 2:
             return source
         if isinstance(source, (str, os.PathLike)) and str(source).endswith(".npy"):
             try:
                 return np.load(source)
             except (OSError, ValueError) as e:
                 raise InvalidInputError(f"{source}: not a readable .npy file ({e})") from e
-        items = [source] if isinstance(source, (str, os.PathLike, np.ndarray)) else list(source)
-        paths = list_images([s for s in items if not isinstance(s, np.ndarray)])
-        arrays = [s for s in items if isinstance(s, np.ndarray)]
-        vectors, failed = self._embed_paths(paths, progress)
+        items = [source] if isinstance(source, (str, os.PathLike, np.ndarray)) else source
+        vectors, failed = self._embed_stream(items, progress)
         for path, error in failed:
-            logger.warning("skipped training image %s", error)
-        return np.concatenate([vectors, self.extractor.encode_arrays(arrays)]) if arrays else vectors
+            logger.warning("skipped training image: %s", error)
+        return vectors
 
-    def _embed_paths(self, paths: list[Path], progress: bool | None) -> tuple[np.ndarray, list[tuple[str, str]]]:
-        """Descriptors of the readable paths, and (path, error) for the others."""
-        vectors, failed = [], []
-        bar = progress_bar(len(paths), "embed", progress)
-        for path in paths:
+    def _embed_stream(self, items: Iterable[ImageSource], progress: bool | None,
+                      batch_size: int = 32) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Descriptors of a stream of images and folders, batch by batch; (item, error) for unreadable ones."""
+        vectors, failed, batch = [], [], []
+        bar = progress_bar(None, "embed", progress)
+        for item in _expand_folders(items):
             try:
-                vectors.append(self.extractor.encode(path))
+                batch.append(self.extractor.load(item))
             except ActiveIndexError as e:
-                failed.append((str(path), str(e)))
-            bar.update(1)
+                failed.append((str(item), str(e)))
+            if len(batch) == batch_size:
+                vectors.append(self.extractor.encode_arrays(batch))
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            vectors.append(self.extractor.encode_arrays(batch))
+            bar.update(len(batch))
         bar.close()
-        return np.array(vectors, np.float32).reshape(-1, self.extractor.dim), failed
+        return np.concatenate(vectors) if vectors else np.zeros((0, self.extractor.dim), np.float32), failed
 
     def add(self, images: Sequence[str | os.PathLike], progress: bool | None = None,
             batch_size: int = 256) -> BatchReport:
@@ -274,34 +280,46 @@ class Collection:
 
     def _new_images(self, images, batch_size: int, report: BatchReport,
                     progress: bool | None) -> Iterator[list[tuple[Path, str, np.ndarray]]]:
-        """Decode the images not yet registered, in batches; record failures and duplicates in the report."""
+        """Decode the images not yet registered, in batches; record failures and duplicates in the report.
+
+        The progress bar advances when the caller has finished with a batch.
+        """
         paths = list_images(list(images))
         bar = progress_bar(len(paths), "images", progress)
         batch, seen = [], set()
-        for path in paths:
-            bar.update(1)
+        for n, path in enumerate(paths, 1):
             try:
-                data = path.read_bytes() if path.is_file() else None
-                if data is None:
-                    raise InvalidInputError(f"{path}: no such file")
-                data_sha = sha256_bytes(data)
-                known = self.catalog.find_sha256(data_sha)
-                if known is not None or data_sha in seen:
-                    report.skipped.append((str(path), f"already registered (id {known})" if known else
-                                           "duplicate of an earlier file in this batch"))
-                    continue
-                image = self.extractor.load_bytes(data, str(path))
-            except (ActiveIndexError, OSError) as e:
-                report.failed.append((str(path), str(e) if isinstance(e, ActiveIndexError) else f"{path}: {e}"))
+                data_sha, image = self._decode_new(path, seen)
+            except ActiveIndexError as e:
+                report.failed.append((str(path), str(e)))
                 continue
-            seen.add(data_sha)
+            if image is None:
+                report.skipped.append((str(path), data_sha))
+                continue
             batch.append((path, data_sha, image))
-            if len(batch) == batch_size:
+            if len(batch) == batch_size or n == len(paths):
                 yield batch
+                bar.update(n - bar.n)
                 batch = []
         if batch:
             yield batch
+        bar.update(len(paths) - bar.n)
         bar.close()
+
+    def _decode_new(self, path: Path, seen: set[str]) -> tuple[str, np.ndarray | None]:
+        """(sha256, image) of a file not yet registered, or (reason, None) for a duplicate."""
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InvalidInputError(f"{path}: cannot read ({e.strerror or e})") from e
+        data_sha = sha256_bytes(data)
+        known = self.catalog.find_sha256(data_sha)
+        if known is not None:
+            return f"already registered (id {known})", None
+        if data_sha in seen:
+            return "duplicate of an earlier file in this run", None
+        seen.add(data_sha)
+        return data_sha, self.extractor.load_bytes(data, str(path))
 
     def _activated_path(self, out_dir: Path, source: Path, data_sha: str) -> Path:
         """``<stem>.png``, or ``<stem>-<sha8>.png`` when another image already took that name."""
@@ -371,6 +389,15 @@ class Collection:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def _expand_folders(items: Iterable[ImageSource]) -> Iterator[ImageSource]:
+    """Arrays and files as they come; folders replaced by the images inside them."""
+    for item in items:
+        if isinstance(item, np.ndarray):
+            yield item
+        else:
+            yield from list_images([item])
 
 
 def _read_manifest(root: Path) -> dict:

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
+def progress_bar(total: int | None, desc: str, progress: bool | None) -> tqdm:
     """A tqdm bar on stderr; with ``progress=None`` it shows when activeindex logs at INFO or below."""
     if progress is None:
         progress = logging.getLogger("activeindex").isEnabledFor(logging.INFO)
