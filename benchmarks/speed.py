@@ -29,10 +29,11 @@ NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
 
 
-def load_nebulae(n: int) -> list[np.ndarray]:
-    paths = sorted(glob.glob(NEBULAE))[:n]
+def load_nebulae(n: int, pattern: str = NEBULAE) -> list[np.ndarray]:
+    paths = sorted(glob.glob(pattern))[:n]
     if len(paths) < n:
-        raise SystemExit(f"found {len(paths)} telescope photos, need {n}: install stellarium-data (make photos)")
+        raise SystemExit(f"found {len(paths)} photos matching {pattern}, need {n}: install stellarium-data "
+                         "(make photos)")
     return [load_image(p) for p in paths]
 
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--embed", type=int, default=300, help="telescope photos to embed (>= 256)")
+    parser.add_argument("--photos", default=NEBULAE, help="glob of the photos to embed (default: Stellarium's)")
     parser.add_argument("--activate", type=int, default=16, help="photos to activate")
     parser.add_argument("--height", type=int, default=512, help="activated photos are height x 1.5 height")
     parser.add_argument("--batch-size", type=int, default=ActivationConfig.batch_size)
@@ -81,10 +83,10 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
-    nebulae = load_nebulae(args.embed)
+    nebulae = load_nebulae(args.embed, args.photos)
     rate, vectors = bench_embedding(extractor, nebulae, batch_size=16)
     sizes = np.array([im.shape[:2] for im in nebulae])
-    print(f"embedding   {rate:7.1f} img/s   ({len(nebulae)} telescope photos, median {int(np.median(sizes[:, 0]))}"
+    print(f"embedding   {rate:7.1f} img/s   ({len(nebulae)} photos, median {int(np.median(sizes[:, 0]))}"
           f"x{int(np.median(sizes[:, 1]))} px, resized to short side 288, batch 16, "
           f"{'onnxruntime int8' if device.type == 'cpu' else 'torch ste graph'})")
 
