@@ -50,8 +50,9 @@ def main() -> None:
         results = Activator(extractor, codec, replace(ActivationConfig(), scaling=scaling)).activate(photos)
         seconds = (time.perf_counter() - start) / len(photos)
         psnr, ssim = np.array([r.psnr for r in results]), np.array([r.ssim for r in results])
+        gain = np.mean([r.cos_after - r.cos_before for r in results])
         print(f"{scaling:7.2f} {psnr.mean():8.2f} {psnr.min():8.2f} {ssim.mean():7.4f} {ssim.min():8.4f} "
-              f"{np.mean([r.linf for r in results]):6.1f} {np.mean([r.cos_after - r.cos_before for r in results]):+8.3f} "
+              f"{np.mean([r.linf for r in results]):6.1f} {gain:+8.3f} "
               f"{np.mean([bool(r.same_cell) for r in results]):5.2f} {np.mean([r.same_code for r in results]):5.2f} "
               f"{seconds:6.1f}", flush=True)
 

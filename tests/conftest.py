@@ -3,7 +3,6 @@ model, a real faiss codec trained on real descriptors."""
 from __future__ import annotations
 
 import glob
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,6 @@ PHOTO_NAMES = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "moto
 NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
 STAMPS = "/usr/share/tuxpaint/stamps/**/*.png"
 TEST_FACTORY = "IVF8,PQ8x4"  # small enough to train on a few hundred real vectors
-
-
-def pytest_configure(config):
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
 
 
 @pytest.fixture(scope="session")

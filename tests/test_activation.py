@@ -54,7 +54,7 @@ def test_paper_scaling_spends_more_budget(extractor, codec, small_photos, activa
     _, default = activated
     paper = Activator(extractor, codec, dataclasses.replace(get_preset("paper"), iterations=5)).activate(
         small_photos[:1])
-    assert paper[0].psnr < default[0].psnr - 3  # twice the scaling costs about 6 dB
+    assert paper[0].psnr < default[0].psnr - 2  # 1.5x the budget costs up to 3.5 dB
     assert paper[0].cos_after > default[0].cos_after
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -113,3 +114,10 @@ def _count(root) -> int:
     except sqlite3.OperationalError:  # not created yet
         return 0
 
+
+
+def test_failed_init_leaves_no_folder(tmp_path, training_npy):
+    np.save(tmp_path / "few.npy", np.load(training_npy)[:10])
+    result = run("init", tmp_path / "col", "--factory", TEST_FACTORY, "--train", tmp_path / "few.npy", check=False)
+    assert result.returncode == 1 and "too few" in result.stderr
+    assert not (tmp_path / "col").exists()

@@ -10,8 +10,13 @@ from PIL import Image
 
 from activeindex import ActivationConfig, Collection
 from activeindex.edits import get_edit
-from activeindex.errors import (CodecMismatchError, CollectionLockedError, CorruptCollectionError,
-                                InvalidInputError, ModelMismatchError)
+from activeindex.errors import (
+    CodecMismatchError,
+    CollectionLockedError,
+    CorruptCollectionError,
+    InvalidInputError,
+    ModelMismatchError,
+)
 from activeindex.imageio import load_image, sha256_file
 
 from .conftest import TEST_FACTORY
@@ -142,3 +147,16 @@ def test_catalog_rows_hold_the_original_descriptor(collection, photo_files, extr
     with sqlite3.connect(collection.root / "catalog.sqlite") as db:
         blob = db.execute("SELECT descriptor FROM images").fetchone()[0]
     np.testing.assert_allclose(np.frombuffer(blob, np.float32), extractor.encode(photo_files[0]), atol=1e-6)
+
+
+def test_train_from_a_folder_skips_bad_files(tmp_path, training_paths, caplog):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for path in training_paths[:40]:
+        shutil.copy(path, folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    col = Collection.create(tmp_path / "col", "IVF4,PQ8x4", device="cpu")
+    with caplog.at_level("WARNING"):
+        assert col.train(folder) == 40
+    assert "broken.png" in caplog.text
+    assert Collection.open(col.root).manifest["train_size"] == 40

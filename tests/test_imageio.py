@@ -18,7 +18,7 @@ def photo(photo_paths) -> Image.Image:
 def test_every_mode_becomes_rgb(tmp_path, photo, mode):
     path = tmp_path / f"image.{'tiff' if mode == 'CMYK' else 'png'}"
     if mode == "I;16":  # real 16-bit data: 8-bit values spread over 16 bits
-        Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257)).save(path)
+        Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(path)
     else:
         photo.convert(mode).save(path)
     image = load_image(path)
@@ -45,7 +45,7 @@ def test_truncated_file(tmp_path, photo):
     photo.save(tmp_path / "full.jpg", quality=90)
     data = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError, match="cut.jpg: corrupt or truncated"):
+    with pytest.raises(ImageDecodeError, match=r"cut\.jpg: corrupt or truncated"):
         load_image(tmp_path / "cut.jpg")
 
 

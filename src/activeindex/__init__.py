@@ -3,13 +3,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .activation import ActivatedImage, ActivationConfig, Activator, get_preset  # noqa: E402
-from .codec import Codec  # noqa: E402
-from .collection import BatchReport, Collection, Match  # noqa: E402
-from .errors import (ActiveIndexError, CodecMismatchError, CollectionLockedError,  # noqa: E402
-                     CorruptCollectionError, ImageDecodeError, InvalidInputError, ModelMismatchError,
-                     UnknownNameError)
-from .extractor import Extractor, PreprocessConfig, list_models  # noqa: E402
+from .activation import ActivatedImage, ActivationConfig, Activator, get_preset
+from .codec import Codec
+from .collection import BatchReport, Collection, Match
+from .errors import (
+                     ActiveIndexError,
+                     CodecMismatchError,
+                     CollectionLockedError,
+                     CorruptCollectionError,
+                     ImageDecodeError,
+                     InvalidInputError,
+                     ModelMismatchError,
+                     UnknownNameError,
+)
+from .extractor import Extractor, PreprocessConfig, list_models
 
 __all__ = ["__version__", "Collection", "Match", "BatchReport", "Extractor", "PreprocessConfig", "list_models",
            "Codec", "Activator", "ActivationConfig", "ActivatedImage", "get_preset", "ActiveIndexError",

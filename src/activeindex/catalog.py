@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ class Catalog:
 
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
         """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending."""
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         columns = [c for c in _COLUMNS if c != "id"] + ["descriptor"]
         sql = f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         ids = []
@@ -105,7 +105,7 @@ class Catalog:
             for record, descriptor in zip(records, descriptors):
                 record.created_at = now
                 values = [getattr(record, c) for c in columns[:-1]]
-                cursor = self._db.execute(sql, values + [np.asarray(descriptor, np.float32).tobytes()])
+                cursor = self._db.execute(sql, [*values, np.asarray(descriptor, np.float32).tobytes()])
                 record.id = cursor.lastrowid
                 ids.append(record.id)
         return ids

@@ -9,11 +9,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .activation import ActivationConfig, get_preset, PRESETS
+from .activation import PRESETS, ActivationConfig, get_preset
 from .collection import BatchReport, Collection
 from .errors import ActiveIndexError
 
@@ -78,10 +80,17 @@ def _open(args: argparse.Namespace) -> Collection:
 
 
 def cmd_init(args: argparse.Namespace) -> dict:
+    existed = Path(args.collection).exists()
     collection = Collection.create(args.collection, args.factory, model=args.model or "sscd",
                                    device=args.device, nprobe=args.nprobe)
     source = args.train[0] if len(args.train) == 1 and args.train[0].endswith(".npy") else args.train
-    collection.train(source)
+    try:
+        collection.train(source)
+    except BaseException:  # leave nothing half-made behind: the user re-runs the same command
+        collection.close()
+        if not existed:
+            shutil.rmtree(args.collection, ignore_errors=True)
+        raise
     return collection.info()
 
 
@@ -154,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _summarise(report: BatchReport) -> int:
     """Failures one line each, then a summary on stderr; 1 if anything failed."""
-    for path, error in report.failed:
+    for _, error in report.failed:  # the error names the file
         print(f"error: {error}", file=sys.stderr)
     for path, reason in report.skipped:
         print(f"skipped: {path}: {reason}", file=sys.stderr)

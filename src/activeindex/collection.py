@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,16 @@ from . import __version__
 from .activation import ActivationConfig, Activator
 from .catalog import Catalog, Record
 from .codec import Codec, load_index, save_index, search, set_nprobe
-from .errors import (ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError,
-                     ModelMismatchError)
+from .errors import (
+    ActiveIndexError,
+    CollectionLockedError,
+    CorruptCollectionError,
+    InvalidInputError,
+    ModelMismatchError,
+)
 from .extractor import Extractor, ImageSource, PreprocessConfig
-from .progress import progress_bar
 from .imageio import list_images, save_png, sha256_bytes, sha256_file
+from .progress import progress_bar
 
 __all__ = ["Collection", "Match", "BatchReport", "FORMAT_VERSION"]
 
@@ -112,7 +117,7 @@ class Collection:
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format_version": FORMAT_VERSION, "activeindex_version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": extractor.model_id, "dim": extractor.dim, "preprocessing": preprocessing.to_dict(),
             "factory": factory, "nprobe": nprobe, "codec_fingerprint": None, "train_size": 0,
         }
@@ -205,7 +210,7 @@ class Collection:
                 raise InvalidInputError(f"{source}: not a readable .npy file ({e})") from e
         items = [source] if isinstance(source, (str, os.PathLike, np.ndarray)) else source
         vectors, failed = self._embed_stream(items, progress)
-        for path, error in failed:
+        for _, error in failed:  # the error names the file
             logger.warning("skipped training image: %s", error)
         return vectors
 
@@ -270,7 +275,7 @@ class Collection:
             self._require_trained()
             activator = Activator(self.extractor, self.codec, config)
             for batch in self._new_images(images, config.batch_size, report, progress):
-                results = activator.activate([image for *_, image in batch], progress=False)
+                results = activator.activate([image for *_, image in batch], progress=progress)
                 records = []
                 for (path, data_sha, image), result in zip(batch, results):
                     written = save_png(self._activated_path(out_dir, path, data_sha), result.image)

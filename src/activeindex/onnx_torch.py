@@ -98,7 +98,7 @@ def _import_onnx2torch():
     if "torchvision" not in sys.modules:
         try:
             import torchvision  # noqa: F401
-        except Exception:
+        except Exception:  # noqa: BLE001 - it fails with RuntimeError, ImportError or OSError
             for name in [k for k in sys.modules if k.startswith("torchvision")]:
                 del sys.modules[name]
             stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
