@@ -79,7 +79,7 @@ def main() -> None:
     n_train = collection.train(augmented(train))
     report = collection.add(distractors)
     print(f"trained {FACTORY} on {n_train} vectors; {len(report.records)} distractors indexed "
-          f"({len(report.failed)} unreadable or too small skipped)")
+          f"({len(report.skipped)} duplicate files skipped, {len(report.failed)} unreadable or too small)")
 
     config = get_preset(args.preset)
     active = collection.activate(PUBLISH, out / "activated", config=config).records

@@ -19,12 +19,25 @@ def split(training_vectors):
     return training_vectors[:-80], training_vectors[-80:]
 
 
+@pytest.fixture(scope="module")
+def trained(split):
+    """Codecs trained once per module (OPQ training takes ~20 s on 2 cores)."""
+    cache: dict[str, Codec] = {}
+
+    def get(factory: str) -> Codec:
+        if factory not in cache:
+            cache[factory] = Codec.create(factory, 512)
+            cache[factory].train(split[0])
+        return cache[factory]
+
+    return get
+
+
 @pytest.mark.parametrize("factory", DECODED)
-def test_decoded_targets_reproduce_the_code(split, factory):
+def test_decoded_targets_reproduce_the_code(split, trained, factory):
     """For code-based indexes the target IS the decoded code: encoding it gives the same code back."""
-    train, x = split
-    codec = Codec.create(factory, 512)
-    codec.train(train)
+    x = split[1]
+    codec = trained(factory)
     targets = codec.targets(x)
     assert targets.shape == x.shape
     np.testing.assert_array_equal(codec.codes(targets), codec.codes(x))
@@ -44,15 +57,14 @@ def test_ivf_flat_target_is_the_assigned_centroid(split):
 
 def test_ivf_flat_target_through_a_pretransform(split):
     train, x = split
-    codec = Codec.create("OPQ8,IVF8,Flat", 512)
+    codec = Codec.create("PCA64,IVF8,Flat", 512)
     codec.train(train)
     np.testing.assert_array_equal(codec.cells(codec.targets(x)), codec.cells(x))
 
 
-def test_cells_are_minus_one_without_ivf(split):
-    train, x = split
-    codec = Codec.create("PQ8x4", 512)
-    codec.train(train)
+def test_cells_are_minus_one_without_ivf(split, trained):
+    x = split[1]
+    codec = trained("PQ8x4")
     assert codec.nlist == 0 and (codec.cells(x) == -1).all()
 
 
@@ -74,10 +86,9 @@ def test_bad_factory_string():
 
 
 @pytest.mark.parametrize("factory", ["IVF8,PQ8x4", "OPQ8,IVF8,PQ8x4", "PCA64,IVF8,Flat"])
-def test_nprobe_is_set_through_wrappers(split, factory):
-    train, x = split
-    codec = Codec.create(factory, 512)
-    codec.train(train)
+def test_nprobe_is_set_through_wrappers(split, trained, factory):
+    x = split[1]
+    codec = trained(factory)
     index = codec.empty_index()
     index.add_with_ids(x, np.arange(len(x)) + 1000)
     set_nprobe(index, 3)
