@@ -160,3 +160,12 @@ def test_train_from_a_folder_skips_bad_files(tmp_path, training_paths, caplog):
         assert col.train(folder) == 40
     assert "broken.png" in caplog.text
     assert Collection.open(col.root).manifest["train_size"] == 40
+
+
+def test_activation_never_overwrites_an_existing_file(collection, photo_files, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo0.png").write_bytes(b"the user's own file")
+    record = collection.activate(photo_files[:1], out, config=ActivationConfig(iterations=1)).records[0]
+    assert (out / "photo0.png").read_bytes() == b"the user's own file"
+    assert record.activated_path == str((out / f"photo0-{record.original_sha256[:8]}.png").resolve())

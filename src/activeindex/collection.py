@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class Match:
     similarity: float  # estimated cosine similarity of the descriptors
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 @dataclass
@@ -258,7 +258,7 @@ class Collection:
                  config: ActivationConfig = ActivationConfig(), progress: bool | None = None) -> BatchReport:
         """Register and activate images, writing the activated PNGs to ``out_dir``.
 
-        The ORIGINAL descriptor is indexed; each activated file is re-read to check its sha256.
+        The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file.
 
         Args:
             images: files and/or folders.
@@ -294,12 +294,12 @@ class Collection:
         batch, seen = [], set()
         for n, path in enumerate(paths, 1):
             try:
-                data_sha, image = self._decode_new(path, seen)
+                data_sha, image, duplicate = self._decode_new(path, seen)
             except ActiveIndexError as e:
                 report.failed.append((str(path), str(e)))
                 continue
-            if image is None:
-                report.skipped.append((str(path), data_sha))
+            if duplicate:
+                report.skipped.append((str(path), duplicate))
                 continue
             batch.append((path, data_sha, image))
             if len(batch) == batch_size or n == len(paths):
@@ -311,8 +311,8 @@ class Collection:
         bar.update(len(paths) - bar.n)
         bar.close()
 
-    def _decode_new(self, path: Path, seen: set[str]) -> tuple[str, np.ndarray | None]:
-        """(sha256, image) of a file not yet registered, or (reason, None) for a duplicate."""
+    def _decode_new(self, path: Path, seen: set[str]) -> tuple[str, np.ndarray | None, str | None]:
+        """(sha256, image, None) for a new file; (sha256, None, why) for a file already registered or seen."""
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -320,16 +320,16 @@ class Collection:
         data_sha = sha256_bytes(data)
         known = self.catalog.find_sha256(data_sha)
         if known is not None:
-            return f"already registered (id {known})", None
+            return data_sha, None, f"already registered (id {known})"
         if data_sha in seen:
-            return "duplicate of an earlier file in this run", None
+            return data_sha, None, "duplicate of an earlier file in this run"
         seen.add(data_sha)
-        return data_sha, self.extractor.load_bytes(data, str(path))
+        return data_sha, self.extractor.load_bytes(data, str(path)), None
 
     def _activated_path(self, out_dir: Path, source: Path, data_sha: str) -> Path:
-        """``<stem>.png``, or ``<stem>-<sha8>.png`` when another image already took that name."""
+        """``<stem>.png``, or ``<stem>-<sha8>.png`` when that name is taken (never overwrite a file)."""
         path = out_dir / f"{source.stem}.png"
-        if self.catalog.activated_path_taken(str(path.resolve())):
+        if path.exists() or self.catalog.activated_path_taken(str(path.resolve())):
             path = out_dir / f"{source.stem}-{data_sha[:8]}.png"
         return path
 
