@@ -9,7 +9,7 @@ PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallp
 # libmagic1: python-magic's library, which AugLy imports
 DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1
 
-.PHONY: install photos demo test lint bench-speed clean
+.PHONY: install photos demo test lint data bench bench-speed clean
 
 install: $(STAMP)
 
@@ -34,6 +34,14 @@ demo: install photos
 test: install photos
 	$(PY) -m pytest -q tests
 
+data: data/corpus/manifest.json
+
+data/corpus/manifest.json: | install photos
+	$(VENV)/bin/activeindex data fetch --out data/corpus
+
+bench: install photos data
+	$(VENV)/bin/activeindex benchmark benchmarks/default.toml
+
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 
@@ -41,4 +49,4 @@ bench-speed: install photos
 	$(PY) benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) $(PHOTOS) demo-output
+	rm -rf $(VENV) $(PHOTOS) demo-output data bench-output

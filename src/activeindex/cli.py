@@ -18,6 +18,7 @@ from . import __version__
 from .activation import PRESETS, ActivationConfig, get_preset
 from .collection import BatchReport, Collection
 from .errors import ActiveIndexError
+from .extractor import Extractor
 
 __all__ = ["main", "build_parser"]
 
@@ -65,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
+
+    p = sub.add_parser("data", parents=[common], help="assemble the real-photo benchmark corpus")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("--out", default="data/corpus", help="corpus folder (default data/corpus)")
+    p.add_argument("--max-side", type=int, default=512, help="longest side of the stored copies (default 512)")
+    p.add_argument("--activate", type=int, default=100, help="images to activate (default 100)")
+    p.add_argument("--nonmatching", type=int, default=100, help="non-matching query images (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("benchmark", parents=[common], help="passive vs active over several indexes, with a report")
+    p.add_argument("config", help="TOML file of BenchmarkConfig fields (see benchmarks/default.toml)")
     return parser
 
 
@@ -111,6 +123,42 @@ def cmd_info(args: argparse.Namespace) -> dict:
     return _open(args).info()
 
 
+def cmd_data(args: argparse.Namespace) -> dict:
+    from .corpus import fetch_corpus
+
+    corpus = fetch_corpus(args.out, max_side=args.max_side, n_activate=args.activate,
+                          n_nonmatching=args.nonmatching, seed=args.seed, extractor=Extractor(device=args.device))
+    return {"path": str(corpus.root), "seed": args.seed, **corpus.manifest["counts"]}
+
+
+def cmd_benchmark(args: argparse.Namespace) -> dict:
+    from .evaluation import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig.from_toml(args.config)
+    if args.device:
+        config.device = args.device
+    results = run_benchmark(config)
+    return {"out": config.out, "setup": {k: v for k, v in results["setup"].items() if k != "config"},
+            "indexes": [{"factory": i["factory"], "r1_paper_average": i["r1_paper_average"],
+                         "uap_normalized": {m: i["icd"][f"{m}_normalized"]["uap"] for m in ("passive", "active")},
+                         "psnr": sum(i["quality"]["psnr"]) / len(i["quality"]["psnr"])}
+                        for i in results["indexes"]]}
+
+
+def _print_benchmark(summary: dict) -> None:
+    print(f"{'index':22} {'R@1 passive':>11} {'R@1 active':>10} {'uAP passive':>11} {'uAP active':>10} "
+          f"{'PSNR dB':>8}")
+    for i in summary["indexes"]:
+        r1, uap = i["r1_paper_average"], i["uap_normalized"]
+        print(f"{i['factory']:22} {r1['passive']:11.3f} {r1['active']:10.3f} {uap['passive']:11.3f} "
+              f"{uap['active']:10.3f} {i['psnr']:8.2f}")
+    print(f"report: {summary['out']}/report.html")
+
+
+def _print_dict(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
 def _print_info(info: dict) -> None:
     keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "ntotal",
             "codec_fingerprint", "device"]
@@ -139,7 +187,8 @@ def _print_search(results: list[dict]) -> None:
 
 COMMANDS = {"init": (cmd_init, _print_info), "add": (cmd_add, _print_report),
             "activate": (cmd_activate, _print_report), "search": (cmd_search, _print_search),
-            "info": (cmd_info, _print_info)}
+            "info": (cmd_info, _print_info), "data": (cmd_data, _print_dict),
+            "benchmark": (cmd_benchmark, _print_benchmark)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
