@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 PHOTOS := .photos-installed
+BROWSER := .browser-installed
 # Debian packages with real photos (STACK.md): telescope photos, object cut-outs, scenic wallpapers
 PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds
 # libmagic1: python-magic's library, which AugLy imports
@@ -31,7 +32,13 @@ $(PHOTOS):
 demo: install photos
 	$(PY) scripts/demo.py
 
-test: install photos
+# Debian's Chromium and ChromeDriver, for the web page's browser test
+$(BROWSER):
+	dpkg -s chromium chromium-driver >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+	touch $(BROWSER)
+
+test: install photos $(BROWSER)
 	$(PY) -m pytest -q tests
 
 data: data/corpus/manifest.json
@@ -49,4 +56,4 @@ bench-speed: install photos
 	$(PY) benchmarks/speed.py
 
 clean:
-	rm -rf $(VENV) $(PHOTOS) demo-output data bench-output
+	rm -rf $(VENV) $(PHOTOS) $(BROWSER) demo-output data bench-output

@@ -130,6 +130,15 @@ class Catalog:
                                 [int(i) for i in ids]).fetchall()
         return {row[0]: _record(row) for row in rows}
 
+    def descriptors_of(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """The stored (d,) descriptor of each id (missing ids are absent)."""
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        rows = self._db.execute(f"SELECT id, descriptor FROM images WHERE id IN ({marks})",
+                                [int(i) for i in ids]).fetchall()
+        return {row[0]: np.frombuffer(row[1], np.float32) for row in rows}
+
     def descriptors(self, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(ids, (n, d) descriptors) of the rows after the first ``offset``, in id order."""
         rows = self._db.execute("SELECT id, descriptor FROM images ORDER BY id LIMIT -1 OFFSET ?",

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import secrets
 import shutil
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .activation import PRESETS, ActivationConfig, get_preset
 from .collection import BatchReport, Collection
-from .errors import ActiveIndexError
+from .errors import ActiveIndexError, InvalidInputError
 from .extractor import Extractor
 
 __all__ = ["main", "build_parser"]
@@ -66,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
+
+    p = sub.add_parser("serve", parents=[common], help="serve a collection over HTTP, with a web page")
+    p.add_argument("collection")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None,
+                   help="bearer token for writes (default: $ACTIVEINDEX_TOKEN); without one, writes are "
+                        "enabled only on a loopback address")
+    p.add_argument("--threshold", type=float, default=0.4,
+                   help="cosine similarity from which the best match is called a copy (default 0.4)")
 
     p = sub.add_parser("data", parents=[common], help="assemble the real-photo benchmark corpus")
     p.add_argument("action", choices=["fetch"])
@@ -121,6 +132,27 @@ def cmd_search(args: argparse.Namespace) -> list[dict]:
 
 def cmd_info(args: argparse.Namespace) -> dict:
     return _open(args).info()
+
+
+def cmd_serve(args: argparse.Namespace) -> dict:
+    import ipaddress
+    import os
+
+    import uvicorn
+
+    from .service import ServiceConfig, create_app
+
+    token = args.token or os.environ.get("ACTIVEINDEX_TOKEN")
+    loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    if token is None and not loopback:
+        raise InvalidInputError(f"refusing to serve writes on {args.host} without a token: pass --token or set "
+                                "ACTIVEINDEX_TOKEN (or bind to 127.0.0.1)")
+    if token is None:
+        token = secrets.token_urlsafe(16)
+        logger.warning("no token given: writes need this one-time token: %s", token)
+    app = create_app(_open(args), ServiceConfig(token=token, threshold=args.threshold))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    return {}
 
 
 def cmd_data(args: argparse.Namespace) -> dict:
@@ -187,7 +219,7 @@ def _print_search(results: list[dict]) -> None:
 
 COMMANDS = {"init": (cmd_init, _print_info), "add": (cmd_add, _print_report),
             "activate": (cmd_activate, _print_report), "search": (cmd_search, _print_search),
-            "info": (cmd_info, _print_info), "data": (cmd_data, _print_dict),
+            "info": (cmd_info, _print_info), "data": (cmd_data, _print_dict), "serve": (cmd_serve, lambda r: None),
             "benchmark": (cmd_benchmark, _print_benchmark)}
 
 

@@ -152,16 +152,6 @@ class Codec:
             x = transform.apply(x)
         return x
 
-    def similarity(self, distances: np.ndarray) -> np.ndarray:
-        """Estimated cosine similarity for the index's distances (unit-norm descriptors).
-
-        Squared L2 gives 1 - d / 2; an LSH index's Hamming distance h over b bits gives cos(pi h / b).
-        """
-        lsh = faiss.downcast_index(_inner(self.trained))
-        if isinstance(lsh, faiss.IndexLSH):
-            return np.cos(np.pi * distances / lsh.nbits)
-        return np.clip(1.0 - distances / 2.0, -1.0, 1.0)
-
     def fingerprint(self) -> str:
         """sha256 of the serialised trained, empty index: identifies the codec an activation is tied to."""
         return index_fingerprint(self.trained)

@@ -55,7 +55,7 @@ class Match:
     original_path: str
     activated_path: str | None
     distance: float  # as the index reports it (squared L2 for most indexes, Hamming for LSH)
-    similarity: float  # estimated cosine similarity of the descriptors
+    similarity: float  # exact cosine between the query's descriptor and the registered image's (catalog)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +90,7 @@ class Collection:
         self.root, self.manifest, self.extractor = root, manifest, extractor
         self.catalog = Catalog(root / CATALOG)
         self._write_lock = threading.Lock()  # serialises writers inside one process
+        self._index_lock = threading.Lock()  # faiss indexes may not be searched while vectors are added
         self.index = None
         self.codec: Codec | None = None
         if manifest["codec_fingerprint"]:
@@ -344,8 +345,9 @@ class Collection:
     def _register(self, records: list[Record], descriptors: np.ndarray, report: BatchReport) -> None:
         """Catalog transaction first, then the index (by atomic rename): a crash between them is caught up."""
         ids = self.catalog.insert(records, descriptors)
-        self.index.add_with_ids(descriptors, np.array(ids, np.int64))
-        save_index(self.index, self.root / INDEX)
+        with self._index_lock:
+            self.index.add_with_ids(descriptors, np.array(ids, np.int64))
+            save_index(self.index, self.root / INDEX)
         report.records += records
 
     def _catch_up_index(self) -> None:
@@ -373,17 +375,20 @@ class Collection:
             k: results per query.
 
         Returns:
-            one list of `Match` per query, nearest first.
+            one list of `Match` per query, in the index's order (nearest first by its distance); each
+            carries the exact cosine similarity to the registered image's stored descriptor.
         """
         self._require_trained()
         single = isinstance(images, (str, os.PathLike, np.ndarray))
         queries = self.extractor.encode([images] if single else list(images), progress=False)
-        distances, ids = search(self.index, queries, k)
-        records = self.catalog.get(sorted({int(i) for i in ids.ravel() if i >= 0}))
-        similarity = self.codec.similarity(distances)
-        return [[Match(int(i), records[int(i)].original_path, records[int(i)].activated_path, float(d), float(s))
-                 for i, d, s in zip(row_i, row_d, row_s) if i >= 0]
-                for row_i, row_d, row_s in zip(ids, distances, similarity)]
+        with self._index_lock:
+            distances, ids = search(self.index, queries, k)
+        found = sorted({int(i) for i in ids.ravel() if i >= 0})
+        records, vectors = self.catalog.get(found), self.catalog.descriptors_of(found)
+        return [[Match(int(i), records[int(i)].original_path, records[int(i)].activated_path, float(d),
+                       float(vectors[int(i)] @ query))
+                 for i, d in zip(row_i, row_d) if i >= 0]
+                for query, row_i, row_d in zip(queries, ids, distances)]
 
     def info(self) -> dict:
         """The manifest plus counts and index facts."""

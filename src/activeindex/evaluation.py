@@ -154,8 +154,9 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
              "activation": config.activation().to_dict(), "config": dataclasses.asdict(config)}
     logger.info("benchmark: %s", {k: v for k, v in setup.items() if k not in ("activation", "config")})
     labels = [q for name in config.edits + config.sweeps for q in _queries(name)]
-    passive = {label: _encode_edits(cache, extractor, originals, "passive", label, edit, value, config.seed)
-               for label, edit, value in labels}
+    passive = {}
+    for label, edit, value in _bar(labels, "passive queries", progress):
+        passive[label] = _encode_edits(cache, extractor, originals, "passive", label, edit, value, config.seed)
     negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed + 7)
     results = {"setup": setup, "indexes": []}
     for factory in config.factories:
@@ -167,18 +168,28 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     return results
 
 
+def _bar(items: list, desc: str, progress: bool | None):
+    """Iterate with a progress bar (one step per item)."""
+    bar = progress_bar(len(items), desc, progress)
+    for item in items:
+        yield item
+        bar.update(1)
+    bar.close()
+
+
 def _training_vectors(corpus: Corpus, extractor: Extractor, cache: _Cache) -> np.ndarray:
     """The training split plus two augmentations per image (mirror, centre crop keeping 64% of the area):
     ~1k real photos would train k-means with too few vectors per centroid otherwise."""
     paths, x = corpus.split("train")
 
     def augment() -> np.ndarray:
-        images = []
-        for path in paths:
+        vectors = []
+        for path in paths:  # one image at a time: the set need not fit in memory
             image = load_image(path)
             h, w = image.shape[:2]
-            images += [np.ascontiguousarray(image[:, ::-1]), image[h // 10: h - h // 10, w // 10: w - w // 10]]
-        return extractor.encode_arrays(images)
+            vectors.append(extractor.encode_arrays([np.ascontiguousarray(image[:, ::-1]),
+                                                    image[h // 10: h - h // 10, w // 10: w - w // 10]]))
+        return np.concatenate(vectors)
 
     key = "|".join(str(p) for p in paths)
     return np.concatenate([x, cache.get("train-augmented", key, augment)])
@@ -207,7 +218,7 @@ def _run_index(factory, config, extractor, cache, x_train, originals, x_orig, x_
     cells = codec.cells(x_orig)
     fingerprint = codec.fingerprint()[:12]
     rows = []
-    for label, edit, value in labels:
+    for label, edit, value in _bar(labels, f"{factory} queries", progress):
         active = _encode_edits(cache, extractor, activated, f"active-{fingerprint}", label, edit, value, config.seed)
         for mode, queries in (("passive", passive[label]), ("active", active)):
             _, ids = search(index, queries, config.k)

@@ -1,0 +1,211 @@
+"""The HTTP service through a real uvicorn server on loopback, and the web page in headless Chromium."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from activeindex import ActivationConfig, Collection
+from activeindex.edits import apply_edit
+from activeindex.imageio import load_image
+
+from .conftest import TEST_FACTORY
+
+TOKEN = "test-token-123"
+SCREENSHOT = Path(__file__).parent.parent / "docs" / "web-page.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
+                                "--token", TOKEN, "-q", *extra], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stderr.read()}") from None
+            time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, training_npy, small_photos):
+    root = tmp_path_factory.mktemp("served") / "col"
+    folder = tmp_path_factory.mktemp("originals")
+    paths = []
+    for i, image in enumerate(small_photos[:4]):
+        Image.fromarray(image).save(folder / f"photo{i}.png")
+        paths.append(folder / f"photo{i}.png")
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.activate(paths[:2], root / "activated", config=ActivationConfig(iterations=3))
+    collection.add(paths[2:])
+    collection.close()
+    process, url = _start(root)
+    yield root, url, paths
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _png(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_search_finds_the_source_of_an_edited_copy(served):
+    root, url, _ = served
+    activated = load_image(root / "activated" / "photo1.png")
+    copy = _png(apply_edit("brightness_2.0", activated), "JPEG", quality=80)
+    response = httpx.post(f"{url}/v1/search", files={"images": ("suspect.jpg", copy, "image/jpeg")},
+                          data={"k": "3"}, timeout=60)
+    assert response.status_code == 200
+    result = response.json()["results"][0]
+    assert result["filename"] == "suspect.jpg" and result["is_copy"] is True
+    assert result["matches"][0]["id"] == 2 and result["matches"][0]["filename"] == "photo1.png"
+    assert len(result["matches"]) == 3
+
+
+def test_unrelated_image_is_not_a_copy(served):
+    _, url, _ = served
+    noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    result = httpx.post(f"{url}/v1/search", files={"images": ("noise.png", _png(noise))}, timeout=60).json()
+    assert result["results"][0]["is_copy"] is False
+
+
+def test_activate_round_trip_and_records(served, small_photos):
+    root, url, _ = served
+    upload = _png(small_photos[4])
+    denied = httpx.post(f"{url}/v1/activate", files={"image": ("new.png", upload)}, timeout=60)
+    assert denied.status_code == 401 and "token" in denied.json()["detail"]
+    response = httpx.post(f"{url}/v1/activate", files={"image": ("../../etc/new photo.png", upload)},
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    image_id = int(response.headers["X-Image-Id"])
+    assert float(response.headers["X-PSNR"]) > 38
+    activated = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert activated.shape == small_photos[4].shape and not np.array_equal(activated, small_photos[4])
+    record = httpx.get(f"{url}/v1/images/{image_id}").json()
+    assert record["kind"] == "active" and record["original_filename"].endswith("new_photo.png")
+    assert "/" not in record["original_filename"] and "original_path" not in record
+    assert not (root.parent.parent / "etc").exists()  # the client's path was never used
+    assert httpx.get(f"{url}/v1/images/{image_id}/activated").content == response.content
+    again = httpx.post(f"{url}/v1/activate", files={"image": ("again.png", upload)},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    assert again.headers["X-Image-Id"] == str(image_id)  # idempotent: registered once
+    status = httpx.get(f"{url}/v1/status").json()
+    assert status["active"] == 3 and status["factory"] == TEST_FACTORY and len(status["codec_fingerprint"]) == 64
+
+
+def test_bad_input_gets_clear_json_errors(served):
+    _, url, _ = served
+    bad = httpx.post(f"{url}/v1/search", files={"images": ("cat.jpg", b"this is not a jpeg")}, timeout=30)
+    assert bad.status_code == 400 and "cat.jpg: not an image" in bad.json()["detail"]
+    huge = httpx.post(f"{url}/v1/search", files={"images": ("big.png", b"0" * (21 * 1024 * 1024))}, timeout=60)
+    assert huge.status_code == 413
+    bomb = _png(np.zeros((10, 10, 3), np.uint8))
+    bomb_image = Image.new("L", (12000, 12000))
+    buffer = io.BytesIO()
+    bomb_image.save(buffer, format="PNG")
+    response = httpx.post(f"{url}/v1/search", files={"images": ("bomb.png", buffer.getvalue())}, timeout=60)
+    assert response.status_code == 400 and "exceeds the limit" in response.json()["detail"]
+    tiny = httpx.post(f"{url}/v1/search", files={"images": ("tiny.png", bomb)}, timeout=30)
+    assert tiny.status_code == 400 and "minimum side" in tiny.json()["detail"]
+    assert httpx.get(f"{url}/v1/images/999").status_code == 404
+    assert httpx.get(f"{url}/v1/images/3/activated").status_code == 404  # passive: no activated file
+    assert httpx.post(f"{url}/v1/search", data={"k": "3"}, timeout=30).status_code == 422
+
+
+def test_concurrent_searches(served, small_photos):
+    _, url, _ = served
+    queries = [_png(apply_edit("jpeg_50", small_photos[i % 4])) for i in range(12)]
+
+    def one(data: bytes) -> int:
+        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", data)}, timeout=120)
+        return response.json()["results"][0]["matches"][0]["id"] if response.status_code == 200 else -1
+
+    with ThreadPoolExecutor(6) as pool:
+        found = list(pool.map(one, queries))
+    assert found == [[1, 2, 3, 4][i % 4] for i in range(12)]
+
+
+def test_openapi_docs(served):
+    _, url, _ = served
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert {"/v1/search", "/v1/activate", "/v1/status", "/healthz"} <= set(spec["paths"])
+    assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_refuses_writes_without_token_off_loopback(served, tmp_path):
+    root, _, _ = served
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVEINDEX_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "activeindex", "serve", str(root), "--host", "0.0.0.0", "-q"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1 and "without a token" in result.stderr
+
+
+def test_killed_server_loses_no_registered_image(tmp_path, training_npy, small_photos):
+    root = tmp_path / "col"
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.close()
+    process, url = _start(root)
+    response = httpx.post(f"{url}/v1/activate", files={"image": ("a.png", _png(small_photos[5]))},
+                          headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+    assert response.status_code == 200
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    reopened = Collection.open(root)
+    assert reopened.catalog.count() == reopened.index.ntotal == 1
+
+
+def test_web_page_in_headless_chromium(served):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, url, _ = served
+    query = root.parent / "query.jpg"
+    Image.fromarray(apply_edit("contrast_2.0", load_image(root / "activated" / "photo0.png"))).save(query, quality=70)
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1000,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(url)
+        driver.find_element(By.ID, "search-file").send_keys(str(query))
+        WebDriverWait(driver, 120).until(expected_conditions.presence_of_element_located((By.ID, "match-0")))
+        assert driver.find_element(By.ID, "match-0").get_attribute("data-id") == "1"
+        assert "Copy of image 1" in driver.find_element(By.ID, "verdict").text
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+    finally:
+        driver.quit()
