@@ -102,7 +102,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         if report.failed:
             raise HTTPException(400, report.failed[0][1])
         record = report.records[0] if report.records else _existing(collection, data)
-        return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(path).stem}.png",
+        return FileResponse(record.activated_path, media_type="image/png",
+                            filename=f"{Path(_safe_name(image.filename)).stem}.png",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}"})
 
     @app.get("/v1/images/{image_id}")
