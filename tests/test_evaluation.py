@@ -56,7 +56,8 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     out = tmp_path / "bench"
     assert json.loads((out / "results.json").read_text())["setup"]["simulated_distractors"] == 300
     labels = 3 + 8  # three edits, eight JPEG qualities
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 2 * 2 * labels
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 1 + 2 * 2 * labels and all(line.endswith(",SIMULATED") for line in csv[1:])
     ivf, lsh = results["indexes"]
     assert ivf["factory"] == f"IVF{results['setup']['nlist']},PQ8x4" and ivf["nlist"] >= 1
     assert lsh["nlist"] == 0 and all(r["cell"] is None for r in lsh["edits"])

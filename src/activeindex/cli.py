@@ -184,6 +184,10 @@ def _print_benchmark(summary: dict) -> None:
         r1, uap = i["r1_paper_average"], i["uap_normalized"]
         print(f"{i['factory']:22} {r1['passive']:11.3f} {r1['active']:10.3f} {uap['passive']:11.3f} "
               f"{uap['active']:10.3f} {i['psnr']:8.2f}")
+    setup = summary["setup"]
+    if setup["simulated_distractors"] or setup["simulated_train"]:
+        print(f"SIMULATED SCALE: {setup['simulated_distractors']} synthetic distractors, "
+              f"{setup['simulated_train']} synthetic training vectors")
     print(f"report: {summary['out']}/report.html")
 
 

@@ -56,6 +56,7 @@ class BenchmarkConfig:
     iterations: int | None = None  # override the preset's
     n_activate: int | None = None  # None: the whole activate split
     simulated_distractors: int = 0  # synthetic descriptors added to every index (labelled SIMULATED)
+    simulated_train: int = 0  # synthetic training vectors, for nlist beyond what real data trains (e.g. 4096)
     seed: int = 0
     device: str | None = None
 
@@ -87,6 +88,8 @@ def simulated_distractors(real: np.ndarray, n: int, seed: int) -> np.ndarray:
     profile along every principal direction, which is what cell assignment and PQ codes see; it has none
     of the real distribution's clusters, so it makes the index more crowded, not more confusing.
     """
+    if n == 0:
+        return np.zeros((0, real.shape[1]), np.float32)
     rng = np.random.default_rng(seed)
     mean, cov = real.mean(0), np.cov(real, rowvar=False)
     x = rng.multivariate_normal(mean, cov, size=n, method="eigh").astype(np.float32)
@@ -145,11 +148,13 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     _, x_dist = corpus.split("distractors")
     nonmatching, _ = corpus.split("nonmatching")
     x_train = _training_vectors(corpus, extractor, cache)
+    real = np.concatenate([x_train, x_dist])
+    x_sim = simulated_distractors(real, config.simulated_distractors, config.seed)
+    x_train = np.concatenate([x_train, simulated_distractors(real, config.simulated_train, config.seed + 1)])
     nlist = config.nlist or choose_nlist(len(x_train))
-    x_sim = (simulated_distractors(np.concatenate([x_train, x_dist]), config.simulated_distractors, config.seed)
-             if config.simulated_distractors else np.zeros((0, extractor.dim), np.float32))
     setup = {"train": len(x_train), "references_real": len(x_dist), "activated": len(originals),
-             "nonmatching": len(nonmatching), "simulated_distractors": len(x_sim), "nlist": nlist,
+             "nonmatching": len(nonmatching), "simulated_distractors": len(x_sim),
+             "simulated_train": config.simulated_train, "nlist": nlist,
              "nprobe": config.nprobe, "k": config.k, "preset": config.preset,
              "activation": config.activation().to_dict(), "config": dataclasses.asdict(config)}
     logger.info("benchmark: %s", {k: v for k, v in setup.items() if k not in ("activation", "config")})
@@ -267,9 +272,11 @@ def _activate(codec: Codec, extractor: Extractor, config: BenchmarkConfig, origi
 
 def _write_results(out: Path, results: dict) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    lines = ["factory,edit,mode,r1,r10,cell"]
+    simulated = results["setup"]["simulated_distractors"] + results["setup"]["simulated_train"]
+    lines = ["factory,edit,mode,r1,r10,cell,simulated"]
     for index in results["indexes"]:
         for r in index["edits"]:
             cell = "" if r["cell"] is None else f"{r['cell']:.4f}"
-            lines.append(f"{index['factory']},{r['edit']},{r['mode']},{r['r1']:.4f},{r['r10']:.4f},{cell}")
+            lines.append(f"{index['factory']},{r['edit']},{r['mode']},{r['r1']:.4f},{r['r10']:.4f},{cell},"
+                         f"{'SIMULATED' if simulated else ''}")
     (out / "results.csv").write_text("\n".join(lines) + "\n")

@@ -142,9 +142,10 @@ def write_report(results: dict, out: Path) -> Path:
     """Write ``out/report.html`` (self-contained) and return its path."""
     setup, indexes = results["setup"], results["indexes"]
     sweeps = setup["config"]["sweeps"]
-    simulated = setup["simulated_distractors"]
-    banner = (f"<p class=warn>SIMULATED SCALE: {simulated} synthetic distractor descriptors (Gaussian with the "
-              "real descriptors' mean and covariance) are in every index.</p>" if simulated else "")
+    simulated, simulated_train = setup["simulated_distractors"], setup.get("simulated_train", 0)
+    banner = (f"<p class=warn>SIMULATED SCALE: {simulated} synthetic distractor descriptors and "
+              f"{simulated_train} synthetic training vectors (Gaussian with the real descriptors' mean and "
+              "covariance).</p>" if simulated or simulated_train else "")
     counts = ", ".join(f"{k} {setup[k]}" for k in ("train", "references_real", "activated", "nonmatching",
                                                     "simulated_distractors", "nlist"))
     activated = sorted(Path(indexes[0]["activated_dir"]).glob("*.png"))
