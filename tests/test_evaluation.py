@@ -71,6 +71,8 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     report = (out / "report.html").read_text()
     # bars, robustness curves, precision-recall, quality histograms, thumbnails
     assert report.count("<img src=\"data:image/png;base64,") == 5 and "SIMULATED SCALE" in report
+    assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "summary.md").read_text().count("\n| ") == 2  # one row per index
 
     activated = sorted((out / "activated").rglob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in activated]

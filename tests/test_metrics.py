@@ -38,6 +38,16 @@ def test_uap_a_confident_false_positive_halves_precision():
     assert micro_ap(D2, I, gt).ap == pytest.approx(0.5)
 
 
+def test_uap_normalisation_ignores_faiss_padding():
+    big = np.finfo(np.float32).max  # what faiss returns beside id -1 when fewer than k results exist
+    D = np.array([[0.1, 0.6, big], [0.5, big, big]])
+    I = np.array([[5, 3, -1], [7, -1, -1]])
+    gt = np.array([5, -1])
+    result = micro_ap(D, I, gt, normalize=True)
+    assert result.ap == pytest.approx(1.0)  # query 1's lone result has no gap: it is not ranked at all
+    assert len(result.precision) == 1
+
+
 def test_uap_missed_queries_count_at_the_bottom():
     D = np.array([[0.1, 0.2], [0.3, 0.4]])
     I = np.array([[5, 3], [7, 8]])

@@ -80,7 +80,7 @@ class Codec:
             raise InvalidInputError(f"{len(x)} training vectors are too few for this index: it needs at least "
                                     f"{needed} (more than {needed * MIN_POINTS_PER_CENTROID} trains it well)")
         if len(x) < needed * MIN_POINTS_PER_CENTROID:
-            logger.warning("%d training vectors: k-means with %d centroids wants %d; the codec will be coarse",
+            logger.warning("%d training vectors for a codec that needs %d (%d train it well): it will be coarse",
                            len(x), needed, needed * MIN_POINTS_PER_CENTROID)
         try:
             with _silenced_stderr():  # faiss prints one warning per k-means run (hundreds for OPQ)

@@ -30,12 +30,17 @@ class PrecisionRecall:
     recall: np.ndarray
 
 
-def _pair_scores(D: np.ndarray, normalize: bool) -> np.ndarray:
-    """Confidence of each (query, rank) pair: -distance, or the gap to the next result (d_{j+1} - d_j)."""
+def _pair_scores(D: np.ndarray, I: np.ndarray, normalize: bool) -> np.ndarray:
+    """Confidence of each (query, rank) pair: -distance, or the gap to the next result (d_{j+1} - d_j).
+
+    A result with no successor (the last one, or the last before faiss's -1 padding, whose distance is a
+    huge sentinel) has no gap: it is left out of the normalised ranking.
+    """
     if not normalize:
         return -D
     scores = np.full(D.shape, -np.inf)
-    scores[:, :-1] = D[:, 1:] - D[:, :-1]  # the last neighbour has no successor: left out
+    has_next = I[:, 1:] >= 0
+    scores[:, :-1] = np.where(has_next, D[:, 1:] - D[:, :-1], -np.inf)
     return scores
 
 
@@ -50,7 +55,7 @@ def micro_ap(D: np.ndarray, I: np.ndarray, gt: np.ndarray, normalize: bool = Fal
         gt: (nq,) true ids, -1 for non-matching queries.
         normalize: score pairs by d_{j+1} - d_j instead of -d_j (the authors' score normalisation).
     """
-    scores = _pair_scores(D.astype(np.float64), normalize)
+    scores = _pair_scores(D.astype(np.float64), I, normalize)
     positive = (I == gt[:, None]) & (gt[:, None] >= 0)
     keep = (I >= 0) & np.isfinite(scores)
     flat_scores, flat_positive = scores[keep], positive[keep]

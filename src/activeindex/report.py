@@ -16,7 +16,7 @@ from PIL import Image
 from .edits import SWEEPS, apply_edit
 from .imageio import load_image
 
-__all__ = ["write_report", "PAPER_R1"]
+__all__ = ["write_report", "summary_markdown", "PAPER_R1"]
 
 # METHOD.md section 6: the authors' 1M-image DISC21 run, R@1 averaged over 14 edits
 PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + LSH": (0.78, 0.86),
@@ -24,14 +24,18 @@ PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + 
 COLOURS = {"passive": "#9aa5b1", "active": "#d1495b"}
 
 
-def _png(fig) -> str:
+def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    return buffer.getvalue()
 
 
-def _bars(indexes: list[dict]) -> str:
+def _img(png: bytes) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _bars(indexes: list[dict]) -> bytes:
     fig, axes = plt.subplots(len(indexes), 1, figsize=(12, 2.6 * len(indexes)), squeeze=False)
     for ax, index in zip(axes[:, 0], indexes):
         edits = [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
@@ -48,9 +52,9 @@ def _bars(indexes: list[dict]) -> str:
     return _png(fig)
 
 
-def _curves(indexes: list[dict], sweeps: list[str]) -> str:
+def _curves(indexes: list[dict], sweeps: list[str]) -> bytes | None:
     if not sweeps:
-        return ""
+        return None
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.5 * len(sweeps), 3.4), squeeze=False)
     for ax, family in zip(axes[0], sweeps):
         for index in indexes:
@@ -67,7 +71,7 @@ def _curves(indexes: list[dict], sweeps: list[str]) -> str:
     return _png(fig)
 
 
-def _precision_recall(indexes: list[dict]) -> str:
+def _precision_recall(indexes: list[dict]) -> bytes:
     fig, axes = plt.subplots(1, len(indexes), figsize=(4 * len(indexes), 3.4), squeeze=False)
     for ax, index in zip(axes[0], indexes):
         for mode in ("passive", "active"):
@@ -82,7 +86,7 @@ def _precision_recall(indexes: list[dict]) -> str:
     return _png(fig)
 
 
-def _quality(indexes: list[dict]) -> str:
+def _quality(indexes: list[dict]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for key, ax in zip(("psnr", "ssim"), axes):
         for index in indexes:
@@ -93,7 +97,7 @@ def _quality(indexes: list[dict]) -> str:
     return _png(fig)
 
 
-def _thumbnails(index: dict, originals: list[Path], n: int = 3) -> str:
+def _thumbnails(index: dict, originals: list[Path], n: int = 3) -> bytes:
     """Original, activated, |difference| x 10, and three edited copies of the activated file."""
     edits = ["brightness_2.0", "auto", "screenshot"]
     fig, axes = plt.subplots(n, 3 + len(edits), figsize=(2.2 * (3 + len(edits)), 2.2 * n), squeeze=False)
@@ -138,8 +142,22 @@ def _fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def summary_markdown(results: dict) -> str:
+    """The summary as a Markdown table (for READMEs), next to the paper's numbers."""
+    lines = ["| index | vectors / cell | R@1 passive | R@1 active | uAP passive | uAP active | "
+             "auto in its cell, passive -> active | PSNR dB | SSIM |", "|---|---|---|---|---|---|---|---|---|"]
+    for index in results["indexes"]:
+        avg, icd, q = index["r1_paper_average"], index["icd"], index["quality"]
+        cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
+        lines.append(f"| {index['factory']} | {_fmt(index['vectors_per_cell'], '.1f')} | {avg['passive']:.3f} | "
+                     f"{avg['active']:.3f} | {icd['passive_normalized']['uap']:.3f} | "
+                     f"{icd['active_normalized']['uap']:.3f} | {_fmt(cell.get('passive'), '.2f')} -> "
+                     f"{_fmt(cell.get('active'), '.2f')} | {np.mean(q['psnr']):.2f} | {np.mean(q['ssim']):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(results: dict, out: Path) -> Path:
-    """Write ``out/report.html`` (self-contained) and return its path."""
+    """Write ``out/report.html`` (self-contained), ``out/summary.md`` and ``out/r1-per-edit.png``."""
     setup, indexes = results["setup"], results["indexes"]
     sweeps = setup["config"]["sweeps"]
     simulated, simulated_train = setup["simulated_distractors"], setup.get("simulated_train", 0)
@@ -148,17 +166,20 @@ def write_report(results: dict, out: Path) -> Path:
               "covariance).</p>" if simulated or simulated_train else "")
     counts = ", ".join(f"{k} {setup[k]}" for k in ("train", "references_real", "activated", "nonmatching",
                                                     "simulated_distractors", "nlist"))
+    bars, curves = _bars(indexes), _curves(indexes, sweeps)
+    (out / "r1-per-edit.png").write_bytes(bars)
+    (out / "summary.md").write_text(summary_markdown(results))
     activated = sorted(Path(indexes[0]["activated_dir"]).glob("*.png"))
     corpus_images = [Path(setup["config"]["corpus"]) / "images" / f"{p.stem}.jpg" for p in activated]
     body = [
         "<h1>activeindex robustness benchmark</h1>", banner, f"<p>{counts}; activation preset "
         f"{setup['preset']} ({html.escape(str(setup['activation']))})</p>",
         "<h2>Summary</h2>", _summary_table(results),
-        "<h2>R@1 per edit</h2>", _bars(indexes),
-        "<h2>Robustness curves</h2>", _curves(indexes, sweeps),
-        "<h2>Copy detection: precision-recall (normalised scores)</h2>", _precision_recall(indexes),
-        "<h2>Image quality of the activated files</h2>", _quality(indexes),
-        f"<h2>Examples ({html.escape(indexes[0]['factory'])})</h2>", _thumbnails(indexes[0], corpus_images),
+        "<h2>R@1 per edit</h2>", _img(bars),
+        "<h2>Robustness curves</h2>", _img(curves) if curves else "",
+        "<h2>Copy detection: precision-recall (normalised scores)</h2>", _img(_precision_recall(indexes)),
+        "<h2>Image quality of the activated files</h2>", _img(_quality(indexes)),
+        f"<h2>Examples ({html.escape(indexes[0]['factory'])})</h2>", _img(_thumbnails(indexes[0], corpus_images)),
     ]
     page = ("<!doctype html><meta charset=utf-8><title>activeindex benchmark</title><style>body{font-family:"
             "sans-serif;max-width:1300px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid "
