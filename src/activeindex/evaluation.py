@@ -120,15 +120,11 @@ def _queries(name: str) -> list[tuple[str, str, float | None]]:
 
 
 def _edited(paths: list[Path], edit: str, value: float | None, seed: int) -> list[np.ndarray]:
-    """The edited copies of each file (seeded per image)."""
-    out = []
-    for i, path in enumerate(paths):
-        image = load_image(path)
-        if value is None:
-            out.append(apply_edit(edit, image, seed=seed + i))
-        else:
-            out.append(dict(sweep(edit))[value](image, np.random.default_rng(seed + i)))
-    return out
+    """The edited copies of each file (seeded per image): a named edit, or one value of a sweep."""
+    if value is None:
+        return [apply_edit(edit, load_image(path), seed=seed + i) for i, path in enumerate(paths)]
+    swept = dict(sweep(edit))[value]
+    return [swept(load_image(path), np.random.default_rng(seed + i)) for i, path in enumerate(paths)]
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict:
