@@ -121,23 +121,21 @@ class Catalog:
             raise
         self._db.execute("COMMIT")
 
+    def _rows(self, columns: list[str], ids: list[int]) -> list[tuple]:
+        """Rows (id first, then ``columns``) of the given ids; missing ids are absent."""
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        return self._db.execute(f"SELECT id, {', '.join(columns)} FROM images WHERE id IN ({marks})",
+                                [int(i) for i in ids]).fetchall()
+
     def get(self, ids: list[int]) -> dict[int, Record]:
         """Records by id (missing ids are absent from the result)."""
-        if not ids:
-            return {}
-        marks = ", ".join("?" * len(ids))
-        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images WHERE id IN ({marks})",
-                                [int(i) for i in ids]).fetchall()
-        return {row[0]: _record(row) for row in rows}
+        return {row[0]: _record(row[1:]) for row in self._rows(_COLUMNS, ids)}
 
     def descriptors_of(self, ids: list[int]) -> dict[int, np.ndarray]:
         """The stored (d,) descriptor of each id (missing ids are absent)."""
-        if not ids:
-            return {}
-        marks = ", ".join("?" * len(ids))
-        rows = self._db.execute(f"SELECT id, descriptor FROM images WHERE id IN ({marks})",
-                                [int(i) for i in ids]).fetchall()
-        return {row[0]: np.frombuffer(row[1], np.float32) for row in rows}
+        return {row[0]: np.frombuffer(row[1], np.float32) for row in self._rows(["descriptor"], ids)}
 
     def descriptors(self, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(ids, (n, d) descriptors) of the rows after the first ``offset``, in id order."""
