@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from activeindex import ActivationConfig, Activator, get_preset
-from activeindex.errors import UnknownNameError
+from activeindex.errors import InvalidInputError, UnknownNameError
 
 FAST = ActivationConfig(iterations=5)  # fewer iterations keep the suite fast; defaults otherwise
 
@@ -61,3 +61,22 @@ def test_paper_scaling_spends_more_budget(extractor, codec, small_photos, activa
 def test_metrics_dict_has_no_arrays(activated):
     metrics = activated[1][0].metrics()
     assert set(metrics) == {"psnr", "ssim", "linf", "cos_before", "cos_after", "same_cell", "same_code"}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("scaling", float("nan")), ("scaling", float("inf")), ("scaling", 0.0), ("scaling", -1.0), ("lr", 0.0),
+    ("lr", float("nan")), ("lambda_mse", -0.01), ("lambda_mse", float("inf")), ("iterations", 0),
+    ("iterations", 2.5), ("batch_size", 0), ("jnd_padding", "reflect"), ("alpha_c", (0.2, 0.1)),
+    ("alpha_c", (0.2, 0.1, float("nan"))),
+])
+def test_config_refuses_unusable_values(field, value):
+    with pytest.raises(InvalidInputError, match=rf"^ActivationConfig\.{field} must be [^\n]*, got ") as raised:
+        dataclasses.replace(ActivationConfig(), **{field: value})
+    assert "\n" not in str(raised.value)
+    with pytest.raises(InvalidInputError):
+        ActivationConfig.from_dict({**ActivationConfig().to_dict(), field: value})
+
+
+def test_config_accepts_numpy_scalars_and_zero_mse_weight():
+    config = ActivationConfig(scaling=np.float32(2.5), iterations=np.int64(3), lambda_mse=0.0)
+    assert ActivationConfig.from_dict(config.to_dict()) == config

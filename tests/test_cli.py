@@ -1,8 +1,10 @@
 """The command line as a user runs it: real processes, exit codes, stdout and stderr apart."""
 from __future__ import annotations
 
+import argparse
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,9 +12,11 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from activeindex import Collection
+from activeindex import Collection, cli
+from activeindex.cli import finite_float, int_in
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image, sha256_file
 
@@ -20,6 +24,7 @@ from .conftest import TEST_FACTORY
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m activeindex ARGS`` as a user runs it; raises on a non-zero exit unless ``check`` is False."""
     result = subprocess.run([sys.executable, "-m", "activeindex", *map(str, args)], capture_output=True, text=True,
                             timeout=600)
     if check and result.returncode != 0:
@@ -115,9 +120,107 @@ def _count(root) -> int:
         return 0
 
 
-
 def test_failed_init_leaves_no_folder(tmp_path, training_npy):
     np.save(tmp_path / "few.npy", np.load(training_npy)[:10])
     result = run("init", tmp_path / "col", "--factory", TEST_FACTORY, "--train", tmp_path / "few.npy", check=False)
     assert result.returncode == 1 and "too few" in result.stderr
     assert not (tmp_path / "col").exists()
+
+
+USAGE_ERRORS = [  # (arguments, the flag argparse names): refused with a usage line and exit 2
+    (["search", "col", "q.png", "-k", "0"], "-k"),
+    (["search", "col", "q.png", "-k", "-1"], "-k"),
+    (["activate", "col", "q.png", "--out", "out", "--batch-size", "0"], "--batch-size"),
+    (["activate", "col", "q.png", "--out", "out", "--iterations", "0"], "--iterations"),
+    (["activate", "col", "q.png", "--out", "out", "--scaling", "nan"], "--scaling"),
+    (["activate", "col", "q.png", "--out", "out", "--lr", "0"], "--lr"),
+    (["activate", "col", "q.png", "--out", "out", "--lambda-mse", "-1"], "--lambda-mse"),
+    (["init", "col", "--factory", "Flat", "--train", "x.npy", "--nprobe", "0"], "--nprobe"),
+    (["serve", "col", "--port", "99999"], "--port"),
+    (["serve", "col", "--threshold", "1.5"], "--threshold"),
+    (["data", "fetch", "--max-side", "0"], "--max-side"),
+    (["data", "fetch", "--activate", "0"], "--activate"),
+    (["data", "fetch", "--nonmatching", "-1"], "--nonmatching"),
+    (["info", "col", "--device", "tpu"], "--device"),
+]
+
+
+@pytest.mark.parametrize("args, flag", USAGE_ERRORS, ids=[" ".join(a[-2:]) for a, _ in USAGE_ERRORS])
+def test_bad_arguments_are_usage_errors(args, flag, tmp_path):
+    result = run(*args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"activeindex {args[0]}: error: argument {flag}")
+
+
+ONE_LINE_ERRORS = [  # (arguments, what the error names): refused before the collection opens (no model loads)
+    (["serve", "{col}", "--host", "myhost.invalid"], "myhost.invalid"),
+    (["serve", "{col}", "--port", "{busy_port}"], "port {busy_port}"),
+    (["activate", "{col}", "q.png", "--out", "{file}"], "--out {file}: exists and is not a folder"),
+    (["add", "{col}", "{empty}"], "no image files found in {empty}"),
+    (["activate", "{col}", "{empty}", "--out", "{tmp}/out"], "no image files found in {empty}"),
+    pytest.param(["info", "{col}", "--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+]
+
+
+@pytest.mark.parametrize("args, named", ONE_LINE_ERRORS, ids=["host", "port in use", "out is a file", "add empty",
+                                                                "activate empty", "no cuda"])
+def test_bad_arguments_fail_fast_in_one_line(args, named, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        values = {"col": tmp_path / "col", "tmp": tmp_path, "empty": tmp_path / "empty", "file": tmp_path / "file",
+                  "busy_port": busy.getsockname()[1]}
+        result = run(*[a.format(**values) for a in args], check=False)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and named.format(**values) in lines[0]
+    assert not (tmp_path / "col").exists()
+
+
+def test_search_answers_good_queries_and_reports_bad_ones(cli_collection, photo_dir, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    queries = [photo_dir / "photo2.png", tmp_path / "broken.png", photo_dir / "photo3.png", tmp_path / "missing.jpg"]
+    result = run("search", cli_collection, *queries, "-k", "2", "--json", "-q", check=False)
+    assert result.returncode == 1
+    entries = json.loads(result.stdout)
+    assert [e["query"] for e in entries] == [str(q) for q in queries]
+    assert [sorted(e) for e in entries] == [["matches", "query"], ["error", "query"]] * 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "broken.png" in errors[0] and "missing.jpg" in errors[1]
+    assert result.stderr.splitlines()[-1] == "2 searched, 2 failed"
+    text = run("search", cli_collection, *queries, "-q", check=False).stdout
+    assert [line for line in text.splitlines() if not line.startswith(" ")] == [str(queries[0]), str(queries[2])]
+
+
+@pytest.mark.parametrize("raised, code, line", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (PermissionError(13, "Permission denied", "/srv/col"), 1, "error: /srv/col: Permission denied"),
+])
+def test_interrupts_and_os_errors_end_in_one_line(raised, code, line, monkeypatch, capsys):
+    def fail(args: argparse.Namespace) -> None:
+        raise raised
+
+    monkeypatch.setitem(cli.COMMANDS, "info", cli.COMMANDS["info"]._replace(run=fail))
+    assert cli.main(["info", "col", "-q"]) == code
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_programming_errors_still_raise(monkeypatch):
+    def fail(args: argparse.Namespace) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", cli.COMMANDS["info"]._replace(run=fail))
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["info", "col", "-q"])
+
+
+@pytest.mark.parametrize("parse, text", [(int_in(1, 1000), "0"), (int_in(1, 1000), "1001"), (int_in(1), "x"),
+                                         (finite_float(above=0), "0"), (finite_float(above=0), "inf"),
+                                         (finite_float(at_least=-1, at_most=1), "nan")])
+def test_argument_types_refuse_out_of_range_values(parse, text):
+    assert int_in(1, 65535)("65535") == 65535 and finite_float(at_least=-1, at_most=1)("-1") == -1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=rf"(must be|expected) .*, got '?{text}'?$"):
+        parse(text)

@@ -1,13 +1,15 @@
 """The codec: targets per index type, cells, codes, nprobe through wrappers, fingerprints, refusals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 import pytest
 
 from activeindex import Codec
 from activeindex.codec import load_index, save_index, search, set_nprobe
-from activeindex.errors import CodecMismatchError, InvalidInputError
+from activeindex.errors import CodecMismatchError, CorruptCollectionError, InvalidInputError
 
 # factory strings small enough to train on ~400 real descriptors
 DECODED = ["PQ8x4", "IVF8,PQ8x4", "OPQ8,PQ8x4", "OPQ8,IVF8,PQ8x4", "LSH", "PCA64,LSH"]
@@ -110,6 +112,37 @@ def test_fingerprint_ignores_content_and_detects_another_codec(split, tmp_path):
     other.train(train[::-1].copy())  # same string, other training order: other centroids
     with pytest.raises(CodecMismatchError, match="another codec"):
         load_index(tmp_path / "index.faiss", other.fingerprint())
+
+
+@pytest.fixture()
+def saved_index(split, trained, tmp_path) -> Path:
+    """A searchable IVF-PQ index of real descriptors, saved as tmp_path / "index.faiss"."""
+    index = trained("IVF8,PQ8x4").empty_index()
+    index.add_with_ids(split[1], np.arange(len(split[1])))
+    save_index(index, tmp_path / "index.faiss")
+    return tmp_path / "index.faiss"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_damaged_index_is_a_corrupt_collection_in_one_line(saved_index, trained, damage):
+    data = saved_index.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a faiss index " * 50}[damage]
+    saved_index.write_bytes(damaged)
+    with pytest.raises(CorruptCollectionError, match=rf"index\.faiss: truncated or corrupt faiss index "
+                                                     rf"\({len(damaged)} bytes\); restore it from a backup") as e:
+        load_index(saved_index, trained("IVF8,PQ8x4").fingerprint())
+    assert "\n" not in str(e.value) and "faiss::" not in str(e.value) and "No such file" not in str(e.value)
+
+
+def test_missing_index_is_a_corrupt_collection(tmp_path):
+    with pytest.raises(CorruptCollectionError, match=r"index\.faiss: missing; restore it from a backup"):
+        load_index(tmp_path / "index.faiss")
+
+
+def test_unreadable_index_path(tmp_path):
+    (tmp_path / "index.faiss").mkdir()
+    with pytest.raises(CorruptCollectionError, match=r"index\.faiss: cannot read \(Is a directory\)"):
+        load_index(tmp_path / "index.faiss")
 
 
 def test_too_few_training_vectors_is_a_clear_error(split):

@@ -137,6 +137,7 @@ def test_not_a_collection(tmp_path):
 def test_concurrent_writer_is_refused(collection, photo_files):
     with collection._writing():
         other = Collection.open(collection.root)
+        other.lock_timeout = 0.3
         with pytest.raises(CollectionLockedError, match="another process is writing"):
             other.add(photo_files[:1])
     assert other.add(photo_files[:1]).records  # free again

@@ -1,10 +1,19 @@
 """Safe decoding: every PIL mode becomes RGB uint8, bad files raise one clear ImageDecodeError."""
 from __future__ import annotations
 
+import os
+import stat
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
+from activeindex import imageio
 from activeindex.errors import ImageDecodeError
 from activeindex.imageio import ImageLimits, list_images, load_image, save_png
 
@@ -14,17 +23,97 @@ def photo(photo_paths) -> Image.Image:
     return Image.open(photo_paths[1]).convert("RGB")  # coffee, 400x600
 
 
-@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "P", "L", "LA", "I;16", "1"])
+@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "P", "L", "LA", "1"])
 def test_every_mode_becomes_rgb(tmp_path, photo, mode):
     path = tmp_path / f"image.{'tiff' if mode == 'CMYK' else 'png'}"
-    if mode == "I;16":  # real 16-bit data: 8-bit values spread over 16 bits
-        Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(path)
-    else:
-        photo.convert(mode).save(path)
+    photo.convert(mode).save(path)
     image = load_image(path)
     assert image.dtype == np.uint8 and image.shape == (400, 600, 3)
-    if mode in ("L", "I;16"):  # gray levels survive the conversion
+    if mode == "L":  # gray levels survive the conversion
         np.testing.assert_allclose(image[..., 0], np.asarray(photo.convert("L")), atol=1)
+
+
+def write_png16(path: Path, a: np.ndarray) -> None:
+    """A 16-bit PNG (grey, grey + alpha, RGB or RGBA) encoded by hand: Pillow cannot write 16-bit colour."""
+    h, w = a.shape[:2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[a.shape[2] if a.ndim == 3 else 1]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in a.reshape(h, -1))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def opaque(rgb: np.ndarray, top: int) -> np.ndarray:
+    """RGB plus an alpha channel at `top` (fully opaque)."""
+    return np.dstack([rgb, np.full(rgb.shape[:2], top, rgb.dtype)])
+
+
+# name -> writer(path, 8-bit grey, 8-bit RGB) of a real photo at a high bit depth (coffee's grey levels span
+# 0..255, so the min-max cases stretch it back to the 8-bit reference too)
+HIGH_DEPTH: dict[str, Callable[[Path, np.ndarray, np.ndarray], None]] = {
+    "F tiff in [0, 1]": lambda p, g, _: Image.fromarray(g.astype(np.float32) / 255).save(p),
+    "F tiff in [0, 255]": lambda p, g, _: Image.fromarray(g.astype(np.float32)).save(p),
+    "F tiff in [-1, 1] (min-max)": lambda p, g, _: Image.fromarray(g.astype(np.float32) / 127.5 - 1).save(p),
+    "I tiff, 8-bit data": lambda p, g, _: Image.fromarray(g.astype(np.int32)).save(p),
+    "I tiff, 16-bit data": lambda p, g, _: Image.fromarray(g.astype(np.int32) * 257).save(p),
+    "I tiff, 32-bit data (min-max)": lambda p, g, _: Image.fromarray(g.astype(np.int32) * 8_000_000).save(p),
+    "I tiff, signed 16-bit (min-max)": lambda p, g, _: tifffile.imwrite(p, (g.astype(np.int16) - 128) * 100),
+    "I;16 png": lambda p, g, _: Image.fromarray(g.astype(np.uint16) * 257).save(p.with_suffix(".png")),
+    "I;16B tiff": lambda p, g, _: tifffile.imwrite(p, g.astype(np.uint16) * 257, byteorder=">"),
+    "16-bit RGB png": lambda p, _, c: write_png16(p.with_suffix(".png"), c.astype(np.uint16) * 257),
+    "16-bit RGBA png": lambda p, _, c: write_png16(p.with_suffix(".png"), opaque(c.astype(np.uint16) * 257, 65535)),
+    "16-bit RGB tiff": lambda p, _, c: tifffile.imwrite(p, c.astype(np.uint16) * 257, photometric="rgb"),
+}
+
+
+@pytest.mark.parametrize("name", HIGH_DEPTH)
+def test_high_bit_depth_photo_matches_its_8bit_version(tmp_path, photo, name):
+    grey, rgb = np.asarray(photo.convert("L")), np.asarray(photo)
+    HIGH_DEPTH[name](tmp_path / "image.tif", grey, rgb)
+    [path] = tmp_path.iterdir()
+    image = load_image(path).astype(np.float64)
+    reference = rgb if "RGB" in name else np.repeat(grey[..., None], 3, axis=2)
+    assert image.std() > 10  # not constant, not washed out
+    assert np.abs(image - reference).mean() <= 2
+
+
+def test_dark_16bit_image_is_scaled_from_the_full_16bit_range(tmp_path, photo):
+    grey = np.asarray(photo.convert("L"), np.uint16)
+    Image.fromarray(grey * 200 // 255).save(tmp_path / "dark.png")  # 16-bit data, max 200 of 65535: near black
+    image = load_image(tmp_path / "dark.png")
+    assert image.min() == 0 and image.max() == 1
+
+
+def test_16bit_image_collapsing_to_one_level_is_refused(tmp_path, photo):
+    Image.fromarray(np.asarray(photo.convert("L"), np.uint16) // 4).save(tmp_path / "black.png")  # 0..63
+    with pytest.raises(ImageDecodeError, match=r"black\.png: mode I;16 pixel values 0\.\.63 all fall on one "
+                                               r"8-bit level when read as 0\.\.65535 data"):
+        load_image(tmp_path / "black.png")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_float_tiff_is_refused_in_one_line(tmp_path, photo, bad):
+    a = np.asarray(photo.convert("L"), np.float32) / 255
+    a[10, 20] = bad
+    Image.fromarray(a).save(tmp_path / "nan.tif")
+    with pytest.raises(ImageDecodeError, match=r"nan\.tif: mode F image has NaN or infinite pixel values") as e:
+        load_image(tmp_path / "nan.tif")
+    assert "\n" not in str(e.value)
+
+
+def test_unconvertible_mode_is_refused_naming_it(monkeypatch, tmp_path, photo):
+    photo.save(tmp_path / "x.png")
+
+    def refuse(image: Image.Image, mode: str | None = None, *args, **kwargs) -> Image.Image:
+        raise ValueError(f"conversion from {image.mode} to {mode} not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(ImageDecodeError, match=r"x\.png: PIL cannot convert image mode 'RGB' to RGB"):
+        load_image(tmp_path / "x.png")
 
 
 def test_transparency_is_composited_on_white(tmp_path, photo):
@@ -32,6 +121,15 @@ def test_transparency_is_composited_on_white(tmp_path, photo):
     rgba.putalpha(0)
     rgba.save(tmp_path / "clear.png")
     assert (load_image(tmp_path / "clear.png") == 255).all()
+
+
+def test_premultiplied_grey_alpha_tiff_is_composited_on_white(tmp_path, photo):
+    grey = np.asarray(photo.convert("L"))
+    half = np.dstack([grey // 2, np.full_like(grey, 128)])  # alpha 128/255, grey premultiplied by it
+    tifffile.imwrite(tmp_path / "half.tif", half, photometric="minisblack", extrasamples=["assocalpha"])
+    assert Image.open(tmp_path / "half.tif").mode == "La"  # PIL cannot convert "La" to RGB directly
+    expected = grey / 2 + 255 * 127 / 255  # colour * alpha + white * (1 - alpha)
+    assert np.abs(load_image(tmp_path / "half.tif")[..., 0] - expected).mean() <= 2
 
 
 def test_exif_orientation_is_applied(tmp_path, photo):
@@ -80,6 +178,18 @@ def test_png_round_trip_is_lossless_and_atomic(tmp_path, photo):
     path = save_png(tmp_path / "out" / "x.png", image)
     np.testing.assert_array_equal(load_image(path), image)
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["umask 022", "umask 027"])
+def test_png_gets_the_mode_of_an_ordinary_new_file(tmp_path, photo, umask, mode):
+    previous = os.umask(umask)
+    imageio._new_file_mode.cache_clear()  # it caches the umask of its first call
+    try:
+        path = save_png(tmp_path / "x.png", np.asarray(photo))
+    finally:
+        os.umask(previous)
+        imageio._new_file_mode.cache_clear()
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_list_images_walks_folders_and_keeps_named_files(tmp_path, photo):

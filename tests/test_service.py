@@ -178,34 +178,3 @@ def test_killed_server_loses_no_registered_image(tmp_path, training_npy, small_p
     process.wait()
     reopened = Collection.open(root)
     assert reopened.catalog.count() == reopened.index.ntotal == 1
-
-
-def test_web_page_in_headless_chromium(served):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    root, url, _ = served
-    query = root.parent / "query.jpg"
-    Image.fromarray(apply_edit("contrast_2.0", load_image(root / "activated" / "photo0.png"))).save(query, quality=70)
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1000,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        driver.get(url)
-        driver.find_element(By.ID, "search-file").send_keys(str(query))
-        WebDriverWait(driver, 120).until(expected_conditions.presence_of_element_located((By.ID, "match-0")))
-        assert driver.find_element(By.ID, "match-0").get_attribute("data-id") == "1"
-        assert "Copy of image 1" in driver.find_element(By.ID, "verdict").text
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-            "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
-    finally:
-        driver.quit()

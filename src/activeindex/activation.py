@@ -6,6 +6,8 @@ loss = -cos(f(I), t) + lambda * MSE(I, I_o), Adam on delta at full resolution.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .codec import Codec
-from .errors import UnknownNameError
+from .errors import InvalidInputError, UnknownNameError
 from .extractor import IMAGENET_STD, Extractor, to_tensor
 from .perceptual import jnd_heatmap, quality
 from .progress import progress_bar
@@ -22,6 +24,18 @@ from .progress import progress_bar
 __all__ = ["ActivationConfig", "ActivatedImage", "Activator", "PRESETS", "get_preset"]
 
 logger = logging.getLogger(__name__)
+
+JND_PADDINGS = ("replicate", "zeros")  # the padding modes of perceptual.jnd_heatmap
+
+
+def _is_finite(value: object) -> bool:
+    """A real number (Python or numpy, not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python or numpy) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,26 @@ class ActivationConfig:
     batch_size: int = 16  # images of the same size optimised together
     seed: int = 0  # delta initialisation
     jnd_padding: str = "replicate"  # see perceptual.jnd_heatmap
+
+    def __post_init__(self) -> None:
+        """Refuse values the optimiser cannot use (a NaN scaling would silently destroy the images).
+
+        Raises:
+            InvalidInputError: the first invalid field, named with its value and the allowed range.
+        """
+        rules = {
+            "scaling": (_is_finite(self.scaling) and self.scaling > 0, "a finite number > 0"),
+            "alpha_c": (isinstance(self.alpha_c, (tuple, list)) and len(self.alpha_c) == 3
+                        and all(_is_finite(a) and a >= 0 for a in self.alpha_c), "three finite weights >= 0 (R, G, B)"),
+            "lambda_mse": (_is_finite(self.lambda_mse) and self.lambda_mse >= 0, "a finite number >= 0"),
+            "lr": (_is_finite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "iterations": (_is_int(self.iterations) and self.iterations >= 1, "an integer >= 1"),
+            "batch_size": (_is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            "jnd_padding": (self.jnd_padding in JND_PADDINGS, f"one of {list(JND_PADDINGS)}"),
+        }
+        for name, (valid, rule) in rules.items():
+            if not valid:
+                raise InvalidInputError(f"ActivationConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,14 @@
 """The SQLite catalog of a collection: one row per registered image, descriptor included.
 
-The catalog is the source of truth: the faiss index holds the first ``ntotal`` rows in id order and
-can always be rebuilt from the stored descriptors.
+The catalog is the source of truth: the faiss index holds exactly the catalog's ids and can always be
+rebuilt from the stored descriptors. Several processes may share it (WAL mode); `data_version` tells a
+process that another one has committed, so it can bring its in-memory index up to date.
 """
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -13,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptCollectionError
+from .errors import CollectionLockedError, CorruptCollectionError
 
-__all__ = ["Record", "Catalog"]
+__all__ = ["Record", "Catalog", "MAX_ID"]
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer key
+_CHUNK = 10_000  # rows per query when reading descriptors (bounded memory)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -64,36 +70,71 @@ _COLUMNS = [f.name for f in fields(Record)]
 
 
 class Catalog:
-    """The ``catalog.sqlite`` file (WAL mode; each batch is one transaction)."""
+    """The ``catalog.sqlite`` file (WAL mode; each batch is one transaction).
 
-    def __init__(self, path: str | Path):
+    One connection shared by the threads of a process, serialised by a lock. SQLite errors become
+    one-line `CorruptCollectionError` (damaged file) or `CollectionLockedError` (busy for too long).
+
+    Args:
+        path: the file.
+        create: create it when missing (a new collection); otherwise a missing file is an error.
+    """
+
+    def __init__(self, path: str | Path, create: bool = False):
         self.path = Path(path)
-        try:
+        if not create and not self.path.is_file():
+            raise CorruptCollectionError(f"{self.path}: missing: the collection's records are gone; restore "
+                                         "catalog.sqlite from a backup (a collection cannot work without it)")
+        self._lock = threading.RLock()
+        with self._errors():
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise CorruptCollectionError(f"{self.path}: not a readable catalog ({e})") from e
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's exceptions into the library's one-line errors."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise CollectionLockedError(f"{self.path}: busy ({e}); retry in a moment") from e
+            raise CorruptCollectionError(f"{self.path}: unreadable catalog ({e})") from e
+        except sqlite3.DatabaseError as e:
+            raise CorruptCollectionError(f"{self.path}: corrupt catalog ({e}); restore it from a backup") from e
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        """All rows of one statement, under the connection's lock."""
+        with self._lock, self._errors():
+            return self._db.execute(sql, params).fetchall()
+
+    def data_version(self) -> int:
+        """A number that changes whenever ANOTHER connection (process) commits to the catalog."""
+        return self._query("PRAGMA data_version")[0][0]
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM images")[0][0]
 
     def counts(self) -> dict[str, int]:
         """Number of records per kind."""
-        rows = self._db.execute("SELECT kind, COUNT(*) FROM images GROUP BY kind").fetchall()
-        return {"passive": 0, "active": 0} | dict(rows)
+        return {"passive": 0, "active": 0} | dict(self._query("SELECT kind, COUNT(*) FROM images GROUP BY kind"))
+
+    def ids(self) -> np.ndarray:
+        """Every registered id, ascending, (n,) int64."""
+        return np.array([r[0] for r in self._query("SELECT id FROM images ORDER BY id")], np.int64)
 
     def find_sha256(self, sha256: str) -> int | None:
         """The id of the image with this original sha256, if registered."""
-        row = self._db.execute("SELECT id FROM images WHERE original_sha256 = ?", (sha256,)).fetchone()
-        return row[0] if row else None
+        rows = self._query("SELECT id FROM images WHERE original_sha256 = ?", (sha256,))
+        return rows[0][0] if rows else None
 
     def activated_path_taken(self, path: str) -> bool:
-        return self._db.execute("SELECT 1 FROM images WHERE activated_path = ?", (path,)).fetchone() is not None
+        return bool(self._query("SELECT 1 FROM images WHERE activated_path = ?", (path,)))
 
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
         """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending."""
@@ -101,7 +142,7 @@ class Catalog:
         columns = [c for c in _COLUMNS if c != "id"] + ["descriptor"]
         sql = f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         ids = []
-        with self._transaction():
+        with self._lock, self._errors(), self._transaction():
             for record, descriptor in zip(records, descriptors):
                 record.created_at = now
                 values = [getattr(record, c) for c in columns[:-1]]
@@ -122,12 +163,14 @@ class Catalog:
         self._db.execute("COMMIT")
 
     def _rows(self, columns: list[str], ids: list[int]) -> list[tuple]:
-        """Rows (id first, then ``columns``) of the given ids; missing ids are absent."""
-        if not ids:
-            return []
-        marks = ", ".join("?" * len(ids))
-        return self._db.execute(f"SELECT id, {', '.join(columns)} FROM images WHERE id IN ({marks})",
-                                [int(i) for i in ids]).fetchall()
+        """Rows (id first, then ``columns``) of the given ids; missing or out-of-range ids are absent."""
+        ids = [int(i) for i in ids if 0 < int(i) <= MAX_ID]
+        rows = []
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows += self._query(f"SELECT id, {', '.join(columns)} FROM images WHERE id IN ({marks})", chunk)
+        return rows
 
     def get(self, ids: list[int]) -> dict[int, Record]:
         """Records by id (missing ids are absent from the result)."""
@@ -137,13 +180,14 @@ class Catalog:
         """The stored (d,) descriptor of each id (missing ids are absent)."""
         return {row[0]: np.frombuffer(row[1], np.float32) for row in self._rows(["descriptor"], ids)}
 
-    def descriptors(self, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, (n, d) descriptors) of the rows after the first ``offset``, in id order."""
-        rows = self._db.execute("SELECT id, descriptor FROM images ORDER BY id LIMIT -1 OFFSET ?",
-                                (offset,)).fetchall()
-        ids = np.array([r[0] for r in rows], np.int64)
-        vectors = np.stack([np.frombuffer(r[1], np.float32) for r in rows]) if rows else np.zeros((0, 0), np.float32)
-        return ids, vectors
+    def iter_descriptors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, d) descriptors) of the given ids, in chunks of at most 10,000 rows (bounded memory)."""
+        for start in range(0, len(ids), _CHUNK):
+            rows = self._rows(["descriptor"], ids[start:start + _CHUNK])
+            if not rows:
+                continue
+            yield (np.array([r[0] for r in rows], np.int64),
+                   np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
 
 
 def _record(row: tuple) -> Record:

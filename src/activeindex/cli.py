@@ -7,30 +7,98 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import logging
+import math
 import secrets
 import shutil
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from . import __version__
 from .activation import PRESETS, ActivationConfig, get_preset
 from .collection import BatchReport, Collection
 from .errors import ActiveIndexError, InvalidInputError
-from .extractor import Extractor
+from .extractor import Extractor, resolve_device
+from .imageio import ImageLimits, list_images
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "int_in", "positive_int", "finite_float"]
 
 logger = logging.getLogger("activeindex")
+
+_QUERIES_PER_BATCH = 64  # query images decoded and searched together (bounds the memory of a long query list)
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]`` (no upper bound when ``hi`` is None).
+
+    Example:
+        >>> int_in(1, 1000)("5"), int_in(1, 65535).__name__
+        (5, 'integer in 1..65535')
+    """
+    rule = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {rule}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be an integer {rule}, got {value}")
+        return value
+
+    parse.__name__ = f"integer {rule}"
+    return parse
+
+
+positive_int = int_in(1)
+_seed = int_in(0, 2**32 - 1)
+
+
+def finite_float(above: float | None = None, at_least: float | None = None,
+                 at_most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float (never NaN or infinite), ``> above``, ``>= at_least``, ``<= at_most``.
+
+    Example:
+        >>> finite_float(above=0)("2.5")
+        2.5
+    """
+    limits = [f"{sign} {bound:g}" for sign, bound in ((">", above), (">=", at_least), ("<=", at_most))
+              if bound is not None]
+    rule = " ".join(["a finite number", " and ".join(limits)]).rstrip()
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+        if not (math.isfinite(value) and (above is None or value > above)
+                and (at_least is None or value >= at_least) and (at_most is None or value <= at_most)):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = rule
+    return parse
+
+
+_ACTIVATION_TYPES: dict[str, Callable[[str], int | float]] = {  # one per numeric ActivationConfig field
+    "scaling": finite_float(above=0), "lambda_mse": finite_float(at_least=0), "lr": finite_float(above=0),
+    "iterations": positive_int, "batch_size": positive_int, "seed": _seed,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one subcommand per verb of the Python API)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
-    common.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    common.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="auto (default), cpu or cuda")
     common.add_argument("--model", default=None, help="descriptor model: 'sscd' (default) or a TorchScript file")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
 
@@ -43,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factory", required=True, help="faiss factory string, e.g. 'IVF1024,PQ8x8'")
     p.add_argument("--train", required=True, nargs="+", metavar="SRC",
                    help="training images or folders, or one .npy of descriptors (disjoint from what you index)")
-    p.add_argument("--nprobe", type=int, default=1, help="IVF cells visited per query (default 1)")
+    p.add_argument("--nprobe", type=positive_int, default=1, help="IVF cells visited per query (default 1)")
 
     p = sub.add_parser("add", parents=[common], help="register images as passive references")
     p.add_argument("collection")
@@ -54,16 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for the activated PNGs")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="'default' (PSNR >= 40 dB on real photos) or 'paper' (Fernandez et al.: scaling 3)")
+                   help="'default' (scaling 2: about 41-45 dB PSNR on large photos, lower on small or textured "
+                        "ones) or 'paper' (Fernandez et al.: scaling 3, about 3 dB lower)")
     for f in dataclasses.fields(ActivationConfig):
         if f.type in ("float", "int"):
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int, default=None,
-                           help=f"override the preset's {f.name}")
+            parse = _ACTIVATION_TYPES[f.name]
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=None,
+                           help=f"override the preset's {f.name} ({parse.__name__})")
 
     p = sub.add_parser("search", parents=[common], help="find the registered images nearest to queries")
     p.add_argument("collection")
     p.add_argument("queries", nargs="+", help="query image files")
-    p.add_argument("-k", type=int, default=5, help="results per query (default 5)")
+    p.add_argument("-k", type=int_in(1, 1000), default=5, help="results per query, 1..1000 (default 5)")
 
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
@@ -71,20 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="serve a collection over HTTP, with a web page")
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--token", default=None,
                    help="bearer token for writes (default: $ACTIVEINDEX_TOKEN); without one, writes are "
                         "enabled only on a loopback address")
-    p.add_argument("--threshold", type=float, default=0.4,
+    p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=0.4,
                    help="cosine similarity from which the best match is called a copy (default 0.4)")
 
     p = sub.add_parser("data", parents=[common], help="assemble the real-photo benchmark corpus")
     p.add_argument("action", choices=["fetch"])
     p.add_argument("--out", default="data/corpus", help="corpus folder (default data/corpus)")
-    p.add_argument("--max-side", type=int, default=512, help="longest side of the stored copies (default 512)")
-    p.add_argument("--activate", type=int, default=100, help="images to activate (default 100)")
-    p.add_argument("--nonmatching", type=int, default=100, help="non-matching query images (default 100)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-side", type=int_in(ImageLimits().min_side), default=512,
+                   help="longest side of the stored copies (default 512)")
+    p.add_argument("--activate", type=positive_int, default=100, help="images to activate (default 100)")
+    p.add_argument("--nonmatching", type=positive_int, default=100, help="non-matching query images (default 100)")
+    p.add_argument("--seed", type=_seed, default=0)
 
     p = sub.add_parser("benchmark", parents=[common], help="passive vs active over several indexes, with a report")
     p.add_argument("config", help="TOML file of BenchmarkConfig fields (see benchmarks/default.toml)")
@@ -99,10 +170,24 @@ def _activation_config(args: argparse.Namespace) -> ActivationConfig:
 
 
 def _open(args: argparse.Namespace) -> Collection:
+    """Open the collection named on the command line (this loads the descriptor model)."""
     return Collection.open(args.collection, model=args.model, device=args.device)
 
 
+def _require_images(inputs: list[str]) -> None:
+    """Refuse inputs that hold no image at all (folders without image files), before the model loads."""
+    if not list_images(inputs):
+        raise InvalidInputError(f"no image files found in {', '.join(inputs)}")
+
+
+def _require_out_folder(out: str) -> None:
+    """Refuse an ``--out`` that exists and is not a folder, before any activation is computed."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InvalidInputError(f"--out {out}: exists and is not a folder; choose a folder for the activated PNGs")
+
+
 def cmd_init(args: argparse.Namespace) -> dict:
+    """Create a collection and train its index; a failed training leaves no new folder behind."""
     existed = Path(args.collection).exists()
     collection = Collection.create(args.collection, args.factory, model=args.model or "sscd",
                                    device=args.device, nprobe=args.nprobe)
@@ -118,44 +203,104 @@ def cmd_init(args: argparse.Namespace) -> dict:
 
 
 def cmd_add(args: argparse.Namespace) -> BatchReport:
+    """Register images as passive references."""
+    _require_images(args.images)
     return _open(args).add(args.images)
 
 
 def cmd_activate(args: argparse.Namespace) -> BatchReport:
-    return _open(args).activate(args.images, args.out, config=_activation_config(args))
+    """Register and activate images; every argument is checked before the model loads."""
+    config = _activation_config(args)
+    _require_out_folder(args.out)
+    _require_images(args.images)
+    return _open(args).activate(args.images, args.out, config=config)
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:
-    results = _open(args).search(args.queries, k=args.k)
-    return [{"query": q, "matches": [m.to_dict() for m in matches]} for q, matches in zip(args.queries, results)]
+    """One entry per query, in order: ``{"query", "matches"}``, or ``{"query", "error"}`` for a bad file."""
+    collection = _open(args)
+    entries: list[dict] = []
+    for start in range(0, len(args.queries), _QUERIES_PER_BATCH):
+        entries += _search_batch(collection, args.queries[start:start + _QUERIES_PER_BATCH], args.k)
+    return entries
+
+
+def _search_batch(collection: Collection, queries: list[str], k: int) -> list[dict]:
+    """Decode each query on its own (a bad file fails alone), then search the good ones together."""
+    entries, images = [], []
+    for query in queries:
+        try:
+            images.append(collection.extractor.load(query))
+            entries.append({"query": query})
+        except ActiveIndexError as e:
+            entries.append({"query": query, "error": str(e)})
+    found = iter(collection.search(images, k=k) if images else [])
+    for entry in entries:
+        if "error" not in entry:
+            entry["matches"] = [m.to_dict() for m in next(found)]
+    return entries
 
 
 def cmd_info(args: argparse.Namespace) -> dict:
+    """The collection's manifest and counts."""
     return _open(args).info()
 
 
 def cmd_serve(args: argparse.Namespace) -> dict:
-    import ipaddress
+    """Serve the collection over HTTP; the host, the port and the token are checked before the model loads."""
     import os
 
     import uvicorn
 
     from .service import ServiceConfig, create_app
 
+    addresses = _resolve(args.host, args.port)
     token = args.token or os.environ.get("ACTIVEINDEX_TOKEN")
-    loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-    if token is None and not loopback:
+    if token is None and not all(ipaddress.ip_address(address[0]).is_loopback for _, address in addresses):
         raise InvalidInputError(f"refusing to serve writes on {args.host} without a token: pass --token or set "
                                 "ACTIVEINDEX_TOKEN (or bind to 127.0.0.1)")
+    sockets = _bind(addresses)
     if token is None:
         token = secrets.token_urlsafe(16)
         logger.warning("no token given: writes need this one-time token: %s", token)
     app = create_app(_open(args), ServiceConfig(token=token, threshold=args.threshold))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    logger.info("serving on http://%s:%d", args.host, args.port)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info")).run(sockets=sockets)
     return {}
 
 
+def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple]]:
+    """The distinct (family, socket address) pairs ``host`` resolves to, or one line saying why it does not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:  # socket.gaierror is an OSError; IDNA encoding fails with UnicodeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InvalidInputError(f"--host {host}: cannot resolve ({reason}); give an address such as 127.0.0.1 "
+                                "or 0.0.0.0") from e
+    return list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+
+
+def _bind(addresses: list[tuple[socket.AddressFamily, tuple]]) -> list[socket.socket]:
+    """Bind one listening-ready socket per address (a port in use fails here, in one line, not in uvicorn)."""
+    sockets: list[socket.socket] = []
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # as asyncio does: IPv4 and IPv6 on the same port are separate sockets
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            for opened in sockets:
+                opened.close()
+            raise InvalidInputError(f"cannot listen on {address[0]} port {address[1]} ({e.strerror or e}); "
+                                    "choose another --port or --host") from e
+    return sockets
+
+
 def cmd_data(args: argparse.Namespace) -> dict:
+    """Assemble the real-photo benchmark corpus; its path, seed and split counts."""
     from .corpus import fetch_corpus
 
     corpus = fetch_corpus(args.out, max_side=args.max_side, n_activate=args.activate,
@@ -164,6 +309,7 @@ def cmd_data(args: argparse.Namespace) -> dict:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> dict:
+    """Run a benchmark from its TOML config; a summary per index."""
     from .evaluation import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig.from_toml(args.config)
@@ -178,6 +324,7 @@ def cmd_benchmark(args: argparse.Namespace) -> dict:
 
 
 def _print_benchmark(summary: dict) -> None:
+    """One table row per index, then the report path."""
     print(f"{'index':22} {'R@1 passive':>11} {'R@1 active':>10} {'uAP passive':>11} {'uAP active':>10} "
           f"{'PSNR dB':>8}")
     for i in summary["indexes"]:
@@ -192,10 +339,12 @@ def _print_benchmark(summary: dict) -> None:
 
 
 def _print_dict(data: dict) -> None:
+    """Indented JSON."""
     print(json.dumps(data, indent=2, default=str))
 
 
 def _print_info(info: dict) -> None:
+    """One ``key value`` line per collection fact."""
     keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "ntotal",
             "codec_fingerprint", "device"]
     for key in keys:
@@ -204,6 +353,7 @@ def _print_info(info: dict) -> None:
 
 
 def _print_report(report: BatchReport) -> None:
+    """One line per registered image (with its activation metrics when active)."""
     for r in report.records:
         if r.kind == "active":
             cell = "" if r.same_cell is None else f"  cell {'yes' if r.same_cell else 'no '}"
@@ -214,39 +364,21 @@ def _print_report(report: BatchReport) -> None:
 
 
 def _print_search(results: list[dict]) -> None:
+    """Each good query, then its matches nearest first (failed queries are reported on stderr)."""
     for result in results:
+        if "error" in result:
+            continue
         print(result["query"])
         for rank, m in enumerate(result["matches"], 1):
             print(f"  {rank:>3}. id {m['id']:<6} similarity {m['similarity']:.3f}  distance {m['distance']:.4f}  "
                   f"{m['original_path']}")
 
 
-COMMANDS = {"init": (cmd_init, _print_info), "add": (cmd_add, _print_report),
-            "activate": (cmd_activate, _print_report), "search": (cmd_search, _print_search),
-            "info": (cmd_info, _print_info), "data": (cmd_data, _print_dict), "serve": (cmd_serve, lambda r: None),
-            "benchmark": (cmd_benchmark, _print_benchmark)}
+def _print_nothing(result: Any) -> None:
+    """For commands whose output is their side effect (``serve``)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
-    command, show = COMMANDS[args.command]
-    try:
-        result = command(args)
-    except ActiveIndexError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        data = result.to_dict() if isinstance(result, BatchReport) else result
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        show(result)
-    return _summarise(result) if isinstance(result, BatchReport) else 0
-
-
-def _summarise(report: BatchReport) -> int:
+def _summarise_report(report: BatchReport) -> int:
     """Failures one line each, then a summary on stderr; 1 if anything failed."""
     for _, error in report.failed:  # the error names the file
         print(f"error: {error}", file=sys.stderr)
@@ -255,6 +387,67 @@ def _summarise(report: BatchReport) -> int:
     print(f"{len(report.records)} registered, {len(report.skipped)} skipped, {len(report.failed)} failed",
           file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _summarise_search(results: list[dict]) -> int:
+    """Failed queries one line each, then a summary on stderr; 1 if any query failed."""
+    failed = [r["error"] for r in results if "error" in r]
+    for error in failed:  # the error names the file
+        print(f"error: {error}", file=sys.stderr)
+    print(f"{len(results) - len(failed)} searched, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _succeeded(result: Any) -> int:
+    """The exit code of a command that raises on failure: 0."""
+    return 0
+
+
+class Command(NamedTuple):
+    """A verb: what runs it, how its result is shown as text, and how it ends (its exit code)."""
+
+    run: Callable[[argparse.Namespace], Any]
+    show: Callable[[Any], None]
+    summarise: Callable[[Any], int] = _succeeded
+
+
+COMMANDS = {"init": Command(cmd_init, _print_info), "add": Command(cmd_add, _print_report, _summarise_report),
+            "activate": Command(cmd_activate, _print_report, _summarise_report),
+            "search": Command(cmd_search, _print_search, _summarise_search), "info": Command(cmd_info, _print_info),
+            "data": Command(cmd_data, _print_dict), "serve": Command(cmd_serve, _print_nothing),
+            "benchmark": Command(cmd_benchmark, _print_benchmark)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 1 error or failed file, 2 usage, 130 interrupted).
+
+    Expected failures end as one ``error: ...`` line on stderr; a programming error still raises.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    command = COMMANDS[args.command]
+    try:
+        resolve_device(args.device)  # --device cuda without CUDA fails now, not after the work has started
+        result = command.run(args)
+    except ActiveIndexError as e:
+        return _fail(str(e))
+    except OSError as e:  # e.g. permission denied on the collection folder
+        return _fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result.to_dict() if isinstance(result, BatchReport) else result, indent=2, default=str))
+    else:
+        command.show(result)
+    return command.summarise(result)
+
+
+def _fail(message: str) -> int:
+    """Print one ``error:`` line on stderr; the exit code 1."""
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

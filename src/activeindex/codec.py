@@ -17,9 +17,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import CodecMismatchError, InvalidInputError
+from .errors import CodecMismatchError, CorruptCollectionError, InvalidInputError
 
-__all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint"]
+__all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint", "index_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,17 @@ def index_fingerprint(index: faiss.Index) -> str:
     return hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()
 
 
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id stored in a searchable index (an IVF's inverted lists or an id map), (ntotal,) int64, unsorted."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    invlists = faiss.extract_index_ivf(index).invlists
+    lists = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(invlists.nlist) if invlists.list_size(i)]
+    return np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+
+
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
     """Set nprobe on the IVF stage of any index (through wrappers); a no-op without IVF."""
     ivf = _find_ivf(index)
@@ -255,11 +266,34 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
 
 
 def load_index(path: str | os.PathLike, fingerprint: str | None = None) -> faiss.Index:
-    """Read an index; with `fingerprint`, refuse one whose trained codec differs."""
+    """Read an index; with `fingerprint`, refuse one whose trained codec differs.
+
+    Args:
+        path: the index file.
+        fingerprint: the expected ``index_fingerprint`` of its trained, empty codec; ``None`` skips the check.
+
+    Returns:
+        the index, with its vectors.
+
+    Raises:
+        CorruptCollectionError: the file is missing, unreadable, truncated or not a faiss index.
+        CodecMismatchError: the index was trained with another codec than `fingerprint`'s.
+    """
+    path = Path(path)
+    restore = ("restore it from a backup: it holds the trained codec, which cannot be rebuilt (re-training would "
+               "orphan the activated images; without a backup, create a new collection)")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError as e:
+        raise CorruptCollectionError(f"{path}: missing; {restore}") from e
+    except OSError as e:
+        raise CorruptCollectionError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
         index = faiss.read_index(str(path))
-    except RuntimeError as e:
-        raise CodecMismatchError(f"{path}: not a readable faiss index ({_first_line(e)})") from e
+    except (RuntimeError, MemoryError) as e:  # a corrupt size field can ask for more memory than exists
+        raise CorruptCollectionError(f"{path}: truncated or corrupt faiss index ({size} bytes); "
+                                     f"{restore}") from e
     if fingerprint is not None and index_fingerprint(_emptied(index)) != fingerprint:
         raise CodecMismatchError(f"{path}: index trained with another codec than the collection's manifest "
                                  f"(fingerprint {fingerprint[:12]}...); it cannot serve activated images")

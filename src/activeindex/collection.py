@@ -5,9 +5,12 @@
       index.faiss      the searchable index (the trained codec + the registered descriptors)
       catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, descriptor
 
-Writes are atomic and ordered (activated files, then one catalog transaction, then the index file by
-rename), so a process killed anywhere leaves a folder that opens consistently: the index is brought
-up to the catalog from the stored descriptors, and a re-run skips what is already registered.
+Several processes may share a collection (a server and CLI runs): the heavy work (decoding, embedding,
+activating) runs unlocked, and each batch is COMMITTED under the folder lock (flock on ``.lock``):
+bring the in-memory index up to the catalog, write the activated files, one catalog transaction, add
+to the index, write index.faiss by atomic rename. A process killed anywhere leaves a folder that opens
+consistently. The catalog is the source of truth: a process notices other processes' commits
+(`Catalog.data_version`) and adds the ids its index lacks, by SET of ids, before it searches or writes.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,7 +31,7 @@ import numpy as np
 from . import __version__
 from .activation import ActivationConfig, Activator
 from .catalog import Catalog, Record
-from .codec import Codec, load_index, save_index, search, set_nprobe
+from .codec import Codec, index_ids, load_index, save_index, search, set_nprobe
 from .errors import (
     ActiveIndexError,
     CollectionLockedError,
@@ -45,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, CATALOG, LOCK = "manifest.json", "index.faiss", "catalog.sqlite", ".lock"
+MAX_K = 1000  # results per query
 
 
 @dataclass
@@ -86,18 +91,21 @@ class Collection:
         'to_publish/cat.jpg'
     """
 
-    def __init__(self, root: Path, manifest: dict, extractor: Extractor):
+    lock_timeout: float = 120.0  # seconds a commit waits for another process's commit before giving up
+
+    def __init__(self, root: Path, manifest: dict, extractor: Extractor, create: bool = False):
         self.root, self.manifest, self.extractor = root, manifest, extractor
-        self.catalog = Catalog(root / CATALOG)
+        self.catalog = Catalog(root / CATALOG, create=create)
         self._write_lock = threading.Lock()  # serialises writers inside one process
-        self._index_lock = threading.Lock()  # faiss indexes may not be searched while vectors are added
+        self._index_lock = threading.RLock()  # faiss indexes may not be searched while vectors are added
+        self._catalog_version: int | None = None  # catalog.data_version() when the index was last synced
         self.index = None
         self.codec: Codec | None = None
         if manifest["codec_fingerprint"]:
             self.index = load_index(root / INDEX, manifest["codec_fingerprint"])
             self.codec = Codec.from_index(self.index)
             set_nprobe(self.index, manifest["nprobe"])
-            self._catch_up_index()
+            self._sync_index()
 
     # ---------------------------------------------------------------- create / open
 
@@ -123,7 +131,7 @@ class Collection:
             "factory": factory, "nprobe": nprobe, "codec_fingerprint": None, "train_size": 0,
         }
         _write_json(root / MANIFEST, manifest)
-        return cls(root, manifest, extractor)
+        return cls(root, manifest, extractor, create=True)
 
     @classmethod
     def open(cls, root: str | os.PathLike, model: str | os.PathLike | None = None,
@@ -158,14 +166,25 @@ class Collection:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """Exclusive write access: across threads (lock) and processes (flock on COLLECTION/.lock)."""
+        """Exclusive write access across threads (lock) and processes (flock on COLLECTION/.lock).
+
+        Waits up to `lock_timeout` for another writer, then brings the index up to the catalog, so
+        what is written next includes every other process's records.
+        """
         with self._write_lock, open(self.root / LOCK, "a") as handle:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError as e:
+                    if time.monotonic() > deadline:
+                        raise CollectionLockedError(
+                            f"{self.root}: another process is writing to this collection (waited "
+                            f"{self.lock_timeout:.0f} s); retry when it has finished") from e
+                    time.sleep(0.05)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
-                raise CollectionLockedError(f"{self.root}: another process is writing to this collection; "
-                                            "retry when it has finished") from e
-            try:
+                self.refresh()
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -247,12 +266,13 @@ class Collection:
         Returns:
             a `BatchReport`; bad files are listed in ``failed``, duplicates in ``skipped``.
         """
+        self._require_trained()
         report = BatchReport()
-        with self._writing():
-            self._require_trained()
-            for batch in self._new_images(images, batch_size, report, progress):
-                records = [self._record("passive", path, data_sha, image) for path, data_sha, image in batch]
-                self._register(records, self.extractor.encode_arrays([image for *_, image in batch]), report)
+        for batch in self._new_images(images, batch_size, report, progress):
+            descriptors = self.extractor.encode_arrays([image for *_, image in batch])
+            pending = [(path, data_sha, self._record("passive", path, data_sha, image), None)
+                       for path, data_sha, image in batch]
+            self._commit(pending, descriptors, None, report)
         return report
 
     def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -271,17 +291,16 @@ class Collection:
             a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement.
         """
         out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InvalidInputError(f"{out_dir}: exists and is not a folder; choose a folder for the activated PNGs")
+        self._require_trained()
         report = BatchReport()
-        with self._writing():
-            self._require_trained()
-            activator = Activator(self.extractor, self.codec, config)
-            for batch in self._new_images(images, config.batch_size, report, progress):
-                results = activator.activate([image for *_, image in batch], progress=progress)
-                records = []
-                for (path, data_sha, image), result in zip(batch, results):
-                    written = save_png(self._activated_path(out_dir, path, data_sha), result.image)
-                    records.append(self._record("active", path, data_sha, image, written, result.metrics()))
-                self._register(records, np.stack([r.descriptor for r in results]), report)
+        activator = Activator(self.extractor, self.codec, config)
+        for batch in self._new_images(images, config.batch_size, report, progress):
+            results = activator.activate([image for *_, image in batch], progress=progress)
+            pending = [(path, data_sha, self._record("active", path, data_sha, image, metrics=result.metrics()),
+                        result.image) for (path, data_sha, image), result in zip(batch, results)]
+            self._commit(pending, np.stack([r.descriptor for r in results]), out_dir, report)
         return report
 
     def _new_images(self, images, batch_size: int, report: BatchReport,
@@ -335,30 +354,67 @@ class Collection:
         return path
 
     @staticmethod
-    def _record(kind: str, path: Path, data_sha: str, image: np.ndarray, activated: Path | None = None,
-                metrics: dict | None = None) -> Record:
+    def _record(kind: str, path: Path, data_sha: str, image: np.ndarray, metrics: dict | None = None) -> Record:
         return Record(id=None, kind=kind, original_path=str(path.resolve()), original_sha256=data_sha,
-                      width=image.shape[1], height=image.shape[0],
-                      activated_path=str(activated.resolve()) if activated else None,
-                      activated_sha256=sha256_file(activated) if activated else None, **(metrics or {}))
+                      width=image.shape[1], height=image.shape[0], **(metrics or {}))
 
-    def _register(self, records: list[Record], descriptors: np.ndarray, report: BatchReport) -> None:
-        """Catalog transaction first, then the index (by atomic rename): a crash between them is caught up."""
-        ids = self.catalog.insert(records, descriptors)
+    def _commit(self, pending: list[tuple[Path, str, Record, np.ndarray | None]], descriptors: np.ndarray,
+                out_dir: Path | None, report: BatchReport) -> None:
+        """Register one batch under the folder lock: activated files, catalog transaction, index file.
+
+        ``pending`` holds (source path, sha256, record, activated image or None). Images another process
+        registered since they were decoded are skipped. The catalog commits before the index file is
+        renamed: a crash between the two is caught up from the catalog.
+        """
+        with self._writing():
+            keep = []
+            for i, (path, data_sha, record, activated) in enumerate(pending):
+                known = self.catalog.find_sha256(data_sha)
+                if known is not None:
+                    report.skipped.append((str(path), f"already registered (id {known})"))
+                    continue
+                if activated is not None:
+                    written = save_png(self._activated_path(out_dir, path, data_sha), activated)
+                    record.activated_path, record.activated_sha256 = str(written.resolve()), sha256_file(written)
+                keep.append(i)
+            if not keep:
+                return
+            records = [pending[i][2] for i in keep]
+            ids = self.catalog.insert(records, descriptors[keep])
+            with self._index_lock:
+                self.index.add_with_ids(descriptors[keep], np.array(ids, np.int64))
+                save_index(self.index, self.root / INDEX)
+            report.records += records
+
+    def refresh(self) -> None:
+        """Bring the in-memory index up to the catalog if another process has committed since the last look."""
+        if self.index is None:
+            return
         with self._index_lock:
-            self.index.add_with_ids(descriptors, np.array(ids, np.int64))
-            save_index(self.index, self.root / INDEX)
-        report.records += records
+            if self.catalog.data_version() != self._catalog_version:
+                self._sync_index()
 
-    def _catch_up_index(self) -> None:
-        """Add catalog rows the index file lacks (a process killed between the two writes)."""
-        if self.index.ntotal > self.catalog.count():
-            raise CorruptCollectionError(f"{self.root}: index.faiss holds {self.index.ntotal} vectors but the "
-                                         f"catalog only {self.catalog.count()} records")
-        ids, vectors = self.catalog.descriptors(offset=self.index.ntotal)
-        if len(ids):
-            logger.warning("index.faiss was %d records behind the catalog: catching up", len(ids))
-            self.index.add_with_ids(vectors, ids)
+    def _sync_index(self) -> None:
+        """Make the index hold exactly the catalog's ids: add the missing ones from the stored descriptors.
+
+        An index holding ids the catalog lacks, or an id twice (a file from another collection, or
+        damaged), is rebuilt from the catalog; either way the result matches the catalog exactly.
+        """
+        with self._index_lock:
+            self._catalog_version = self.catalog.data_version()
+            catalog_ids, indexed = self.catalog.ids(), index_ids(self.index)
+            unknown = np.setdiff1d(indexed, catalog_ids)
+            if len(unknown) or len(np.unique(indexed)) != len(indexed):
+                logger.warning("%s: index.faiss holds %d ids the catalog lacks and %d repeated ids: rebuilding it "
+                               "from the catalog", self.root, len(unknown), len(indexed) - len(np.unique(indexed)))
+                self.index = self.codec.empty_index()
+                set_nprobe(self.index, self.manifest["nprobe"])
+                indexed = np.zeros(0, np.int64)
+            missing = np.setdiff1d(catalog_ids, indexed)
+            if len(missing):
+                logger.info("%s: adding %d catalog records the index lacked", self.root, len(missing))
+            for ids, vectors in self.catalog.iter_descriptors(missing):
+                self.index.add_with_ids(vectors, ids)
 
     def _require_trained(self) -> None:
         if self.codec is None:
@@ -372,15 +428,21 @@ class Collection:
 
         Args:
             images: one query (path or (H, W, 3) uint8 array) or a sequence of them.
-            k: results per query.
+            k: results per query, 1 to 1000.
 
         Returns:
             one list of `Match` per query, in the index's order (nearest first by its distance); each
             carries the exact cosine similarity to the registered image's stored descriptor.
         """
-        self._require_trained()
         single = isinstance(images, (str, os.PathLike, np.ndarray))
-        queries = self.extractor.encode([images] if single else list(images), progress=False)
+        return self.search_descriptors(self.extractor.encode([images] if single else list(images), progress=False), k)
+
+    def search_descriptors(self, queries: np.ndarray, k: int = 10) -> list[list[Match]]:
+        """`search` for (n, d) query descriptors computed by this collection's extractor."""
+        self._require_trained()
+        if not 1 <= k <= MAX_K:
+            raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k}")
+        self.refresh()
         with self._index_lock:
             distances, ids = search(self.index, queries, k)
         found = sorted({int(i) for i in ids.ravel() if i >= 0})
@@ -392,6 +454,7 @@ class Collection:
 
     def info(self) -> dict:
         """The manifest plus counts and index facts."""
+        self.refresh()
         counts = self.catalog.counts()
         return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
                 "ntotal": int(self.index.ntotal) if self.index is not None else 0,

@@ -1,15 +1,19 @@
 """Safe image decoding and encoding: the only module that reads or writes image files.
 
 Every image enters the library as an (H, W, 3) uint8 RGB array: EXIF orientation applied, any PIL mode
-(CMYK, RGBA, palette, grayscale, 16-bit) converted, and size limits enforced before decoding pixels.
+(CMYK, RGBA, palette, grayscale, 16/32-bit and float) converted, and size limits enforced before decoding pixels.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
-__all__ = ["ImageLimits", "load_image", "decode_image", "save_png", "sha256_file", "sha256_bytes",
+__all__ = ["ImageLimits", "load_image", "decode_image", "image_size", "save_png", "sha256_file", "sha256_bytes",
            "list_images", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -55,13 +59,31 @@ def load_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> 
 
 def decode_image(data: bytes, name: str = "<bytes>", limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decode image bytes (content sniffed, never trusted from a name) to an (H, W, 3) uint8 RGB array."""
+    with _decode_errors(name, limits):
+        image = Image.open(io.BytesIO(data))
+        _check_size(image.size, name, limits)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    return _to_rgb(image, name)
+
+
+def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """(width, height) read from an image's header, without decoding its pixels.
+
+    Raises:
+        ImageDecodeError: not an image PIL can identify.
+    """
+    with _decode_errors(name, ImageLimits()):
+        return Image.open(io.BytesIO(data)).size
+
+
+@contextmanager
+def _decode_errors(name: str, limits: ImageLimits) -> Iterator[None]:
+    """PIL's many exceptions (and its decompression-bomb warning) as one-line `ImageDecodeError`s."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_size(image.size, name, limits)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            yield
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -71,7 +93,6 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: ImageLimits = Image
         raise ImageDecodeError(f"{name}: not an image file PIL can identify") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({e})") from e
-    return _to_rgb(image)
 
 
 def _check_size(size: tuple[int, int], name: str, limits: ImageLimits) -> None:
@@ -84,23 +105,52 @@ def _check_size(size: tuple[int, int], name: str, limits: ImageLimits) -> None:
         raise ImageDecodeError(f"{name}: {w}x{h} is smaller than the minimum side of {limits.min_side} px")
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+# Candidate value ranges of high-bit-depth grayscale data, tried in order; data fitting none is min-max normalised.
+_NOMINAL_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
+    "F": ((0.0, 1.0), (0.0, 255.0)),  # float32: [0, 1] or 8-bit levels stored as floats
+    "I": ((0.0, 255.0), (0.0, 65535.0)),  # 32-bit int: 8- or 16-bit data in a wider container
+    **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), ((0.0, 65535.0),)),  # 16-bit data: always 0..65535
+}
+_WHITE = (255, 255, 255, 255)
+
+
+def _to_rgb(image: Image.Image, name: str) -> np.ndarray:
     """Any PIL mode -> (H, W, 3) uint8 RGB; transparency is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
-        a = np.asarray(image, dtype=np.float64)
-        a = a / (65535.0 if a.max() > 255 else 255.0)
-        image = Image.fromarray(np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return np.ascontiguousarray(array)
+    if image.mode in _NOMINAL_RANGES:
+        image = _to_8bit(image, name)
+    try:
+        if image.mode == "La":  # premultiplied grey + alpha: PIL reaches RGBA only through LA
+            image = image.convert("LA")
+        if image.has_transparency_data:
+            image = Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA"))
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    except ValueError as e:
+        raise ImageDecodeError(f"{name}: PIL cannot convert image mode {image.mode!r} to RGB ({e})") from e
+
+
+def _to_8bit(image: Image.Image, name: str) -> Image.Image:
+    """A float or 16/32-bit grayscale image as 8-bit "L", scaled from its nominal range (or min-max)."""
+    a = np.array(image, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ImageDecodeError(f"{name}: mode {image.mode} image has NaN or infinite pixel values; replace "
+                               "them with finite values (or save it as an 8-bit image)")
+    lo, hi = float(a.min()), float(a.max())
+    low, high = next(((a0, a1) for a0, a1 in _NOMINAL_RANGES[image.mode] if a0 <= lo and hi <= a1), (lo, hi))
+    a -= low
+    a *= 255.0 / (high - low) if high > low else 0.0
+    a += 0.5
+    gray = np.clip(a, 0.0, 255.0, out=a).astype(np.uint8)
+    if hi > lo and gray.min() == gray.max():
+        raise ImageDecodeError(f"{name}: mode {image.mode} pixel values {lo:g}..{hi:g} all fall on one 8-bit "
+                               f"level when read as {low:g}..{high:g} data; stretch its contrast and save it "
+                               "as an 8-bit image")
+    return Image.fromarray(gray)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 array as a lossless PNG, atomically (temp file + rename).
+
+    The file gets the permissions of an ordinary new file (0o666 less the umask), not the temp file's 0o600.
 
     Returns:
         the written path.
@@ -113,11 +163,24 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
             Image.fromarray(image).save(f, format="PNG", compress_level=6)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+_UMASK_LOCK = threading.Lock()  # reading the umask means setting it: two first readers must not interleave
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """0o666 less the process umask, read once."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)  # for the instant it is replaced, files other threads create stay private
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def sha256_bytes(data: bytes) -> str:

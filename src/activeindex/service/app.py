@@ -1,52 +1,127 @@
 """FastAPI app over one collection: search and activate over HTTP, plus a web page at ``/``.
 
-Thin: requests are validated here (size, token, content), everything else is the library's. Writes
-(activation) are serialised by the collection; searches run in parallel in the server's thread pool.
-No path from a request ever reaches the filesystem: uploads are stored under names the server makes.
+Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
+The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool and
+activations in a background worker process (jobs.py), each with a bounded queue answered by 503 +
+Retry-After when full. Limits are enforced before work: the body size while it streams in (and from
+Content-Length), the token before an activation's body is read, the pixel count from image headers
+before decoding. No path from a request ever reaches the filesystem: uploads get names the server makes.
 """
 from __future__ import annotations
 
 import hmac
 import io
+import logging
 import re
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
+import anyio
+import numpy as np
+import swagger_ui_bundle
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
+from ..catalog import MAX_ID, Record
 from ..collection import Collection
-from ..errors import ActiveIndexError
-from ..imageio import load_image, sha256_bytes
+from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError
+from ..imageio import image_size, load_image, sha256_bytes
+from ..jobs import ActivationWorker, WorkerBusy, WorkerFailed
 
 __all__ = ["ServiceConfig", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Service settings."""
+    """Service settings (limits are per request unless stated)."""
 
     token: str | None = None  # bearer token required by write endpoints (None: writes disabled)
     threshold: float = 0.4  # a query is a copy when its best match's descriptor cosine is >= this (README)
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 20 * MiB  # one image file
+    max_request_bytes: int = 64 * MiB  # a whole search request, enforced while the body streams in
     max_files: int = 16  # images per search request
+    max_request_pixels: int = 64_000_000  # decoded pixels across a request's images, read from their headers
     default_k: int = 5
+    max_k: int = 100
+    search_threads: int = 2  # requests decoded and embedded at once (each holds at most one decoded image)
+    max_pending_searches: int = 32  # running or waiting; beyond: 503
+    max_pending_activations: int = 4  # running or waiting; beyond: 503
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
+
+
+class Error(BaseModel):
+    """Every error response: one line."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses an endpoint may answer."""
+    return {code: {"model": Error} for code in codes}
+
+
+IMAGE_BODY = {"type": "string", "format": "binary"}
 
 
 def _safe_name(filename: str | None) -> str:
-    """A client's file name reduced to a harmless label (never used as a path as given)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename or "upload").name)[:64].strip("._")
+    """A client's file name reduced to a harmless label (letters of any script kept; never used as a path)."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(filename or "upload").name)[:64].strip("._")
     return stem or "upload"
+
+
+class _Searches:
+    """Blocking search work off the event loop: ``threads`` at a time, ``limit`` admitted (503 beyond)."""
+
+    def __init__(self, threads: int, limit: int):
+        self.threads, self.limit, self.pending = threads, limit, 0
+        self._limiter: anyio.CapacityLimiter | None = None  # made on the event loop, at first use
+
+    async def run(self, function, *args):
+        if self.pending >= self.limit:
+            raise HTTPException(503, f"{self.pending} searches are already queued; retry shortly",
+                                headers={"Retry-After": "1"})
+        self._limiter = self._limiter or anyio.CapacityLimiter(self.threads)
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(partial(function, *args), limiter=self._limiter)
+        finally:
+            self.pending -= 1
 
 
 def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) -> FastAPI:
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
-    app = FastAPI(title="activeindex", version=__version__,
+    worker = ActivationWorker(collection.root, _model_argument(collection), str(collection.extractor.device),
+                              max_pending=config.max_pending_activations)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()
+
+    app = FastAPI(title="activeindex", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Image copy detection with active indexing: search and activate images.")
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))
+    _add_error_handlers(app)
+    _add_docs(app)
+    searches = _Searches(config.search_threads, config.max_pending_searches)
     bearer = HTTPBearer(auto_error=False)
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
 
@@ -62,68 +137,81 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             raise HTTPException(413, f"{_safe_name(upload.filename)}: larger than {config.max_upload_bytes} bytes")
         return data
 
-    @app.exception_handler(ActiveIndexError)
-    async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=400)
-
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", responses=_errors(500))
     def status() -> dict:
         info = collection.info()
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
-                                     "passive", "ntotal", "model")} | {"version": __version__,
-                                                                       "threshold": config.threshold,
-                                                                       "writes": config.token is not None}
+                                     "passive", "ntotal", "model")} | {
+            "version": __version__, "threshold": config.threshold, "writes": config.token is not None,
+            "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
+                       "max_request_pixels": config.max_request_pixels, "max_k": config.max_k}}
 
-    @app.post("/v1/search")
+    @app.post("/v1/search", responses=_errors(400, 413, 422, 503),
+              max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4})
     async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k)) -> dict:
-        if not 1 <= k <= 100:
-            raise HTTPException(422, "k must be between 1 and 100")
+        if not 1 <= k <= config.max_k:
+            raise HTTPException(422, f"k must be between 1 and {config.max_k}")
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
         named = [(_safe_name(u.filename), await read_upload(u)) for u in images]
-        arrays = [collection.extractor.load_bytes(data, name) for name, data in named]
-        results = collection.search(arrays, k=k)
+        results = await searches.run(_search, collection, named, k, config.max_request_pixels)
         return {"threshold": config.threshold, "results": [
             {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= config.threshold,
              "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
 
-    @app.post("/v1/activate", dependencies=[Depends(require_token)])
-    async def activate(image: UploadFile = File(...)) -> Response:
-        data = await read_upload(image)
-        collection.extractor.load_bytes(data, _safe_name(image.filename))  # sniff and validate first
-        path = uploads / f"{sha256_bytes(data)[:16]}-{_safe_name(image.filename)}"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(data)
-        report = collection.activate([path], activated_dir)
-        if report.failed:
-            raise HTTPException(400, report.failed[0][1])
-        record = report.records[0] if report.records else _existing(collection, data)
-        return FileResponse(record.activated_path, media_type="image/png",
-                            filename=f"{Path(_safe_name(image.filename)).stem}.png",
+    @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
+              responses={200: {"content": {"image/png": {"schema": IMAGE_BODY}},
+                               "description": "the activated PNG; headers X-Image-Id and X-PSNR"},
+                         **_errors(400, 401, 403, 409, 413, 422, 500, 503)},
+              max_body_size=config.max_upload_bytes + 64 * 1024,
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY}}}}}})
+    async def activate(request: Request) -> Response:
+        data, name = await _one_image(request, config.max_upload_bytes)
+        await searches.run(_decode_checked, collection, data, name, config.max_request_pixels)
+        path, created = _store_upload(uploads, data, name)
+        try:
+            report = await worker.activate(path, activated_dir)
+        except BaseException:
+            if created:
+                path.unlink(missing_ok=True)
+            raise
+        if report["failed"] or not report["records"]:
+            if created:
+                path.unlink(missing_ok=True)
+            if report["failed"]:
+                raise HTTPException(400, report["failed"][0]["error"])
+        collection.refresh()
+        record = Record(**report["records"][0]) if report["records"] else _existing(collection, data)
+        return FileResponse(_activated_file(record), media_type="image/png", filename=f"{Path(name).stem}.png",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}"})
 
-    @app.get("/v1/images/{image_id}")
-    def image_record(image_id: int) -> dict:
+    image_id_param = PathParam(ge=1, le=MAX_ID, description="an image id from a search result")
+
+    @app.get("/v1/images/{image_id}", responses=_errors(404, 422))
+    def image_record(image_id: int = image_id_param) -> dict:
         return _public(_record(collection, image_id))
 
-    @app.get("/v1/images/{image_id}/activated")
-    def activated_file(image_id: int) -> FileResponse:
+    @app.get("/v1/images/{image_id}/activated", response_class=Response,
+             responses={200: {"content": {"image/png": {"schema": IMAGE_BODY}}}, **_errors(404, 422)})
+    def activated_file(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         if record.activated_path is None:
             raise HTTPException(404, f"image {image_id} is a passive reference: it has no activated file")
-        return FileResponse(record.activated_path, media_type="image/png")
+        return FileResponse(_activated_file(record), media_type="image/png")
 
-    @app.get("/v1/images/{image_id}/thumbnail")
-    def thumbnail(image_id: int) -> Response:
+    @app.get("/v1/images/{image_id}/thumbnail", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {"schema": IMAGE_BODY}}}, **_errors(404, 422)})
+    def thumbnail(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         try:
             image = Image.fromarray(load_image(record.activated_path or record.original_path))
         except ActiveIndexError as e:
-            raise HTTPException(404, f"image {image_id}: file no longer readable") from e
+            raise HTTPException(404, f"image {image_id}: its file is no longer readable on the server") from e
         image.thumbnail((256, 256))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
@@ -136,19 +224,121 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     return app
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{"detail": one line}``; request data is never echoed back."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = ["/".join(str(p) for p in e.get("loc", ())[1:]) + f": {e.get('msg', 'invalid')}"
+                    for e in error.errors()[:3]]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(ActiveIndexError)
+    async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
+        if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
+            return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+        if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
+            logger.error("%s", error)
+            return JSONResponse({"detail": "the collection is damaged on the server; see the server log"},
+                                status_code=500)
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package: works without internet."""
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="activeindex API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
+async def _one_image(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The single ``image`` file part of a multipart request (read only after the token was checked)."""
+    form = await request.form(max_files=1, max_fields=2)  # Starlette answers a malformed body with 400
+    image = form.get("image")
+    if not hasattr(image, "read") or len(form.getlist("image")) != 1:
+        raise HTTPException(422, "image: send exactly one file in the field 'image'")
+    data = await image.read(max_bytes + 1)
+    name = _safe_name(image.filename)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
+    return data, name
+
+
+def _check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> None:
+    """Refuse a request whose images would decode to more than ``max_pixels`` in all (header sizes only)."""
+    sizes = [image_size(data, name) for name, data in named]
+    total = sum(w * h for w, h in sizes)
+    if total > max_pixels:
+        raise HTTPException(413, f"the images of this request hold {total} pixels in all; the limit is "
+                                 f"{max_pixels} per request: send fewer or smaller images")
+
+
+def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_pixels: int) -> list:
+    """(In a worker thread.) Decode and embed one image at a time (bounded memory), then search them all."""
+    _check_pixels(named, max_pixels)
+    queries = np.stack([collection.extractor.encode(collection.extractor.load_bytes(data, name))
+                        for name, data in named])
+    return collection.search_descriptors(queries, k)
+
+
+def _decode_checked(collection: Collection, data: bytes, name: str, max_pixels: int) -> None:
+    """(In a worker thread.) Validate an upload fully before it is stored."""
+    _check_pixels([(name, data)], max_pixels)
+    collection.extractor.load_bytes(data, name)
+
+
+def _store_upload(uploads: Path, data: bytes, name: str) -> tuple[Path, bool]:
+    """Keep an upload under a name the server makes; (path, whether this request created it)."""
+    path = uploads / f"{sha256_bytes(data)[:16]}-{name}"
+    if path.exists():
+        return path, False
+    uploads.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path, True
+
+
+def _model_argument(collection: Collection) -> str:
+    """How a worker process names the collection's model to `Collection.open`."""
+    model = collection.extractor.model
+    return str(model.path) if model.name.startswith("torchscript:") else model.name
+
+
 def _match(match) -> dict:
     return {"id": match.id, "filename": Path(match.original_path).name, "distance": match.distance,
             "similarity": match.similarity, "activated": match.activated_path is not None}
 
 
-def _record(collection: Collection, image_id: int):
+def _record(collection: Collection, image_id: int) -> Record:
+    collection.refresh()
     record = collection.catalog.get([image_id]).get(image_id)
     if record is None:
         raise HTTPException(404, f"no image with id {image_id}")
     return record
 
 
-def _public(record) -> dict:
+def _activated_file(record: Record) -> str:
+    """The activated PNG's path, checked: a file deleted on the server is a clear 404, not a 500."""
+    if not Path(record.activated_path).is_file():
+        raise HTTPException(404, f"image {record.id}: its activated file {Path(record.activated_path).name} is "
+                                 "missing on the server; the operator must restore it")
+    return record.activated_path
+
+
+def _public(record: Record) -> dict:
     """A record without server paths: file names only."""
     data = record.to_dict()
     data["original_filename"] = Path(data.pop("original_path")).name
@@ -157,9 +347,12 @@ def _public(record) -> dict:
     return data
 
 
-def _existing(collection: Collection, data: bytes):
+def _existing(collection: Collection, data: bytes) -> Record:
     """The record of an upload that was already registered (activation is idempotent)."""
-    record = _record(collection, collection.catalog.find_sha256(sha256_bytes(data)))
+    image_id = collection.catalog.find_sha256(sha256_bytes(data))
+    if image_id is None:
+        raise HTTPException(500, "the activation registered nothing; see the server log")
+    record = _record(collection, image_id)
     if record.activated_path is None:
         raise HTTPException(409, f"this image is already registered as passive reference {record.id}")
     return record

@@ -1,0 +1,218 @@
+"""The web page at ``/`` in real headless Chromium (Debian's chromium + chromedriver) against a real uvicorn
+server on loopback: search verdict, error recovery, activation with a corrected token, phone layout."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from activeindex import ActivationConfig, Collection
+from activeindex.edits import apply_edit
+from activeindex.imageio import load_image
+
+from .conftest import TEST_FACTORY
+
+TOKEN = "test-token-123"
+DOCS = Path(__file__).parent.parent / "docs"
+SLOW = 300  # seconds: the first activation starts a worker process (156 s seen on 2 busy cores)
+
+
+# --- a real server and a real browser ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(root: Path, port: int) -> subprocess.Popen:
+    """``activeindex serve`` on 127.0.0.1:port, returned once /healthz answers."""
+    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
+                                "--token", TOKEN, "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stderr.read()}") from None
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@contextmanager
+def _browser(phone: bool = False):
+    """Headless Chromium at desktop size (a 1000x960 page), or emulating a 390x844 phone (viewport meta honoured)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1000,1100"):
+        options.add_argument(flag)
+    if phone:
+        options.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2, "touch": True}})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _status_loaded(driver) -> int:
+    """The number of registered images the status line shows, once it has loaded."""
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-images"))
+    return int(driver.find_element(By.ID, "status").get_attribute("data-images"))
+
+
+def _images_loaded(driver) -> None:
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+
+
+@pytest.fixture(scope="module")
+def collection_root(tmp_path_factory, training_npy, small_photos) -> tuple[Path, list[Path]]:
+    """A trained collection: photo0, photo1 activated (ids 1, 2), photo2, photo3 passive (ids 3, 4)."""
+    root = tmp_path_factory.mktemp("web") / "col"
+    folder = tmp_path_factory.mktemp("web-originals")
+    paths = []
+    for i, image in enumerate(small_photos[:4]):
+        Image.fromarray(image).save(folder / f"photo{i}.png")
+        paths.append(folder / f"photo{i}.png")
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.activate(paths[:2], root / "activated", config=ActivationConfig(iterations=3))
+    collection.add(paths[2:])
+    collection.close()
+    return root, paths
+
+
+@pytest.fixture(scope="module")
+def served(collection_root) -> tuple[Path, str]:
+    root, _ = collection_root
+    port = _free_port()
+    process = _start(root, port)
+    yield root, f"http://127.0.0.1:{port}"
+    _stop(process)
+
+
+@pytest.fixture(scope="module")
+def query(collection_root) -> Path:
+    """An edited copy (contrast, JPEG) of the activated photo1.png (id 2)."""
+    root, _ = collection_root
+    path = root.parent / "query.jpg"
+    Image.fromarray(apply_edit("contrast_2.0", load_image(root / "activated" / "photo1.png"))).save(path, quality=70)
+    return path
+
+
+# --- tests ------------------------------------------------------------------------------------------------------
+
+def test_search_names_the_source_file_with_similarity_and_threshold(served, query):
+    _, url = served
+    with _browser() as driver:
+        driver.get(url)
+        _status_loaded(driver)
+        driver.find_element(By.ID, "search-file").send_keys(str(query))
+        WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
+        verdict = driver.find_element(By.ID, "verdict").text
+        assert "Copy of photo1.png" in verdict and "similarity" in verdict and "threshold 0.40" in verdict
+        best = driver.find_element(By.ID, "match-0")
+        assert best.get_attribute("data-id") == "2" and "below" not in best.get_attribute("class")
+        others = driver.find_elements(By.CSS_SELECTOR, ".match.below")
+        assert len(others) == 3  # the three unrelated photos, greyed out under their own heading
+        assert all(float(o.value_of_css_property("opacity")) < 1 for o in others)
+        assert "Other, unrelated images (below the threshold)" in driver.find_element(By.ID, "search-result").text
+        preview = driver.find_element(By.ID, "query-preview")
+        assert preview.is_displayed() and preview.get_attribute("src").startswith("blob:")
+        _images_loaded(driver)
+        assert driver.find_element(By.ID, "search-file").get_attribute("value") == ""  # same file can be re-chosen
+        DOCS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(DOCS / "web-page.png"))
+
+
+def test_server_down_shows_an_error_and_retry_recovers(collection_root, query):
+    root, _ = collection_root
+    port = _free_port()
+    process = _start(root, port)
+    try:
+        with _browser() as driver:
+            driver.get(f"http://127.0.0.1:{port}")
+            _status_loaded(driver)
+            _stop(process)
+            driver.find_element(By.ID, "search-file").send_keys(str(query))
+            error = driver.find_element(By.ID, "search-error")
+            WebDriverWait(driver, 10).until(lambda d: error.is_displayed())
+            assert "Cannot reach the server" in error.text
+            assert driver.find_element(By.ID, "search-result").text == ""  # no "Searching…" left behind
+            retry = driver.find_element(By.ID, "search-retry")
+            assert retry.is_displayed()
+            process = _start(root, port)  # the same address: the page needs no reload
+            retry.click()
+            WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
+            assert "Copy of photo1.png" in driver.find_element(By.ID, "verdict").text
+            assert not error.is_displayed()
+    finally:
+        if process.poll() is None:
+            _stop(process)
+
+
+def test_wrong_token_then_right_token_with_the_same_file(served, small_photos, tmp_path):
+    _, url = served
+    photo = tmp_path / "new photo.png"
+    Image.fromarray(small_photos[4]).save(photo)
+    with _browser() as driver:
+        driver.get(url)
+        before = _status_loaded(driver)
+        driver.find_element(By.ID, "tab-activate").click()
+        driver.find_element(By.ID, "token").send_keys("not-the-token")
+        chooser = driver.find_element(By.ID, "activate-file")
+        chooser.send_keys(str(photo))
+        error = driver.find_element(By.ID, "activate-error")
+        WebDriverWait(driver, 60).until(lambda d: error.is_displayed())
+        assert "token" in error.text and driver.find_element(By.ID, "activate-retry").is_displayed()
+        assert chooser.get_attribute("value") == ""  # reset, so choosing the same file fires "change" again
+        driver.find_element(By.ID, "token").clear()
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        chooser.send_keys(str(photo))
+        WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "activated"))
+        result = driver.find_element(By.ID, "activated")
+        assert "PSNR" in result.text and "dB" in result.text and not error.is_displayed()
+        link = driver.find_element(By.ID, "download")
+        assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download").endswith(".png")
+        WebDriverWait(driver, 30).until(lambda d: _status_loaded(d) == before + 1)
+        assert f"{before + 1} registered images" in driver.find_element(By.ID, "status").text
+
+
+def test_phone_layout_has_margins_and_no_horizontal_scroll(served, query):
+    _, url = served
+    with _browser(phone=True) as driver:
+        driver.get(url)
+        _status_loaded(driver)
+        driver.find_element(By.ID, "search-file").send_keys(str(query))
+        WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
+        _images_loaded(driver)
+        width = driver.execute_script("return window.innerWidth")
+        assert width == 390
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+        for element_id in ("search-drop", "verdict", "status", "query-preview", "match-0"):
+            box = driver.find_element(By.ID, element_id).rect
+            assert box["x"] >= 8 and box["x"] + box["width"] <= width - 8, element_id
+        driver.save_screenshot(str(DOCS / "web-page-phone.png"))
