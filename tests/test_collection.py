@@ -4,11 +4,13 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
+import faiss
 import numpy as np
 import pytest
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
+from activeindex.codec import index_ids, save_index
 from activeindex.edits import apply_edit
 from activeindex.errors import (
     CodecMismatchError,
@@ -170,3 +172,53 @@ def test_activation_never_overwrites_an_existing_file(collection, photo_files, t
     record = collection.activate(photo_files[:1], out, config=ActivationConfig(iterations=1)).records[0]
     assert (out / "photo0.png").read_bytes() == b"the user's own file"
     assert record.activated_path == str((out / f"photo0-{record.original_sha256[:8]}.png").resolve())
+
+
+def test_index_lacking_a_middle_id_is_repaired_by_set(collection, photo_files):
+    """The reviewer's loss: an index missing id 2 of 1..4 (a stale writer) must get id 2 back, not id 4 twice."""
+    for path in photo_files[:4]:
+        collection.add([path])
+    collection.index.remove_ids(np.array([2], np.int64))
+    save_index(collection.index, collection.root / "index.faiss")
+    reopened = Collection.open(collection.root)
+    assert sorted(index_ids(reopened.index)) == [1, 2, 3, 4]
+    assert reopened.search(load_image(photo_files[1]), k=1)[0][0].id == 2
+
+
+def test_index_with_unknown_or_repeated_ids_is_rebuilt(collection, photo_files):
+    collection.add(photo_files[:3])
+    vectors = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
+    collection.index.add_with_ids(vectors, np.array([99, 1], np.int64))  # an unknown id and a repeated one
+    save_index(collection.index, collection.root / "index.faiss")
+    reopened = Collection.open(collection.root)
+    assert sorted(index_ids(reopened.index)) == [1, 2, 3]
+    assert reopened.search(load_image(photo_files[0]), k=1)[0][0].id == 1
+
+
+def test_a_stale_process_catches_up_before_searching_and_writing(collection, photo_files):
+    """Two handles on one folder (as a server and a CLI run): neither loses the other's images."""
+    server = Collection.open(collection.root)
+    collection.add(photo_files[:1])  # the "CLI" writes
+    assert server.search(load_image(photo_files[0]), k=1)[0][0].id == 1  # the server sees it
+    server.add(photo_files[1:2])  # the server's index write includes the CLI's image
+    reopened = Collection.open(collection.root)
+    assert sorted(index_ids(reopened.index)) == [1, 2]
+    assert sorted(index_ids(faiss.read_index(str(collection.root / "index.faiss")))) == [1, 2]
+
+
+def test_damaged_or_missing_catalog_is_one_clear_error(collection, photo_files):
+    collection.add(photo_files[:2])
+    collection.close()
+    catalog = collection.root / "catalog.sqlite"
+    with sqlite3.connect(catalog) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(catalog.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page after the header page
+    catalog.write_bytes(bytes(data))
+    with pytest.raises(CorruptCollectionError, match="catalog") as error:
+        Collection.open(collection.root).info()
+    assert "\n" not in str(error.value)
+    catalog.unlink()
+    with pytest.raises(CorruptCollectionError, match="missing"):
+        Collection.open(collection.root)
+    assert not catalog.exists()  # never silently re-created empty

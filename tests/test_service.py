@@ -178,3 +178,141 @@ def test_killed_server_loses_no_registered_image(tmp_path, training_npy, small_p
     process.wait()
     reopened = Collection.open(root)
     assert reopened.catalog.count() == reopened.index.ntotal == 1
+
+
+def _big_jpeg(side: int = 8000) -> bytes:
+    """A smooth side x side photo-like JPEG: large when decoded (side^2 pixels), small on the wire."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    image = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, 255 - ramp) / 2,
+                      np.full((side, side), 128, np.float32)], axis=2).astype(np.uint8)
+    return _png(image, "JPEG", quality=60)
+
+
+def _peak_rss(pid: int, request) -> tuple[int, object]:
+    """(peak resident memory of the process and its children in bytes while `request()` runs, its result)."""
+    import threading
+
+    import psutil
+
+    process, peak, done = psutil.Process(pid), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+            peak[0] = max(peak[0], rss)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = request()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0], result
+
+
+def test_memory_is_bounded_by_the_request_pixel_limit(served):
+    """8 x 64 MP JPEGs (the reviewer's 8 GB request) are refused from their headers; one is served in bounds."""
+    import psutil
+
+    root, url, _ = served
+    pid = next(c.pid for c in psutil.Process().children() if str(root) in " ".join(c.cmdline()))
+    big = _big_jpeg()
+    baseline = psutil.Process(pid).memory_info().rss
+    files = [("images", (f"big{i}.jpg", big, "image/jpeg")) for i in range(8)]
+    peak, response = _peak_rss(pid, lambda: httpx.post(f"{url}/v1/search", files=files, timeout=120))
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+    assert peak - baseline < 200 * 2**20, f"refused request grew the server by {(peak - baseline) / 2**20:.0f} MB"
+    peak, response = _peak_rss(pid, lambda: httpx.post(f"{url}/v1/search", files=files[:1], timeout=300))
+    assert response.status_code == 200
+    growth = (peak - baseline) / 2**20
+    print(f"one 64 MP query: server peak RSS +{growth:.0f} MB over {baseline / 2**20:.0f} MB")
+    assert growth < 900, f"one 64 MP query grew the server by {growth:.0f} MB (README states < 0.9 GB)"
+
+
+def test_requests_are_limited_before_work(served):
+    _, url, _ = served
+    # a declared 200 MB body is refused from its Content-Length, before the body is sent
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(f"POST /v1/search HTTP/1.1\r\nHost: {host}\r\nContent-Length: {200 * 2**20}\r\n"
+                    "Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n".encode())
+        assert raw.recv(200).startswith(b"HTTP/1.1 413")
+    # no token: 401 before an activation's (large) body is read
+    start = time.monotonic()
+    denied = httpx.post(f"{url}/v1/activate", files={"image": ("a.png", b"0" * (15 * 2**20))}, timeout=60)
+    assert denied.status_code == 401 and time.monotonic() - start < 10
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    two = httpx.post(f"{url}/v1/activate", headers=token, timeout=60,
+                     files=[("image", ("a.png", b"1")), ("image", ("b.png", b"2"))])
+    assert two.status_code in (400, 422) and len(two.text) < 300
+    not_a_file = httpx.post(f"{url}/v1/search", data={"images": "x" * 150_000}, timeout=60)
+    assert not_a_file.status_code == 422 and len(not_a_file.text) < 300  # the upload is not echoed back
+    assert httpx.post(f"{url}/v1/search", data={"k": "0"}, files={"images": ("q.png", b"1")},
+                      timeout=30).status_code == 422
+
+
+def test_ids_hosts_and_missing_files_get_clear_answers(served):
+    root, url, _ = served
+    for suffix in ("", "/activated", "/thumbnail"):
+        for image_id in ("99999999999999999999", "0", "-3"):
+            response = httpx.get(f"{url}/v1/images/{image_id}{suffix}", timeout=30)
+            assert response.status_code == 422 and "detail" in response.json()
+    assert httpx.get(f"{url}/v1/status", headers={"Host": "evil.example"}, timeout=30).status_code == 400
+    activated = root / "activated" / "photo0.png"
+    hidden = activated.with_name("hidden.tmp")
+    activated.rename(hidden)
+    try:
+        response = httpx.get(f"{url}/v1/images/1/activated", timeout=30)
+        assert response.status_code == 404 and "missing on the server" in response.json()["detail"]
+    finally:
+        hidden.rename(activated)
+
+
+def test_non_ascii_names_survive(served, small_photos):
+    _, url, _ = served
+    response = httpx.post(f"{url}/v1/search", files={"images": ("café 東京.png", _png(small_photos[0]))}, timeout=60)
+    assert response.json()["results"][0]["filename"] == "café_東京.png"
+
+
+def test_docs_work_offline(served):
+    _, url, _ = served
+    page = httpx.get(f"{url}/docs", timeout=30).text
+    assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page
+    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js", timeout=30).status_code == 200
+    spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    activate = spec["paths"]["/v1/activate"]["post"]
+    assert {"200", "400", "401", "413", "503"} <= set(activate["responses"])
+    assert "image/png" in activate["responses"]["200"]["content"]
+    assert "multipart/form-data" in activate["requestBody"]["content"]
+
+
+def test_full_queues_answer_503_with_retry_after(served):
+    from fastapi.testclient import TestClient
+
+    from activeindex.service import ServiceConfig, create_app
+
+    root, _, _ = served
+    collection = Collection.open(root, device="cpu")
+    app = create_app(collection, ServiceConfig(max_pending_searches=0, allowed_hosts=("testserver",)))
+    with TestClient(app) as client:
+        response = client.post("/v1/search", files={"images": ("q.png", b"1")})
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    collection.close()
+
+
+def test_openapi_schema_holds_under_property_based_testing(served):
+    """Schemathesis (bounded, seeded) finds no server error and no response off the published schema.
+
+    `positive_data_acceptance` is left out: a schema cannot say "these bytes must be a decodable image",
+    so schema-valid random bytes are rightly answered 400.
+    """
+    _, url, _ = served
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json", "--checks", "all",
+         "--exclude-checks", "positive_data_acceptance", "--header", f"Authorization: Bearer {TOKEN}",
+         "--max-examples", "15", "--workers", "1", "--seed", "0", "--phases", "examples,coverage,fuzzing"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]

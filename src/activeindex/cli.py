@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from . import __version__
 from .activation import PRESETS, ActivationConfig, get_preset
-from .collection import BatchReport, Collection
+from .collection import MAX_K, BatchReport, Collection
 from .errors import ActiveIndexError, InvalidInputError
 from .extractor import Extractor, resolve_device
 from .imageio import ImageLimits, list_images
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="find the registered images nearest to queries")
     p.add_argument("collection")
     p.add_argument("queries", nargs="+", help="query image files")
-    p.add_argument("-k", type=int_in(1, 1000), default=5, help="results per query, 1..1000 (default 5)")
+    p.add_argument("-k", type=int_in(1, MAX_K), default=5, help=f"results per query, 1..{MAX_K} (default 5)")
 
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "enabled only on a loopback address")
     p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=0.4,
                    help="cosine similarity from which the best match is called a copy (default 0.4)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a host name clients use to reach the server (repeatable; the Host header is checked "
+                        "against them, a guard against DNS rebinding). Default: the loopback names, plus --host")
 
     p = sub.add_parser("data", parents=[common], help="assemble the real-photo benchmark corpus")
     p.add_argument("action", choices=["fetch"])
@@ -263,10 +266,24 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     if token is None:
         token = secrets.token_urlsafe(16)
         logger.warning("no token given: writes need this one-time token: %s", token)
-    app = create_app(_open(args), ServiceConfig(token=token, threshold=args.threshold))
+    config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses))
+    app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info")).run(sockets=sockets)
     return {}
+
+
+def _allowed_hosts(args: argparse.Namespace, addresses: list[tuple[socket.AddressFamily, tuple]]) -> tuple[str, ...]:
+    """Host names the server answers to: --allowed-host, else loopback names and --host ("*" for a wildcard bind)."""
+    from .service import LOOPBACK_HOSTS
+
+    if args.allowed_host:
+        return tuple(args.allowed_host)
+    if any(ipaddress.ip_address(address[0]).is_unspecified for _, address in addresses):
+        logger.warning("bound to every interface: any Host header is accepted; name the server's host names "
+                       "with --allowed-host to guard against DNS rebinding")
+        return ("*",)
+    return (*LOOPBACK_HOSTS, args.host)
 
 
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple]]:

@@ -279,20 +279,27 @@ class Extractor:
         out = np.zeros((len(items), self.dim), np.float32)
         bar = progress_bar(len(items), "embed", progress)
         for start in range(0, len(items), batch_size):
-            chunk = [to_tensor(self.load(s)) for s in items[start:start + batch_size]]
-            out[start:start + len(chunk)] = self._encode_tensors(chunk)
+            chunk = [self._preprocessed(self.load(s)) for s in items[start:start + batch_size]]
+            out[start:start + len(chunk)] = self._encode_preprocessed(chunk)
             bar.update(len(chunk))
         bar.close()
         return out[0] if single else out
 
     def encode_arrays(self, images: Iterable[np.ndarray]) -> np.ndarray:
         """(H, W, 3) uint8 arrays -> (n, d) float32, silently (a helper for internal batches)."""
-        return self._encode_tensors([to_tensor(a) for a in images])
+        return self._encode_preprocessed([self._preprocessed(a) for a in images])
 
     @torch.no_grad()
-    def _encode_tensors(self, tensors: list[torch.Tensor]) -> np.ndarray:
-        """Group (1, 3, H, W) tensors by preprocessed shape and run each group in one pass."""
-        resized = [preprocess(t, self.preprocessing) for t in tensors]
+    def _preprocessed(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, h, w) preprocessed, one channel at a time: the full-size float copy of a
+        large image is a third as big (preprocessing treats channels independently: same result)."""
+        channels = [preprocess(torch.from_numpy(np.ascontiguousarray(image[:, :, c]))[None, None].float().div_(255.0),
+                               self.preprocessing) for c in range(3)]
+        return torch.cat(channels, dim=1)
+
+    @torch.no_grad()
+    def _encode_preprocessed(self, resized: list[torch.Tensor]) -> np.ndarray:
+        """Group (1, 3, h, w) preprocessed tensors by shape and run each group in one pass."""
         out = np.zeros((len(resized), self.dim), np.float32)
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(resized):

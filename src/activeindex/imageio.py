@@ -123,7 +123,8 @@ def _to_rgb(image: Image.Image, name: str) -> np.ndarray:
             image = image.convert("LA")
         if image.has_transparency_data:
             image = Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA"))
-        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # no needless copy of a large image
+        return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     except ValueError as e:
         raise ImageDecodeError(f"{name}: PIL cannot convert image mode {image.mode!r} to RGB ({e})") from e
 

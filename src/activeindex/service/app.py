@@ -9,6 +9,7 @@ before decoding. No path from a request ever reaches the filesystem: uploads get
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
 import logging
@@ -177,12 +178,10 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         try:
             report = await worker.activate(path, activated_dir)
         except BaseException:
-            if created:
-                path.unlink(missing_ok=True)
+            _discard_upload(path, created)
             raise
         if report["failed"] or not report["records"]:
-            if created:
-                path.unlink(missing_ok=True)
+            _discard_upload(path, created)
             if report["failed"]:
                 raise HTTPException(400, report["failed"][0]["error"])
         collection.refresh()
@@ -302,13 +301,21 @@ def _decode_checked(collection: Collection, data: bytes, name: str, max_pixels: 
 
 
 def _store_upload(uploads: Path, data: bytes, name: str) -> tuple[Path, bool]:
-    """Keep an upload under a name the server makes; (path, whether this request created it)."""
-    path = uploads / f"{sha256_bytes(data)[:16]}-{name}"
+    """Keep an upload as ``uploads/<sha256 prefix>/<safe name>``; (path, whether this request created it)."""
+    path = uploads / sha256_bytes(data)[:16] / name
     if path.exists():
         return path, False
-    uploads.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path, True
+
+
+def _discard_upload(path: Path, created: bool) -> None:
+    """Remove an upload this request stored when it was not registered."""
+    if created:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # another upload of the same bytes may share the folder
+            path.parent.rmdir()
 
 
 def _model_argument(collection: Collection) -> str:
