@@ -1,20 +1,25 @@
-"""A bounded load test of `activeindex serve` on loopback: N concurrent clients for T seconds.
+"""A bounded load test of `activeindex serve` on loopback: search latency with and without activations.
 
-Each client posts edited copies of real photos to /v1/search in a loop. Prints throughput, p50 / p99
-latency and the error count. Starts its own server on a free loopback port unless --url is given:
+N clients post edited copies of real photos to /v1/search in a loop, for T seconds WITHOUT any
+activation, then T seconds while another client keeps the server activating new photos. A probe
+calls /healthz every 0.25 s throughout. Prints, for each phase: throughput, p50 / p99 search latency,
+errors, and the slowest /healthz answer; then the p99 ratio (the goal: <= 2x). The server runs on a
+COPY of the collection (activations write to it), on a free loopback port:
 
     python benchmarks/service_load.py COLLECTION [--clients 4] [--seconds 30]
-    python benchmarks/service_load.py --url http://127.0.0.1:8000 [--clients 4] [--seconds 30]
 """
 from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,25 +31,42 @@ from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
+TOKEN = "load-test"
+
+
+def photos() -> list[np.ndarray]:
+    folder = Path(skimage.__file__).parent / "data"
+    return [load_image(folder / name) for name in PHOTOS]
+
+
+def jpeg(image: np.ndarray, quality: int = 75) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def queries() -> list[bytes]:
     """JPEG copies (brightness 2.0, then quality 75) of scikit-image's photos."""
-    folder = Path(skimage.__file__).parent / "data"
-    out = []
-    for name in PHOTOS:
-        buffer = io.BytesIO()
-        Image.fromarray(apply_edit("brightness_2.0", load_image(folder / name))).save(buffer, "JPEG", quality=75)
-        out.append(buffer.getvalue())
+    return [jpeg(apply_edit("brightness_2.0", image)) for image in photos()]
+
+
+def new_photos(n: int, seed: int = 0) -> list[bytes]:
+    """n distinct photos to activate: seeded random crops (60-90 % of each side) of the real photos."""
+    rng, images, out = np.random.default_rng(seed), photos(), []
+    for i in range(n):
+        image = images[i % len(images)]
+        h, w = (int(s * rng.uniform(0.6, 0.9)) for s in image.shape[:2])
+        y, x = rng.integers(0, image.shape[0] - h + 1), rng.integers(0, image.shape[1] - w + 1)
+        out.append(jpeg(image[y:y + h, x:x + w], quality=95))
     return out
 
 
-def start_server(collection: str) -> tuple[subprocess.Popen, str]:
+def start_server(collection: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", collection, "--port", str(port),
-                                "--token", "load-test", "-q"])
+    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(collection), "--port", str(port),
+                                "--token", TOKEN, "-q"])
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -56,53 +78,109 @@ def start_server(collection: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("the server did not start")
 
 
-def client(url: str, bodies: list[bytes], deadline: float, latencies: list[float], errors: list[str]) -> None:
-    with httpx.Client(timeout=60) as http:
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    health: list[float] = field(default_factory=list)
+    activations: int = 0
+    seconds: float = 0.0
+
+
+def search_client(url: str, bodies: list[bytes], stop: threading.Event, phase: Phase) -> None:
+    with httpx.Client(timeout=120) as http:
         i = 0
-        while time.monotonic() < deadline:
+        while not stop.is_set():
             start = time.monotonic()
             try:
                 response = http.post(f"{url}/v1/search", files={"images": ("q.jpg", bodies[i % len(bodies)])})
                 if response.status_code != 200:
-                    errors.append(f"HTTP {response.status_code}")
+                    phase.errors.append(f"HTTP {response.status_code}")
             except httpx.HTTPError as e:
-                errors.append(type(e).__name__)
-            latencies.append(time.monotonic() - start)
+                phase.errors.append(type(e).__name__)
+            phase.latencies.append(time.monotonic() - start)
             i += 1
+
+
+def health_probe(url: str, stop: threading.Event, phase: Phase) -> None:
+    with httpx.Client(timeout=30) as http:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                http.get(f"{url}/healthz")
+                phase.health.append(time.monotonic() - start)
+            except httpx.HTTPError as e:
+                phase.errors.append(f"healthz {type(e).__name__}")
+            stop.wait(0.25)
+
+
+def activation_client(url: str, uploads: list[bytes], stop: threading.Event, phase: Phase) -> None:
+    with httpx.Client(timeout=900, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for i, data in enumerate(uploads):
+            if stop.is_set():
+                return
+            response = http.post(f"{url}/v1/activate", files={"image": (f"new{i}.jpg", data)})
+            if response.status_code == 200:
+                phase.activations += 1
+            else:
+                phase.errors.append(f"activate HTTP {response.status_code}")
+
+
+def run_phase(url: str, clients: int, seconds: float, uploads: list[bytes] | None) -> Phase:
+    phase, stop, bodies = Phase(), threading.Event(), queries()
+    threads = [threading.Thread(target=search_client, args=(url, bodies, stop, phase)) for _ in range(clients)]
+    threads.append(threading.Thread(target=health_probe, args=(url, stop, phase)))
+    if uploads:
+        threads.append(threading.Thread(target=activation_client, args=(url, uploads, stop, phase)))
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads[:clients + 1]:
+        t.join()
+    phase.seconds = time.monotonic() - start
+    for t in threads[clients + 1:]:  # the activation in flight finishes (not counted in the latencies)
+        t.join()
+    return phase
+
+
+def report(name: str, clients: int, phase: Phase) -> float:
+    ms, health = np.array(phase.latencies) * 1000, np.array(phase.health) * 1000
+    p99 = float(np.percentile(ms, 99))
+    print(f"{name:18} {clients} clients, {phase.seconds:.0f} s, {len(ms)} searches: {len(ms) / phase.seconds:.1f} "
+          f"req/s, p50 {np.percentile(ms, 50):.0f} ms, p99 {p99:.0f} ms, errors {len(phase.errors)}"
+          + (f" ({', '.join(sorted(set(phase.errors)))})" if phase.errors else "")
+          + f"; /healthz max {health.max():.0f} ms over {len(health)} probes"
+          + (f"; {phase.activations} activations completed" if phase.activations else ""))
+    return p99
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("collection", nargs="?", help="collection to serve (a server is started)")
-    parser.add_argument("--url", help="an already running server instead")
+    parser.add_argument("collection", type=Path, help="a trained collection (served from a temporary copy)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
-    if not (args.collection or args.url):
-        parser.error("give a COLLECTION or --url")
-    process, url = (None, args.url) if args.url else start_server(args.collection)
-    try:
-        bodies = queries()
-        latencies: list[float] = []
-        errors: list[str] = []
-        deadline = time.monotonic() + args.seconds
-        threads = [threading.Thread(target=client, args=(url, bodies, deadline, latencies, errors))
-                   for _ in range(args.clients)]
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - start
-    finally:
-        if process:
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "collection"
+        shutil.copytree(args.collection, copy)
+        process, url = start_server(copy)
+        try:
+            warm = Phase()
+            activation_client(url, new_photos(1, seed=99), threading.Event(), warm)  # starts the worker process
+            quiet = run_phase(url, args.clients, args.seconds, None)
+            busy = run_phase(url, args.clients, args.seconds, new_photos(100))
+        finally:
             process.terminate()
-            process.wait(timeout=30)
-    ms = np.array(latencies) * 1000
-    print(f"{args.clients} clients, {elapsed:.1f} s, {len(latencies)} requests (one image each, JPEG ~"
-          f"{np.mean([len(b) for b in bodies]) / 1024:.0f} kB): {len(latencies) / elapsed:.1f} req/s, "
-          f"p50 {np.percentile(ms, 50):.0f} ms, p99 {np.percentile(ms, 99):.0f} ms, errors {len(errors)}"
-          + (f" ({', '.join(sorted(set(errors)))})" if errors else ""))
+            process.wait(timeout=60)
+    print(f"search bodies: JPEG ~{np.mean([len(b) for b in queries()]) / 1024:.0f} kB, one image each; "
+          "activations: seeded crops (60-90 % of each side) of scikit-image's photos, default settings")
+    p99_quiet = report("without activation", args.clients, quiet)
+    p99_busy = report("during activation", args.clients, busy)
+    print(f"p99 during / without activation: {p99_busy / p99_quiet:.2f}x (goal <= 2x)")
 
 
 if __name__ == "__main__":
