@@ -3,13 +3,19 @@ model, a real faiss codec trained on real descriptors."""
 from __future__ import annotations
 
 import glob
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import skimage
+from PIL import Image
 
-from activeindex import Codec, Extractor
+from activeindex import ActivationConfig, Codec, Collection, Extractor
 from activeindex.imageio import load_image
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
@@ -17,6 +23,7 @@ PHOTO_NAMES = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "moto
 NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
 STAMPS = "/usr/share/tuxpaint/stamps/**/*.png"
 TEST_FACTORY = "IVF8,PQ8x4"  # small enough to train on a few hundred real vectors
+TOKEN = "test-token-123"  # the write token of the servers the tests start
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +83,47 @@ def codec(training_vectors) -> Codec:
     codec = Codec.create(TEST_FACTORY, 512)
     codec.train(training_vectors)
     return codec
+
+
+def served_collection(root: Path, originals: Path, photos: list[np.ndarray], training_npy: Path) -> list[Path]:
+    """A trained collection for service tests: photo0, photo1 activated (ids 1, 2), photo2, photo3 passive (3, 4)."""
+    paths = []
+    for i, image in enumerate(photos[:4]):
+        Image.fromarray(image).save(originals / f"photo{i}.png")
+        paths.append(originals / f"photo{i}.png")
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.activate(paths[:2], root / "activated", config=ActivationConfig(iterations=3))
+    collection.add(paths[2:])
+    collection.close()
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int | None = None, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A real ``activeindex serve`` on 127.0.0.1 (a free port unless given), returned once /healthz answers."""
+    port = port or free_port()
+    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
+                                "--token", TOKEN, "-q", *extra], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stderr.read()}") from None
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=60)

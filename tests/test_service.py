@@ -16,56 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeindex import ActivationConfig, Collection
+from activeindex import Collection
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
-from .conftest import TEST_FACTORY
-
-TOKEN = "test-token-123"
-SCREENSHOT = Path(__file__).parent.parent / "docs" / "web-page.png"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(root: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
-                                "--token", TOKEN, "-q", *extra], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {process.stderr.read()}") from None
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
+from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, training_npy, small_photos):
     root = tmp_path_factory.mktemp("served") / "col"
-    folder = tmp_path_factory.mktemp("originals")
-    paths = []
-    for i, image in enumerate(small_photos[:4]):
-        Image.fromarray(image).save(folder / f"photo{i}.png")
-        paths.append(folder / f"photo{i}.png")
-    collection = Collection.create(root, TEST_FACTORY, device="cpu")
-    collection.train(training_npy)
-    collection.activate(paths[:2], root / "activated", config=ActivationConfig(iterations=3))
-    collection.add(paths[2:])
-    collection.close()
-    process, url = _start(root)
+    paths = served_collection(root, tmp_path_factory.mktemp("originals"), small_photos, training_npy)
+    process, url = start_server(root)
     yield root, url, paths
-    process.terminate()
-    process.wait(timeout=30)
+    stop_server(process)
 
 
 def _png(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
@@ -170,7 +134,7 @@ def test_killed_server_loses_no_registered_image(tmp_path, training_npy, small_p
     collection = Collection.create(root, TEST_FACTORY, device="cpu")
     collection.train(training_npy)
     collection.close()
-    process, url = _start(root)
+    process, url = start_server(root)
     response = httpx.post(f"{url}/v1/activate", files={"image": ("a.png", _png(small_photos[5]))},
                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
     assert response.status_code == 200

@@ -21,8 +21,7 @@ from activeindex import Collection
 from activeindex.codec import index_ids
 from activeindex.imageio import load_image, sha256_file
 
-from .conftest import TEST_FACTORY
-from .test_service import TOKEN, _start
+from .conftest import TEST_FACTORY, TOKEN, start_server, stop_server
 
 FAST = ["--iterations", "2", "--batch-size", "1", "-q"]
 
@@ -83,7 +82,7 @@ def check_consistent(root: Path, photos: list[Path]) -> int:
 
 def test_server_and_cli_interleaved_lose_nothing(tmp_path, training_npy, photos):
     root = new_collection(tmp_path / "col", training_npy)
-    server, url = _start(root)
+    server, url = start_server(root)
     try:
         assert cli("add", root, photos[0], "-q").wait(timeout=300) == 0
         found = httpx.post(f"{url}/v1/search", files={"images": ("q.png", photos[0].read_bytes())},
@@ -99,8 +98,7 @@ def test_server_and_cli_interleaved_lose_nothing(tmp_path, training_npy, photos)
         assert status["images"] == status["ntotal"] == 6
         assert activate_over_http(url, photos[6]) == 200  # the server's index write keeps the CLI's images
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
     assert check_consistent(root, photos) == 7
 
 
@@ -108,7 +106,7 @@ def test_server_and_cli_interleaved_lose_nothing(tmp_path, training_npy, photos)
 def test_killing_either_process_at_random_loses_nothing(tmp_path, training_npy, photos, seed):
     rng = np.random.default_rng(seed)
     root = new_collection(tmp_path / "col", training_npy)
-    server, url = _start(root)
+    server, url = start_server(root)
     cli_photos, http_photos = photos[:4], photos[4:7]
     writer = cli("activate", root, *cli_photos, "--out", tmp_path / "out", *FAST)
     posts = threading.Thread(target=lambda: [activate_over_http(url, p) for p in http_photos])
@@ -122,15 +120,13 @@ def test_killing_either_process_at_random_loses_nothing(tmp_path, training_npy, 
     if victim is server:  # its worker process notices and exits too
         time.sleep(2)
     else:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
     check_consistent(root, photos)
     # both resume: the CLI run again, the server restarted and the uploads sent again
     assert cli("activate", root, *cli_photos, "--out", tmp_path / "out", *FAST).wait(timeout=300) == 0
-    server, url = _start(root)
+    server, url = start_server(root)
     try:
         assert [activate_over_http(url, p) for p in http_photos] == [200] * 3
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        stop_server(server)
     assert check_consistent(root, photos) == 7

@@ -2,14 +2,9 @@
 server on loopback: search verdict, error recovery, activation with a corrected token, phone layout."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 from selenium import webdriver
@@ -17,46 +12,16 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from activeindex import ActivationConfig, Collection
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
-from .conftest import TEST_FACTORY
+from .conftest import TOKEN, free_port, served_collection, start_server, stop_server
 
-TOKEN = "test-token-123"
 DOCS = Path(__file__).parent.parent / "docs"
 SLOW = 300  # seconds: the first activation starts a worker process (156 s seen on 2 busy cores)
 
 
 # --- a real server and a real browser ---------------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(root: Path, port: int) -> subprocess.Popen:
-    """``activeindex serve`` on 127.0.0.1:port, returned once /healthz answers."""
-    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
-                                "--token", TOKEN, "-q"], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {process.stderr.read()}") from None
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("server did not start")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    process.wait(timeout=30)
-
 
 @contextmanager
 def _browser(phone: bool = False):
@@ -92,26 +57,15 @@ def _images_loaded(driver) -> None:
 def collection_root(tmp_path_factory, training_npy, small_photos) -> tuple[Path, list[Path]]:
     """A trained collection: photo0, photo1 activated (ids 1, 2), photo2, photo3 passive (ids 3, 4)."""
     root = tmp_path_factory.mktemp("web") / "col"
-    folder = tmp_path_factory.mktemp("web-originals")
-    paths = []
-    for i, image in enumerate(small_photos[:4]):
-        Image.fromarray(image).save(folder / f"photo{i}.png")
-        paths.append(folder / f"photo{i}.png")
-    collection = Collection.create(root, TEST_FACTORY, device="cpu")
-    collection.train(training_npy)
-    collection.activate(paths[:2], root / "activated", config=ActivationConfig(iterations=3))
-    collection.add(paths[2:])
-    collection.close()
-    return root, paths
+    return root, served_collection(root, tmp_path_factory.mktemp("web-originals"), small_photos, training_npy)
 
 
 @pytest.fixture(scope="module")
 def served(collection_root) -> tuple[Path, str]:
     root, _ = collection_root
-    port = _free_port()
-    process = _start(root, port)
-    yield root, f"http://127.0.0.1:{port}"
-    _stop(process)
+    process, url = start_server(root)
+    yield root, url
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +104,13 @@ def test_search_names_the_source_file_with_similarity_and_threshold(served, quer
 
 def test_server_down_shows_an_error_and_retry_recovers(collection_root, query):
     root, _ = collection_root
-    port = _free_port()
-    process = _start(root, port)
+    port = free_port()
+    process, _ = start_server(root, port)
     try:
         with _browser() as driver:
             driver.get(f"http://127.0.0.1:{port}")
             _status_loaded(driver)
-            _stop(process)
+            stop_server(process)
             driver.find_element(By.ID, "search-file").send_keys(str(query))
             error = driver.find_element(By.ID, "search-error")
             WebDriverWait(driver, 10).until(lambda d: error.is_displayed())
@@ -164,14 +118,14 @@ def test_server_down_shows_an_error_and_retry_recovers(collection_root, query):
             assert driver.find_element(By.ID, "search-result").text == ""  # no "Searching…" left behind
             retry = driver.find_element(By.ID, "search-retry")
             assert retry.is_displayed()
-            process = _start(root, port)  # the same address: the page needs no reload
+            process, _ = start_server(root, port)  # the same address: the page needs no reload
             retry.click()
             WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
             assert "Copy of photo1.png" in driver.find_element(By.ID, "verdict").text
             assert not error.is_displayed()
     finally:
         if process.poll() is None:
-            _stop(process)
+            stop_server(process)
 
 
 def test_wrong_token_then_right_token_with_the_same_file(served, small_photos, tmp_path):
