@@ -106,13 +106,13 @@ def test_non_finite_float_tiff_is_refused_in_one_line(tmp_path, photo, bad):
 
 
 def test_unconvertible_mode_is_refused_naming_it(monkeypatch, tmp_path, photo):
-    photo.save(tmp_path / "x.png")
+    photo.convert("L").save(tmp_path / "x.png")
 
     def refuse(image: Image.Image, mode: str | None = None, *args, **kwargs) -> Image.Image:
         raise ValueError(f"conversion from {image.mode} to {mode} not supported")
 
     monkeypatch.setattr(Image.Image, "convert", refuse)
-    with pytest.raises(ImageDecodeError, match=r"x\.png: PIL cannot convert image mode 'RGB' to RGB"):
+    with pytest.raises(ImageDecodeError, match=r"x\.png: PIL cannot convert image mode 'L' to RGB"):
         load_image(tmp_path / "x.png")
 
 

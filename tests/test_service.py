@@ -7,12 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -152,18 +154,19 @@ def _big_jpeg(side: int = 8000) -> bytes:
     return _png(image, "JPEG", quality=60)
 
 
+def _rss(pid: int) -> int:
+    """Resident memory of a process and its children (the activation worker), in bytes."""
+    process = psutil.Process(pid)
+    return process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+
+
 def _peak_rss(pid: int, request) -> tuple[int, object]:
     """(peak resident memory of the process and its children in bytes while `request()` runs, its result)."""
-    import threading
-
-    import psutil
-
-    process, peak, done = psutil.Process(pid), [0], threading.Event()
+    peak, done = [0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
-            peak[0] = max(peak[0], rss)
+            peak[0] = max(peak[0], _rss(pid))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample)
@@ -178,12 +181,10 @@ def _peak_rss(pid: int, request) -> tuple[int, object]:
 
 def test_memory_is_bounded_by_the_request_pixel_limit(served):
     """8 x 64 MP JPEGs (the reviewer's 8 GB request) are refused from their headers; one is served in bounds."""
-    import psutil
-
     root, url, _ = served
     pid = next(c.pid for c in psutil.Process().children() if str(root) in " ".join(c.cmdline()))
     big = _big_jpeg()
-    baseline = psutil.Process(pid).memory_info().rss
+    baseline = _rss(pid)
     files = [("images", (f"big{i}.jpg", big, "image/jpeg")) for i in range(8)]
     peak, response = _peak_rss(pid, lambda: httpx.post(f"{url}/v1/search", files=files, timeout=120))
     assert response.status_code == 413 and "pixels" in response.json()["detail"]
