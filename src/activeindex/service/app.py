@@ -173,20 +173,15 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                   "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY}}}}}})
     async def activate(request: Request) -> Response:
         data, name = await _one_image(request, config.max_upload_bytes)
-        await searches.run(_decode_checked, collection, data, name, config.max_request_pixels)
-        path, created = _store_upload(uploads, data, name)
+        path, created = await searches.run(_checked_upload, collection, uploads, data, name,
+                                           config.max_request_pixels)
         try:
             report = await worker.activate(path, activated_dir)
         except BaseException:
             _discard_upload(path, created)
             raise
-        if report["failed"] or not report["records"]:
-            _discard_upload(path, created)
-            if report["failed"]:
-                raise HTTPException(400, report["failed"][0]["error"])
-        collection.refresh()
-        record = Record(**report["records"][0]) if report["records"] else _existing(collection, data)
-        return FileResponse(_activated_file(record), media_type="image/png", filename=f"{Path(name).stem}.png",
+        record = await anyio.to_thread.run_sync(_activation_record, collection, report, data, path, created)
+        return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(name).stem}.png",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}"})
 
     image_id_param = PathParam(ge=1, le=MAX_ID, description="an image id from a search result")
@@ -294,20 +289,33 @@ def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_
     return collection.search_descriptors(queries, k)
 
 
-def _decode_checked(collection: Collection, data: bytes, name: str, max_pixels: int) -> None:
-    """(In a worker thread.) Validate an upload fully before it is stored."""
+def _checked_upload(collection: Collection, uploads: Path, data: bytes, name: str,
+                    max_pixels: int) -> tuple[Path, bool]:
+    """(In a worker thread.) Validate an upload fully, then keep it as ``uploads/<sha256 prefix>/<name>``.
+
+    Returns:
+        (path, whether this request created the file).
+    """
     _check_pixels([(name, data)], max_pixels)
     collection.extractor.load_bytes(data, name)
-
-
-def _store_upload(uploads: Path, data: bytes, name: str) -> tuple[Path, bool]:
-    """Keep an upload as ``uploads/<sha256 prefix>/<safe name>``; (path, whether this request created it)."""
     path = uploads / sha256_bytes(data)[:16] / name
     if path.exists():
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path, True
+
+
+def _activation_record(collection: Collection, report: dict, data: bytes, path: Path, created: bool) -> Record:
+    """(In a worker thread.) The record an activation made, or that of the same image registered before."""
+    if report["failed"] or not report["records"]:
+        _discard_upload(path, created)
+    if report["failed"]:
+        raise HTTPException(400, report["failed"][0]["error"])
+    collection.refresh()
+    record = Record(**report["records"][0]) if report["records"] else _existing(collection, data)
+    _activated_file(record)
+    return record
 
 
 def _discard_upload(path: Path, created: bool) -> None:
