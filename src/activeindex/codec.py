@@ -115,7 +115,9 @@ class Codec:
         """The index's own representation of each descriptor, in descriptor space (METHOD.md section 4).
 
         Quantised codes (PQ, IVF-PQ, OPQ, LSH, SQ...) give the decoded code mapped back through any
-        pre-transform; IVF-Flat gives the centroid of the assigned cell (its code is exact).
+        pre-transform (what ``index.reconstruct(id)`` returns); IVF-Flat and IVF-SQ give the centroid of
+        the assigned cell: their codes reproduce the descriptor (exactly, or to cosine > 0.999 for SQ8),
+        so the decoded target would be a silent no-op.
 
         Args:
             x: (n, d) float32 descriptors.
@@ -124,7 +126,7 @@ class Codec:
             (n, d) float32 targets (not normalised; the activation loss is a cosine).
         """
         x = _as_matrix(x, self.d)
-        if self._ivf is not None and isinstance(faiss.downcast_index(self._ivf), faiss.IndexIVFFlat):
+        if isinstance(faiss.downcast_index(self._ivf), (faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer)):
             return self._centroids(x)
         return self.trained.sa_decode(self.trained.sa_encode(x))
 
