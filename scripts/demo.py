@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from activeindex import Collection, get_preset
-from activeindex.edits import apply_edit
+from activeindex.bench.edits import apply_edit
 from activeindex.imageio import load_image
 
 PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))[:10]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
+from activeindex.bench.edits import apply_edit
 from activeindex.codec import index_ids, save_index
-from activeindex.edits import apply_edit
 from activeindex.errors import (
     CodecMismatchError,
     CollectionLockedError,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeindex.edits import PAPER_EDITS, EditError, apply_edit, auto_plan, sweep
+from activeindex.bench.edits import PAPER_EDITS, EditError, apply_edit, auto_plan, sweep
 from activeindex.errors import UnknownNameError
 from activeindex.imageio import load_image
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from activeindex.corpus import SOURCES, Corpus, fetch_corpus
-from activeindex.evaluation import BenchmarkConfig, choose_nlist, run_benchmark, simulated_distractors
+from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
+from activeindex.bench.evaluation import BenchmarkConfig, choose_nlist, run_benchmark, simulated_distractors
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from activeindex.metrics import cell_agreement, micro_ap, recall_at_k
+from activeindex.bench.metrics import cell_agreement, micro_ap, recall_at_k
 
 
 def test_recall_at_k():

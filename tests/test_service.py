@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from activeindex import Collection
-from activeindex.edits import apply_edit
+from activeindex.bench.edits import apply_edit
 from activeindex.imageio import load_image
 
 from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server

@@ -318,7 +318,7 @@ def _bind(addresses: list[tuple[socket.AddressFamily, tuple]]) -> list[socket.so
 
 def cmd_data(args: argparse.Namespace) -> dict:
     """Assemble the real-photo benchmark corpus; its path, seed and split counts."""
-    from .corpus import fetch_corpus
+    from .bench.corpus import fetch_corpus
 
     corpus = fetch_corpus(args.out, max_side=args.max_side, n_activate=args.activate,
                           n_nonmatching=args.nonmatching, seed=args.seed, extractor=Extractor(device=args.device))
@@ -327,7 +327,7 @@ def cmd_data(args: argparse.Namespace) -> dict:
 
 def cmd_benchmark(args: argparse.Namespace) -> dict:
     """Run a benchmark from its TOML config; a summary per index."""
-    from .evaluation import BenchmarkConfig, run_benchmark
+    from .bench.evaluation import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig.from_toml(args.config)
     if args.device:

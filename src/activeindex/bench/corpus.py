@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ActiveIndexError, CorruptCollectionError
-from .extractor import Extractor
-from .imageio import load_image, sha256_file
-from .progress import progress_bar
+from ..errors import ActiveIndexError, CorruptCollectionError
+from ..extractor import Extractor
+from ..imageio import load_image, sha256_file
+from ..progress import progress_bar
 
 __all__ = ["PhotoSource", "SOURCES", "CorpusImage", "Corpus", "fetch_corpus", "SPLITS"]
 

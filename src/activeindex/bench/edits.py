@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from .errors import ActiveIndexError, UnknownNameError
+from ..errors import ActiveIndexError, UnknownNameError
 
 __all__ = ["Edit", "EditError", "register_edit", "list_edits", "get_edit", "apply_edit", "PAPER_EDITS",
            "FIXED_EDITS", "SWEEPS", "sweep", "brightness", "contrast", "hue", "gaussian_blur", "jpeg", "rotation",

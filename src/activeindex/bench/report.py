@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from ..imageio import load_image
 from .edits import SWEEPS, apply_edit
-from .imageio import load_image
 
 __all__ = ["write_report", "summary_markdown", "PAPER_R1"]
 

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .activation import ActivationConfig, Activator, get_preset
-from .codec import MIN_POINTS_PER_CENTROID, Codec, search, set_nprobe
+from ..activation import ActivationConfig, Activator, get_preset
+from ..codec import MIN_POINTS_PER_CENTROID, Codec, search, set_nprobe
+from ..errors import InvalidInputError
+from ..extractor import Extractor
+from ..imageio import load_image, save_png
+from ..perceptual import quality
+from ..progress import progress_bar
 from .corpus import Corpus
 from .edits import FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, sweep
-from .errors import InvalidInputError
-from .extractor import Extractor
-from .imageio import load_image, save_png
 from .metrics import cell_agreement, micro_ap, recall_at_k
-from .perceptual import quality
-from .progress import progress_bar
 from .report import write_report
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "choose_nlist", "simulated_distractors"]
