@@ -261,7 +261,7 @@ def _add_docs(app: FastAPI) -> None:
 
 async def _one_image(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The single ``image`` file part of a multipart request (read only after the token was checked)."""
-    form = await request.form(max_files=1, max_fields=2)  # Starlette answers a malformed body with 400
+    form = await request.form(max_files=2, max_fields=2)  # 2: a second image part gets our 422; Starlette: 400
     image = form.get("image")
     if not hasattr(image, "read") or len(form.getlist("image")) != 1:
         raise HTTPException(422, "image: send exactly one file in the field 'image'")
