@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from . import __version__
 from .activation import PRESETS, ActivationConfig, get_preset
-from .collection import MAX_K, BatchReport, Collection
+from .collection import DEFAULT_THRESHOLD, MAX_K, BatchReport, Collection
 from .errors import ActiveIndexError, InvalidInputError
 from .extractor import Extractor, resolve_device
 from .imageio import ImageLimits, list_images
@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
 
+    p = sub.add_parser("calibrate", parents=[common],
+                       help="choose the copy threshold for a target false-positive rate and store it")
+    p.add_argument("collection")
+    p.add_argument("nonmatching", nargs="+", help="real photos (files or folders) that are NOT registered")
+    p.add_argument("--fpr", type=finite_float(above=0, at_most=0.5), default=0.01,
+                   help="target false-positive rate (default 0.01)")
+    p.add_argument("--matching", type=positive_int, default=100,
+                   help="registered images turned into matching queries (default 100)")
+    p.add_argument("--edit", action="append", default=None, metavar="NAME",
+                   help="edit applied to every query, one drawn per query (repeatable; default 'auto')")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+
     p = sub.add_parser("serve", parents=[common], help="serve a collection over HTTP, with a web page")
     p.add_argument("collection")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -145,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None,
                    help="bearer token for writes (default: $ACTIVEINDEX_TOKEN); without one, writes are "
                         "enabled only on a loopback address")
-    p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=0.4,
-                   help="cosine similarity from which the best match is called a copy (default 0.4)")
+    p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=None,
+                   help="similarity from which the best match is called a copy (default: the collection's "
+                        "calibrated threshold, else 0.4)")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="a host name clients use to reach the server (repeatable; the Host header is checked "
                         "against them, a guard against DNS rebinding). Default: the loopback names, plus --host")
@@ -247,6 +260,14 @@ def _search_batch(collection: Collection, queries: list[str], k: int) -> list[di
 def cmd_info(args: argparse.Namespace) -> dict:
     """The collection's manifest and counts."""
     return _open(args).info()
+
+
+def cmd_calibrate(args: argparse.Namespace) -> dict:
+    """Calibrate the copy threshold on the given non-matching photos and store it."""
+    from .calibrate import calibrate
+
+    return calibrate(_open(args), args.nonmatching, target_fpr=args.fpr, n_matching=args.matching,
+                     edits=tuple(args.edit or ["auto"]), seed=args.seed).to_dict()
 
 
 def cmd_serve(args: argparse.Namespace) -> dict:
@@ -367,6 +388,21 @@ def _print_info(info: dict) -> None:
     for key in keys:
         print(f"{key:18} {info.get(key)}")
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
+    calibration = info.get("calibration")
+    print(f"{'threshold':18} " + (_calibration_line(calibration) if calibration else
+                                  f"{DEFAULT_THRESHOLD} (default; run activeindex calibrate)"))
+
+
+def _calibration_line(c: dict) -> str:
+    """A calibration in one line, with its 95 % intervals."""
+    fpr, tpr = c["fpr_interval"], c["tpr_interval"]
+    return (f"{c['threshold']:.4f} (calibrated for FPR {c['target_fpr']:g}: FPR {c['fpr']:.3f} [{fpr[0]:.3f}, "
+            f"{fpr[1]:.3f}] on {c['n_nonmatching']} non-matching, TPR {c['tpr']:.3f} [{tpr[0]:.3f}, {tpr[1]:.3f}] "
+            f"on {c['n_matching']} matching queries, edits {', '.join(c['edits'])})")
+
+
+def _print_calibration(calibration: dict) -> None:
+    print(f"{'threshold':18} {_calibration_line(calibration)}")
 
 
 def _print_report(report: BatchReport) -> None:
@@ -431,6 +467,7 @@ class Command(NamedTuple):
 COMMANDS = {"init": Command(cmd_init, _print_info), "add": Command(cmd_add, _print_report, _summarise_report),
             "activate": Command(cmd_activate, _print_report, _summarise_report),
             "search": Command(cmd_search, _print_search, _summarise_search), "info": Command(cmd_info, _print_info),
+            "calibrate": Command(cmd_calibrate, _print_calibration),
             "data": Command(cmd_data, _print_dict), "serve": Command(cmd_serve, _print_nothing),
             "benchmark": Command(cmd_benchmark, _print_benchmark)}
 

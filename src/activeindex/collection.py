@@ -43,13 +43,14 @@ from .extractor import Extractor, ImageSource, PreprocessConfig
 from .imageio import list_images, save_png, sha256_bytes, sha256_file
 from .progress import progress_bar
 
-__all__ = ["Collection", "Match", "BatchReport", "FORMAT_VERSION"]
+__all__ = ["Collection", "Match", "BatchReport", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST, INDEX, CATALOG, LOCK = "manifest.json", "index.faiss", "catalog.sqlite", ".lock"
 MAX_K = 1000  # results per query
+DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (README, "Copy decision")
 
 
 @dataclass
@@ -451,6 +452,17 @@ class Collection:
                        float(vectors[int(i)] @ query))
                  for i, d in zip(row_i, row_d) if i >= 0]
                 for query, row_i, row_d in zip(queries, ids, distances)]
+
+    @property
+    def threshold(self) -> float:
+        """The copy threshold: the calibrated one (`activeindex calibrate`), else `DEFAULT_THRESHOLD`."""
+        return self.manifest.get("calibration", {}).get("threshold", DEFAULT_THRESHOLD)
+
+    def save_calibration(self, calibration: dict) -> None:
+        """Store a calibration (calibrate.py) in the manifest."""
+        with self._writing():
+            self.manifest = _read_manifest(self.root) | {"calibration": calibration}
+            _write_json(self.root / MANIFEST, self.manifest)
 
     def info(self) -> dict:
         """The manifest plus counts and index facts."""

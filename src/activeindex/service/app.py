@@ -55,7 +55,7 @@ class ServiceConfig:
     """Service settings (limits are per request unless stated)."""
 
     token: str | None = None  # bearer token required by write endpoints (None: writes disabled)
-    threshold: float = 0.4  # a query is a copy when its best match's descriptor cosine is >= this (README)
+    threshold: float | None = None  # a copy when the best match's similarity is >= this; None: the collection's
     max_upload_bytes: int = 20 * MiB  # one image file
     max_request_bytes: int = 64 * MiB  # a whole search request, enforced while the body streams in
     max_files: int = 16  # images per search request
@@ -109,6 +109,7 @@ class _Searches:
 
 def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) -> FastAPI:
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
+    threshold = collection.threshold if config.threshold is None else config.threshold
     worker = ActivationWorker(collection.root, _model_argument(collection), str(collection.extractor.device),
                               max_pending=config.max_pending_activations)
 
@@ -147,7 +148,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         info = collection.info()
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
                                      "passive", "ntotal", "model")} | {
-            "version": __version__, "threshold": config.threshold, "writes": config.token is not None,
+            "version": __version__, "threshold": threshold, "calibration": info.get("calibration"),
+            "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
                        "max_request_pixels": config.max_request_pixels, "max_k": config.max_k}}
 
@@ -160,8 +162,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             raise HTTPException(413, f"at most {config.max_files} images per request")
         named = [(_safe_name(u.filename), await read_upload(u)) for u in images]
         results = await searches.run(_search, collection, named, k, config.max_request_pixels)
-        return {"threshold": config.threshold, "results": [
-            {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= config.threshold,
+        return {"threshold": threshold, "results": [
+            {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= threshold,
              "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
