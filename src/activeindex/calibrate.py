@@ -96,6 +96,9 @@ def calibrate(collection: Collection, nonmatching: Sequence[str | Path], target_
     negatives = _best_matches(collection, [(p, None) for p in paths], edits, streams[0], progress)
     positives = _best_matches(collection, _matching_sources(collection, n_matching, streams[1]), edits,
                               streams[2], progress)
+    if len(negatives) < math.ceil(1 / target_fpr):
+        raise InvalidInputError(f"only {len(negatives)} non-matching images were readable: give at least "
+                                f"{math.ceil(1 / target_fpr)} to measure a false-positive rate of {target_fpr}")
     threshold = threshold_for_fpr(np.array([s for s, _ in negatives]), target_fpr)
     false_pos = sum(s >= threshold for s, _ in negatives)
     true_pos = sum(found and s >= threshold for s, found in positives)
