@@ -3,7 +3,8 @@
 N clients post edited copies of real photos to /v1/search in a loop, for T seconds WITHOUT any
 activation, then T seconds while another client keeps the server activating new photos. A probe
 calls /healthz every 0.25 s throughout. Prints, for each phase: throughput, p50 / p99 search latency,
-errors, and the slowest /healthz answer; then the p99 ratio (the goal: <= 2x). The server runs on a
+errors, and the slowest /healthz answer; then the p99 ratio (the goal: <= 2x), each p99 with a 95 %
+bootstrap interval (requests resampled, seeded). The server runs on a
 COPY of the collection (activations write to it), on a free loopback port:
 
     python benchmarks/service_load.py COLLECTION [--clients 4] [--seconds 30]
@@ -147,15 +148,28 @@ def run_phase(url: str, clients: int, seconds: float, uploads: list[bytes] | Non
     return phase
 
 
-def report(name: str, clients: int, phase: Phase) -> float:
+def p99_samples(ms: np.ndarray, rounds: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of the p99 latency (requests resampled with replacement, seeded)."""
+    rng = np.random.default_rng(seed)
+    return np.percentile(rng.choice(ms, size=(rounds, len(ms))), 99, axis=1)
+
+
+def interval(samples: np.ndarray) -> str:
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return f"[{low:.0f}, {high:.0f}]" if high > 10 else f"[{low:.2f}, {high:.2f}]"
+
+
+def report(name: str, clients: int, phase: Phase) -> np.ndarray:
+    """Print one phase; returns the bootstrap samples of its p99 (ms)."""
     ms, health = np.array(phase.latencies) * 1000, np.array(phase.health) * 1000
-    p99 = float(np.percentile(ms, 99))
+    samples = p99_samples(ms)
     print(f"{name:18} {clients} clients, {phase.seconds:.0f} s, {len(ms)} searches: {len(ms) / phase.seconds:.1f} "
-          f"req/s, p50 {np.percentile(ms, 50):.0f} ms, p99 {p99:.0f} ms, errors {len(phase.errors)}"
+          f"req/s, p50 {np.percentile(ms, 50):.0f} ms, p99 {np.percentile(ms, 99):.0f} ms {interval(samples)}, "
+          f"errors {len(phase.errors)}"
           + (f" ({', '.join(sorted(set(phase.errors)))})" if phase.errors else "")
           + f"; /healthz max {health.max():.0f} ms over {len(health)} probes"
           + (f"; {phase.activations} activations completed" if phase.activations else ""))
-    return p99
+    return samples
 
 
 def main() -> None:
@@ -178,9 +192,11 @@ def main() -> None:
             process.wait(timeout=60)
     print(f"search bodies: JPEG ~{np.mean([len(b) for b in queries()]) / 1024:.0f} kB, one image each; "
           "activations: seeded crops (60-90 % of each side) of scikit-image's photos, default settings")
-    p99_quiet = report("without activation", args.clients, quiet)
-    p99_busy = report("during activation", args.clients, busy)
-    print(f"p99 during / without activation: {p99_busy / p99_quiet:.2f}x (goal <= 2x)")
+    quiet_p99 = report("without activation", args.clients, quiet)
+    busy_p99 = report("during activation", args.clients, busy)
+    ratio = np.percentile(np.array(busy.latencies), 99) / np.percentile(np.array(quiet.latencies), 99)
+    print(f"p99 during / without activation: {ratio:.2f}x {interval(busy_p99 / quiet_p99)} (goal <= 2x; "
+          "95 % bootstrap intervals over requests in brackets)")
 
 
 if __name__ == "__main__":
