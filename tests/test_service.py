@@ -281,3 +281,26 @@ def test_openapi_schema_holds_under_property_based_testing(served):
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
+
+
+def test_a_killed_activation_worker_is_a_503_and_the_next_activation_works(served, small_photos):
+    root, url, _ = served
+    server = next(c for c in psutil.Process().children() if str(root) in " ".join(c.cmdline()))
+    photo = np.asarray(Image.fromarray(small_photos[3][:, ::-1]).resize((960, 640)))  # new bytes, ~10 s to activate
+    upload = {"image": ("big-new.png", _png(photo))}
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/v1/activate", files=upload, headers=token, timeout=300)
+        deadline = time.monotonic() + 120
+        while not (workers := [c for c in server.children() if "spawn_main" in " ".join(c.cmdline())]):
+            assert time.monotonic() < deadline, "no activation worker started"
+            time.sleep(0.2)
+        time.sleep(2)  # the activation is under way
+        workers[0].kill()
+        response = pending.result()
+    assert response.status_code == 503 and "stopped unexpectedly" in response.json()["detail"]
+    assert "Retry-After" in response.headers
+    again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
+    assert again.status_code == 200 and again.headers["content-type"] == "image/png"
+    status = httpx.get(f"{url}/v1/status", timeout=30).json()
+    assert status["images"] == status["ntotal"]
