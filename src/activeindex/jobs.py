@@ -3,12 +3,11 @@
 The service hands activations to it so that its own process keeps answering searches: the worker
 runs at a lower CPU priority, opens the same collection folder and commits under the folder lock
 like any other process (collection.py); the service sees the new records on its next look at the
-catalog. A bounded number of activations may wait; beyond that `submit` refuses with `WorkerBusy`.
+catalog. A bounded number of activations may wait; beyond that `activate` refuses with `WorkerBusy`.
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 import multiprocessing
 import os
 import threading
@@ -22,8 +21,6 @@ from .collection import Collection
 from .errors import ActiveIndexError
 
 __all__ = ["ActivationWorker", "WorkerBusy", "WorkerFailed"]
-
-logger = logging.getLogger(__name__)
 
 WORKER_NICENESS = 19  # the lowest priority: at 10, /healthz waited up to 138 ms when an activation started
 

@@ -133,12 +133,6 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), config.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_upload(upload: UploadFile) -> bytes:
-        data = await upload.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, f"{_safe_name(upload.filename)}: larger than {config.max_upload_bytes} bytes")
-        return data
-
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"ok": True}
@@ -160,7 +154,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             raise HTTPException(422, f"k must be between 1 and {config.max_k}")
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
-        named = [(_safe_name(u.filename), await read_upload(u)) for u in images]
+        named = [await _read_upload(u, config.max_upload_bytes) for u in images]
         results = await searches.run(_search, collection, named, k, config.max_request_pixels)
         return {"threshold": threshold, "results": [
             {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= threshold,
@@ -174,7 +168,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY}}}}}})
     async def activate(request: Request) -> Response:
-        data, name = await _one_image(request, config.max_upload_bytes)
+        name, data = await _one_image(request, config.max_upload_bytes)
         path, created = await searches.run(_checked_upload, collection, uploads, data, name,
                                            config.max_request_pixels)
         try:
@@ -261,17 +255,22 @@ def _add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
-async def _one_image(request: Request, max_bytes: int) -> tuple[bytes, str]:
+async def _one_image(request: Request, max_bytes: int) -> tuple[str, bytes]:
     """The single ``image`` file part of a multipart request (read only after the token was checked)."""
     form = await request.form(max_files=2, max_fields=2)  # 2: a second image part gets our 422; Starlette: 400
     image = form.get("image")
     if not hasattr(image, "read") or len(form.getlist("image")) != 1:
         raise HTTPException(422, "image: send exactly one file in the field 'image'")
-    data = await image.read(max_bytes + 1)
-    name = _safe_name(image.filename)
+    return await _read_upload(image, max_bytes)
+
+
+async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
+    """(safe name, bytes) of an uploaded file; 413 when it is larger than ``max_bytes``."""
+    data = await upload.read(max_bytes + 1)
+    name = _safe_name(upload.filename)
     if len(data) > max_bytes:
         raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
-    return data, name
+    return name, data
 
 
 def _check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> None:
