@@ -78,6 +78,19 @@ def test_ivf_flat_target_through_a_pretransform(split):
     np.testing.assert_array_equal(codec.cells(codec.targets(x)), codec.cells(x))
 
 
+def test_cluster_half_target_is_the_midpoint_and_keeps_the_cell(split):
+    train, x = split
+    codec = Codec.create("IVF8,Flat", 512)
+    codec.train(train)
+    half = codec.targets(x, "ivf_cluster_half")
+    np.testing.assert_allclose(half, (x + codec.targets(x)) / 2, atol=1e-6)
+    np.testing.assert_array_equal(codec.cells(half), codec.cells(x))  # the cell is convex: its midpoint stays
+    with pytest.raises(InvalidInputError, match="needs an IVF index"):
+        Codec.create("PQ8x4", 512).targets(x, "ivf_cluster_half")
+    with pytest.raises(InvalidInputError, match="unknown target kind"):
+        codec.targets(x, "centroid")
+
+
 def test_cells_are_minus_one_without_ivf(split, trained):
     x = split[1]
     codec = trained("PQ8x4")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import Codec
+from .codec import TARGET_KINDS, Codec
 from .errors import InvalidInputError, UnknownNameError
 from .extractor import IMAGENET_STD, Extractor, to_tensor
 from .perceptual import jnd_heatmap, quality
@@ -50,6 +50,7 @@ class ActivationConfig:
     batch_size: int = 16  # images of the same size optimised together
     seed: int = 0  # delta initialisation
     jnd_padding: str = "replicate"  # see perceptual.jnd_heatmap
+    target: str = "index"  # see Codec.targets: "index" (the paper's) or "ivf_cluster_half"
 
     def __post_init__(self) -> None:
         """Refuse values the optimiser cannot use (a NaN scaling would silently destroy the images).
@@ -66,6 +67,7 @@ class ActivationConfig:
             "iterations": (_is_int(self.iterations) and self.iterations >= 1, "an integer >= 1"),
             "batch_size": (_is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             "jnd_padding": (self.jnd_padding in JND_PADDINGS, f"one of {list(JND_PADDINGS)}"),
+            "target": (self.target in TARGET_KINDS, f"one of {list(TARGET_KINDS)}"),
         }
         for name, (valid, rule) in rules.items():
             if not valid:
@@ -137,7 +139,7 @@ class Activator:
             one `ActivatedImage` per input, in input order.
         """
         descriptors = self.extractor.encode_arrays(images)
-        targets = self.codec.targets(descriptors)
+        targets = self.codec.targets(descriptors, self.config.target)
         out: list[np.ndarray | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):

@@ -19,11 +19,13 @@ import numpy as np
 
 from .errors import CodecMismatchError, CorruptCollectionError, InvalidInputError
 
-__all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint", "index_ids"]
+__all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint", "index_ids",
+           "TARGET_KINDS"]
 
 logger = logging.getLogger(__name__)
 
 MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is poorly trained
+TARGET_KINDS = ("index", "ivf_cluster_half")  # see Codec.targets
 
 
 class Codec:
@@ -111,21 +113,37 @@ class Codec:
             raise InvalidInputError("this index stores descriptors exactly and has no IVF cells: "
                                     "there is nothing to activate")
 
-    def targets(self, x: np.ndarray) -> np.ndarray:
-        """The index's own representation of each descriptor, in descriptor space (METHOD.md section 4).
+    def targets(self, x: np.ndarray, kind: str = "index") -> np.ndarray:
+        """Where activation moves each descriptor, in descriptor space (METHOD.md section 4).
+
+        ``kind="index"``: the index's own representation of each descriptor.
 
         Quantised codes (PQ, IVF-PQ, OPQ, LSH, SQ...) give the decoded code mapped back through any
         pre-transform (what ``index.reconstruct(id)`` returns); IVF-Flat and IVF-SQ give the centroid of
         the assigned cell: their codes reproduce the descriptor (exactly, or to cosine > 0.999 for SQ8),
         so the decoded target would be a silent no-op.
 
+        ``kind="ivf_cluster_half"`` (the authors' alternative for IVF-Flat): the midpoint of the descriptor
+        and its cell's centroid, which keeps the image in its cell while moving it less far from the exact
+        vector that IVF-Flat stores and ranks by.
+
         Args:
             x: (n, d) float32 descriptors.
+            kind: one of `TARGET_KINDS`.
 
         Returns:
             (n, d) float32 targets (not normalised; the activation loss is a cosine).
+
+        Raises:
+            InvalidInputError: ``ivf_cluster_half`` on an index without IVF cells, or an unknown kind.
         """
         x = _as_matrix(x, self.d)
+        if kind not in TARGET_KINDS:
+            raise InvalidInputError(f"unknown target kind {kind!r}; choose one of {list(TARGET_KINDS)}")
+        if kind == "ivf_cluster_half":
+            if self._ivf is None:
+                raise InvalidInputError("target ivf_cluster_half needs an IVF index (its cells' centroids)")
+            return (x + self._centroids(x)) / 2
         if isinstance(faiss.downcast_index(self._ivf), (faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer)):
             return self._centroids(x)
         return self.trained.sa_decode(self.trained.sa_encode(x))
