@@ -1,29 +1,35 @@
 """The benchmark end to end on a small real corpus, and its building blocks."""
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
+from activeindex import Activator, Codec
 from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
-from activeindex.bench.evaluation import BenchmarkConfig, choose_nlist, run_benchmark, simulated_distractors
+from activeindex.bench.edits import apply_edit
+from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, run_benchmark, sample, seeds
+from activeindex.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, extractor) -> Corpus:
-    sources = [s for s in SOURCES if s.package in ("stellarium-data", "scikit-image")]
-    return fetch_corpus(tmp_path_factory.mktemp("corpus"), max_side=256, n_activate=4, n_nonmatching=4,
-                        seed=1, extractor=extractor, sources=sources, per_source=90)
+    sources = [s for s in SOURCES if s.package in ("stellarium-data", "tuxpaint-stamps-default", "scikit-image")]
+    return fetch_corpus(tmp_path_factory.mktemp("corpus"), max_side=160, n_activate=8, n_nonmatching=5,
+                        seed=1, extractor=extractor, sources=sources, per_source=45)
 
 
 def test_corpus_manifest_and_splits(corpus):
     counts = corpus.manifest["counts"]
-    assert counts["activate"] == 4 and counts["nonmatching"] == 4 and counts["train"] > 30
+    assert counts["activate"] == 8 and counts["nonmatching"] == 5 and counts["train"] > 30
     assert len(corpus.images) == len(corpus.descriptors) == sum(counts.values())
     first = corpus.images[0]
-    assert first.package in ("stellarium-data", "scikit-image") and first.licence and len(first.sha256) == 64
-    assert max(max(_size(corpus.root / im.file)) for im in corpus.images) <= 256
+    assert first.package in ("stellarium-data", "tuxpaint-stamps-default", "scikit-image")
+    assert first.licence and len(first.sha256) == 64
+    assert max(max(_size(corpus.root / im.file)) for im in corpus.images) <= 160
     # near-duplicates were dropped: no two kept descriptors are closer than the threshold
     gram = corpus.descriptors @ corpus.descriptors.T
     np.fill_diagonal(gram, 0)
@@ -36,45 +42,106 @@ def _size(path):
     return Image.open(path).size
 
 
-def test_choose_nlist_keeps_39_vectors_per_cell():
-    assert choose_nlist(1500) == 32 and choose_nlist(100) == 2 and choose_nlist(10) == 1
+def test_subsets_are_seeded_random_draws_not_a_prefix():
+    """Files are numbered source by source: a prefix would come from one source, a random draw from all."""
+    packages = ["telescope"] * 50 + ["stamps"] * 30 + ["wallpapers"] * 20
+    chosen = sample(len(packages), 20, seed=0, stream="activate")
+    assert len(set(chosen)) == 20 and list(chosen) != list(range(20))
+    assert set(Counter(packages[i] for i in chosen)) == {"telescope", "stamps", "wallpapers"}
+    np.testing.assert_array_equal(chosen, sample(100, 20, seed=0, stream="activate"))  # seeded
+    assert list(chosen) != list(sample(100, 20, seed=1, stream="activate"))
+    assert list(chosen) != list(sample(100, 20, seed=0, stream="nonmatching"))  # streams differ
+    np.testing.assert_array_equal(sample(10, None, 0, "activate"), np.arange(10))  # None: everything
 
 
-def test_simulated_distractors_match_the_real_statistics(training_vectors):
-    fake = simulated_distractors(training_vectors, 5000, seed=0)
-    assert fake.shape == (5000, 512) and np.allclose(np.linalg.norm(fake, axis=1), 1, atol=1e-5)
-    real_mean = training_vectors.mean(0) / np.linalg.norm(training_vectors.mean(0))
-    fake_mean = fake.mean(0) / np.linalg.norm(fake.mean(0))
-    assert real_mean @ fake_mean > 0.95
+def test_seed_streams_are_independent():
+    """Matching and non-matching queries never share a draw (query i is not copy 7+i's edit plan)."""
+    draws = {stream: [np.random.default_rng(s).integers(1 << 62) for s in seeds(0, stream, 200)]
+             for stream in STREAMS}
+    every = [d for values in draws.values() for d in values]
+    assert len(set(every)) == len(every)
+    again = [np.random.default_rng(s).integers(1 << 62) for s in seeds(0, "matching_edits", 200)]
+    assert again == draws["matching_edits"]
+
+
+def test_config_refuses_unknown_targets_and_keys(tmp_path):
+    with pytest.raises(InvalidInputError, match="unknown target 'centroid'"):
+        BenchmarkConfig(factories=["IVF{nlist},Flat:centroid"])
+    (tmp_path / "bad.toml").write_text('simulated_distractors = 20000\n')
+    with pytest.raises(InvalidInputError, match=r"unknown keys \['simulated_distractors'\]"):
+        BenchmarkConfig.from_toml(tmp_path / "bad.toml")
+
+
+def test_activation_raises_cell_agreement_under_edits(extractor, training_vectors, small_photos):
+    """A seeded check that fails if the "active" queries were the passive ones: edited copies of activated
+    photos land in their original's cell more often than edited copies of the originals."""
+    codec = Codec.create("IVF64,Flat", 512)
+    codec.train(training_vectors)
+    images = small_photos[:4]
+    cells = codec.cells(extractor.encode_arrays(images))
+    activated = [r.image for r in Activator(extractor, codec).activate(images)]
+    edits = ["brightness_2.0", "contrast_2.0", "blur_11", "jpeg_50", "hue_0.2", "auto"]
+
+    def agreement(sources):
+        queries = [apply_edit(e, im, seed=i) for e in edits for i, im in enumerate(sources)]
+        return float(np.mean(codec.cells(extractor.encode_arrays(queries)) == np.tile(cells, len(edits))))
+
+    passive, active = agreement(images), agreement(activated)
+    assert passive < 1  # there is something to repair
+    assert active > passive
 
 
 def test_small_benchmark_end_to_end(corpus, tmp_path):
-    config = BenchmarkConfig(corpus=str(corpus.root), out=str(tmp_path / "bench"),
-                             factories=["IVF{nlist},PQ8x4", "PCA16,LSH"], edits=["none", "brightness_2.0", "auto"],
-                             sweeps=["jpeg"], iterations=2, simulated_distractors=300, device="cpu")
+    config = BenchmarkConfig(corpus=str(corpus.root), out=str(tmp_path / "bench"), nlists=[4, 1024],
+                             factories=["IVF{nlist},PQ8x4", "IVF{nlist},Flat:ivf_cluster_half", "PCA16,LSH"],
+                             edits=["none", "brightness_2.0", "auto"], sweeps=["jpeg"], iterations=2, n_activate=6,
+                             train_vectors=300, distractor_crops=40, scalings=[1.0], bootstrap=200, device="cpu")
     results = run_benchmark(config)
     out = tmp_path / "bench"
-    assert json.loads((out / "results.json").read_text())["setup"]["simulated_distractors"] == 300
-    labels = 3 + 8  # three edits, eight JPEG qualities
-    csv = (out / "results.csv").read_text().splitlines()
-    assert len(csv) == 1 + 2 * 2 * labels and all(line.endswith(",SIMULATED") for line in csv[1:])
-    ivf, lsh = results["indexes"]
-    assert ivf["factory"] == f"IVF{results['setup']['nlist']},PQ8x4" and ivf["nlist"] >= 1
+    setup = json.loads((out / "results.json").read_text())["setup"]
+    assert setup["train"]["total"] == 300 and setup["train"]["crops"] == 300 - setup["train"]["photos"]
+    assert setup["references"]["total"] == setup["references"]["photos"] + 40
+    assert sum(setup["sources"]["activate"].values()) == 6 and sum(setup["sources"]["nonmatching"].values()) == 5
+    assert len(setup["skipped"]) == 2 and "needs 39936 training vectors, has 300" in setup["skipped"][0]
+    assert setup["auto_deviations"]
+
+    ivf, flat, lsh = results["indexes"]
+    assert (ivf["factory"], ivf["target"], flat["factory"], flat["target"]) == (
+        "IVF4,PQ8x4", "index", "IVF4,Flat", "ivf_cluster_half")
     assert lsh["nlist"] == 0 and all(r["cell"] is None for r in lsh["edits"])
+    labels = 3 + 8  # three edits, eight JPEG qualities
     for index in results["indexes"]:
-        assert all(0 <= r["r1"] <= r["r10"] <= 1 for r in index["edits"])
-        assert 0 <= index["icd"]["active_normalized"]["uap"] <= 1
+        assert len(index["edits"]) == 3 * labels  # passive, active, active-passive
+        for r in index["edits"]:
+            assert r["r1_ci"][0] <= r["r1"] + 1e-9 and r["r1"] <= r["r1_ci"][1] + 1e-9
+            if r["mode"] != "active-passive":
+                assert 0 <= r["r1"] <= r["r10"] <= 1
+        avg = index["r1_paper_average"]
+        assert avg["edits"] == 3 and avg["active-passive"] == pytest.approx(avg["active"] - avg["passive"])
+        for name in ("plain", "normalized"):
+            entry = index["icd"][name]
+            assert 0 <= entry["active"]["uap"] <= 1 and entry["active"]["ci"][0] <= entry["active"]["ci"][1]
+        assert 1 <= index["icd"]["list_length"]["passive"]["min"] <= index["icd"]["list_length"]["passive"]["max"]
         assert min(index["quality"]["psnr"]) > 35
     none = {r["mode"]: r for r in ivf["edits"] if r["edit"] == "none"}
     assert none["passive"]["cell"] == 1.0  # an unedited original falls in its own cell (PQ may still rank it lower)
     assert none["passive"]["r10"] == 1.0
-    report = (out / "report.html").read_text()
-    # bars, robustness curves, precision-recall, quality histograms, thumbnails
-    assert report.count("<img src=\"data:image/png;base64,") == 5 and "SIMULATED SCALE" in report
-    assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
-    assert (out / "summary.md").read_text().count("\n| ") == 2  # one row per index
+    curve = results["scaling_curve"]
+    assert [p["scaling"] for p in curve["points"]] == [1.0, 2.0] and curve["factory"] == "IVF4,PQ8x4"
+    assert curve["points"][0]["psnr"] > curve["points"][1]["psnr"]  # a smaller budget costs less quality
 
-    activated = sorted((out / "activated").rglob("*.png"))
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * (3 * labels + 3 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
+    assert rows[0]["factory"] == "IVF4,PQ8x4" and rows[0]["r1_low"] <= rows[0]["r1"] <= rows[0]["r1_high"]
+    report = (out / "report.html").read_text()
+    # bars, scaling curve, robustness curves, precision-recall, quality histograms, thumbnails
+    assert report.count("<img src=\"data:image/png;base64,") == 6 and "SIMULATED" not in report
+    assert "tuxpaint-stamps-default" in report and "deviations" in report
+    assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "summary.md").read_text().count("\n| ") == 3  # one row per index
+
+    activated = sorted((out / "cache" / "activated").rglob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in activated]
     run_benchmark(config)  # resumes: activated files are reused, not rewritten
     assert [p.stat().st_mtime_ns for p in activated] == stamps

@@ -354,25 +354,25 @@ def cmd_benchmark(args: argparse.Namespace) -> dict:
     if args.device:
         config.device = args.device
     results = run_benchmark(config)
-    return {"out": config.out, "setup": {k: v for k, v in results["setup"].items() if k != "config"},
-            "indexes": [{"factory": i["factory"], "r1_paper_average": i["r1_paper_average"],
-                         "uap_normalized": {m: i["icd"][f"{m}_normalized"]["uap"] for m in ("passive", "active")},
-                         "psnr": sum(i["quality"]["psnr"]) / len(i["quality"]["psnr"])}
-                        for i in results["indexes"]]}
+    from .bench.report import summary_rows
+
+    setup = results["setup"]
+    return {"out": config.out, "corpus": setup["corpus"], "train": setup["train"],
+            "references": setup["references"], "skipped": setup["skipped"], "indexes": summary_rows(results)}
 
 
 def _print_benchmark(summary: dict) -> None:
-    """One table row per index, then the report path."""
-    print(f"{'index':22} {'R@1 passive':>11} {'R@1 active':>10} {'uAP passive':>11} {'uAP active':>10} "
-          f"{'PSNR dB':>8}")
-    for i in summary["indexes"]:
-        r1, uap = i["r1_paper_average"], i["uap_normalized"]
-        print(f"{i['factory']:22} {r1['passive']:11.3f} {r1['active']:10.3f} {uap['passive']:11.3f} "
-              f"{uap['active']:10.3f} {i['psnr']:8.2f}")
-    setup = summary["setup"]
-    if setup["simulated_distractors"] or setup["simulated_train"]:
-        print(f"SIMULATED SCALE: {setup['simulated_distractors']} synthetic distractors, "
-              f"{setup['simulated_train']} synthetic training vectors")
+    """The setup's counts, one block per index (figures with 95 % intervals), then the report path."""
+    train, refs = summary["train"], summary["references"]
+    print(summary["corpus"])
+    print(f"training vectors {train['photos']} photos + {train['crops']} crops; references {refs['photos']} "
+          f"photos + {refs['crops']} crops")
+    for line in summary["skipped"]:
+        print(f"skipped {line}")
+    for row in summary["indexes"]:
+        print(row["index"])
+        for key, value in list(row.items())[1:]:
+            print(f"  {key:34} {value}")
     print(f"report: {summary['out']}/report.html")
 
 

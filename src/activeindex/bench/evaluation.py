@@ -1,64 +1,88 @@
-"""The passive-vs-active experiment of METHOD.md section 5, over several index types, on a corpus.
+"""The passive-vs-active experiment of METHOD.md section 5, over index types and numbers of cells.
 
-For each factory string: train the codec on the corpus's training split (plus documented
-augmentations), index the distractors and the ORIGINAL descriptors of the images to activate, activate
-them (files cached under the output folder, keyed by codec fingerprint and settings), then query edited
-copies of the originals (passive) and of the activated files (active). Results: R@1 / R@10 and IVF cell
-agreement per edit, robustness curves per sweep, copy-detection uAP with non-matching queries, quality.
+Setup, all seeded: a random subset of the images to activate and of the non-matching images (never a
+file-order prefix); training vectors = the training photos plus random crops of them (`train_vectors` in
+all); references = the distractor photos plus random crops of them (`distractor_crops`), each crop a
+distinct reference. For each factory string and each nlist it can train: train the codec, index the
+references and the ORIGINAL descriptors of the images to activate, activate them (files cached by codec
+fingerprint and settings), then query edited copies of the originals (passive) and of the activated files
+(active). Results: R@1 / R@10 and IVF cell agreement per edit, robustness curves per sweep, copy-detection
+uAP (plain and normalised) with non-matching queries, quality, and a 95 % bootstrap interval (queries
+resampled) for every figure and every active-minus-passive difference. Optionally, R@1 under edits against
+PSNR at several activation scalings.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..activation import ActivationConfig, Activator, get_preset
-from ..codec import MIN_POINTS_PER_CENTROID, Codec, search, set_nprobe
+from ..codec import MIN_POINTS_PER_CENTROID, TARGET_KINDS, Codec, search, set_nprobe
 from ..errors import InvalidInputError
 from ..extractor import Extractor
 from ..imageio import load_image, save_png
 from ..perceptual import quality
 from ..progress import progress_bar
-from .corpus import Corpus
-from .edits import FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, sweep
-from .metrics import cell_agreement, micro_ap, recall_at_k
+from .corpus import BaseCorpus, open_corpus
+from .edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
+from .metrics import list_lengths, mean_interval, micro_ap, uap_difference_interval, uap_interval
 from .report import write_report
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "choose_nlist", "simulated_distractors"]
+__all__ = ["BenchmarkConfig", "run_benchmark", "seeds", "sample", "STREAMS"]
 
 logger = logging.getLogger(__name__)
 
-DISTRACTOR_IDS, SIMULATED_IDS = 1_000_000, 10_000_000  # id ranges; activated images are 0..n-1
+DISTRACTOR_IDS = 1_000_000  # id range of the references; activated images are 0..n-1
+# independent random streams (numpy SeedSequence spawn keys): no two uses share a draw
+STREAMS = {"activate": 0, "nonmatching": 1, "train_crops": 2, "distractor_crops": 3, "matching_edits": 4,
+           "nonmatching_edits": 5}
+MODES = ("passive", "active")
 
 
 @dataclass
 class BenchmarkConfig:
-    """What `run_benchmark` measures. ``{nlist}`` in a factory string is replaced by `choose_nlist`."""
+    """What `run_benchmark` measures (``benchmarks/default.toml`` documents each choice)."""
 
-    corpus: str = "data/corpus"
+    corpus: str = "data/corpus"  # ours (`activeindex data fetch`), or a DISC21 / Copydays folder
     out: str = "bench-output"
-    factories: list[str] = field(default_factory=lambda: ["IVF{nlist},PQ8x8", "IVF{nlist},Flat",
-                                                          "OPQ8,PQ8x8", "PCA64,LSH"])
-    nlist: int | None = None  # None: the largest power of two with >= 39 training vectors per cell
+    cache: str | None = None  # descriptors and activated files, reusable across configs (default OUT/cache)
+    # "FACTORY" or "FACTORY:TARGET" (TARGET one of codec.TARGET_KINDS); "{nlist}" runs at each of `nlists`
+    factories: list[str] = field(default_factory=lambda: ["IVF{nlist},PQ8x8", "IVF{nlist},Flat"])
+    nlists: list[int] = field(default_factory=lambda: [64, 256, 1024])  # skipped below 39 vectors per cell
     nprobe: int = 1
     k: int = 100
     edits: list[str] = field(default_factory=lambda: list(FIXED_EDITS))
     sweeps: list[str] = field(default_factory=lambda: ["rotation", "center_crop", "jpeg"])
     preset: str = "default"
     iterations: int | None = None  # override the preset's
-    n_activate: int | None = None  # None: the whole activate split
-    simulated_distractors: int = 0  # synthetic descriptors added to every index (labelled SIMULATED)
-    simulated_train: int = 0  # synthetic training vectors, for nlist beyond what real data trains (e.g. 4096)
+    scalings: list[float] = field(default_factory=list)  # extra scalings for the R@1-vs-PSNR curve
+    n_activate: int = 64  # a seeded random subset of the activate split
+    n_nonmatching: int | None = None  # None: the whole non-matching split
+    train_vectors: int = 10_000  # training photos + random crops of them, in all
+    distractor_crops: int = 10_000  # random crops of the distractor photos, each indexed as a reference
+    bootstrap: int = 1000  # resamples for the 95 % intervals
     seed: int = 0
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        for spec in self.factories:
+            _, _, target = spec.partition(":")
+            if target and target not in TARGET_KINDS:
+                raise InvalidInputError(f"factory {spec!r}: unknown target {target!r}; choose one of {TARGET_KINDS}")
+        if self.n_activate < 1 or self.train_vectors < 0 or self.distractor_crops < 0 or self.bootstrap < 1:
+            raise InvalidInputError("n_activate and bootstrap must be >= 1, train_vectors and distractor_crops >= 0")
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> BenchmarkConfig:
@@ -71,60 +95,54 @@ class BenchmarkConfig:
             raise InvalidInputError(f"{path}: unknown keys {sorted(unknown)}")
         return cls(**data)
 
-    def activation(self) -> ActivationConfig:
-        config = get_preset(self.preset)
-        return dataclasses.replace(config, iterations=self.iterations) if self.iterations else config
+    def activation(self, scaling: float | None = None, target: str = "index") -> ActivationConfig:
+        config = dataclasses.replace(get_preset(self.preset), target=target)
+        if self.iterations:
+            config = dataclasses.replace(config, iterations=self.iterations)
+        return dataclasses.replace(config, scaling=scaling) if scaling else config
 
 
-def choose_nlist(n_train: int) -> int:
-    """The largest power of two with at least 39 training vectors per cell (METHOD.md section 5)."""
-    return max(1, 2 ** math.floor(math.log2(max(1, n_train // MIN_POINTS_PER_CENTROID))))
+def seeds(seed: int, stream: str, n: int) -> list[np.random.SeedSequence]:
+    """n independent seeds of one named stream (`STREAMS`): item i of stream s is spawn key (s, i)."""
+    return [np.random.SeedSequence(seed, spawn_key=(STREAMS[stream], i)) for i in range(n)]
 
 
-def simulated_distractors(real: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """n synthetic descriptors ~ N(mean, covariance) of real descriptors, L2-normalised.
-
-    A Gaussian with the real second-order statistics fills the descriptor space with the same density
-    profile along every principal direction, which is what cell assignment and PQ codes see; it has none
-    of the real distribution's clusters, so it makes the index more crowded, not more confusing.
-    """
-    if n == 0:
-        return np.zeros((0, real.shape[1]), np.float32)
-    rng = np.random.default_rng(seed)
-    mean, cov = real.mean(0), np.cov(real, rowvar=False)
-    x = rng.multivariate_normal(mean, cov, size=n, method="eigh").astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def sample(n_items: int, n: int | None, seed: int, stream: str) -> np.ndarray:
+    """Sorted indices of a seeded random subset of n of n_items (all of them when n is None or larger)."""
+    if n is None or n >= n_items:
+        return np.arange(n_items)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(STREAMS[stream],)))
+    return np.sort(rng.choice(n_items, n, replace=False))
 
 
 class _Cache:
-    """Arrays cached as .npy under the output folder, keyed by a readable name and a content hash."""
+    """Arrays cached as .npy, keyed by a readable name and a content hash."""
 
     def __init__(self, root: Path):
-        self.root = root / "cache"
+        self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def get(self, name: str, key: str, compute) -> np.ndarray:
+    def get(self, name: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
         path = self.root / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
         if path.exists():
             return np.load(path)
         value = compute()
-        np.save(path, value)
+        np.save(path.with_suffix(".tmp.npy"), value)
+        os.replace(path.with_suffix(".tmp.npy"), path)  # an interrupted run leaves no half-written array
         return value
 
 
-def _queries(name: str) -> list[tuple[str, str, float | None]]:
-    """(label, edit name or sweep family, sweep value) for a fixed edit or a sweep family."""
-    if name in SWEEPS:
-        return [(f"{name}@{v:g}", name, v) for v, _ in sweep(name)]
-    return [(name, name, None)]
+@dataclass
+class _Data:
+    """The fixed inputs every index run shares."""
 
-
-def _edited(paths: list[Path], edit: str, value: float | None, seed: int) -> list[np.ndarray]:
-    """The edited copies of each file (seeded per image): a named edit, or one value of a sweep."""
-    if value is None:
-        return [apply_edit(edit, load_image(path), seed=seed + i) for i, path in enumerate(paths)]
-    swept = dict(sweep(edit))[value]
-    return [swept(load_image(path), np.random.default_rng(seed + i)) for i, path in enumerate(paths)]
+    originals: list[Path]
+    x_orig: np.ndarray
+    x_train: np.ndarray
+    x_refs: np.ndarray
+    labels: list[tuple[str, str, float | None]]
+    passive: dict[str, np.ndarray]  # label -> (n, d) descriptors of the edited originals
+    negatives: np.ndarray  # (m, d) non-matching queries
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict:
@@ -135,38 +153,88 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = Corpus(config.corpus)
+    cache_root = Path(config.cache) if config.cache else out / "cache"
+    cache = _Cache(cache_root / "arrays")
     extractor = Extractor(device=config.device)
-    cache = _Cache(out)
-    originals, x_orig = corpus.split("activate")
-    if config.n_activate:
-        originals, x_orig = originals[:config.n_activate], x_orig[:config.n_activate]
-    _, x_dist = corpus.split("distractors")
-    nonmatching, _ = corpus.split("nonmatching")
-    x_train = _training_vectors(corpus, extractor, cache)
-    real = np.concatenate([x_train, x_dist])
-    x_sim = simulated_distractors(real, config.simulated_distractors, config.seed)
-    x_train = np.concatenate([x_train, simulated_distractors(real, config.simulated_train, config.seed + 1)])
-    nlist = config.nlist or choose_nlist(len(x_train))
-    setup = {"train": len(x_train), "references_real": len(x_dist), "activated": len(originals),
-             "nonmatching": len(nonmatching), "simulated_distractors": len(x_sim),
-             "simulated_train": config.simulated_train, "nlist": nlist,
-             "nprobe": config.nprobe, "k": config.k, "preset": config.preset,
-             "activation": config.activation().to_dict(), "config": dataclasses.asdict(config)}
-    logger.info("benchmark: %s", {k: v for k, v in setup.items() if k not in ("activation", "config")})
-    labels = [q for name in config.edits + config.sweeps for q in _queries(name)]
-    passive = {}
-    for label, edit, value in _bar(labels, "passive queries", progress):
-        passive[label] = _encode_edits(cache, extractor, originals, "passive", label, edit, value, config.seed)
-    negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed + 7)
+    corpus = open_corpus(config.corpus, cache_root / "corpus", extractor, progress)
+    data, setup = _prepare(corpus, config, extractor, cache, progress)
     results = {"setup": setup, "indexes": []}
-    for factory in config.factories:
-        results["indexes"].append(_run_index(factory.format(nlist=nlist), config, extractor, cache, x_train,
-                                             originals, x_orig, x_dist, x_sim, labels, passive, negatives, out,
+    runs, setup["skipped"] = _runs(config, len(data.x_train))
+    for spec, factory, target in runs:
+        results["indexes"].append(_run_index(spec, factory, target, config, extractor, cache, cache_root, data,
                                              progress))
         _write_results(out, results)
+    if config.scalings and runs:
+        results["scaling_curve"] = _scaling_curve(runs, config, extractor, cache, cache_root, data, progress)
+    _write_results(out, results)
     write_report(results, out)
     return results
+
+
+def _prepare(corpus: BaseCorpus, config: BenchmarkConfig, extractor: Extractor, cache: _Cache,
+             progress: bool | None) -> tuple[_Data, dict]:
+    """Draw the subsets, build the training vectors and references, encode the passive queries."""
+    activate_paths, x_activate = corpus.split("activate")
+    chosen = sample(len(activate_paths), config.n_activate, config.seed, "activate")
+    originals, x_orig = [activate_paths[i] for i in chosen], x_activate[chosen]
+    nonmatching_paths = corpus.paths("nonmatching")
+    kept = sample(len(nonmatching_paths), config.n_nonmatching, config.seed, "nonmatching")
+    nonmatching = [nonmatching_paths[i] for i in kept]
+    train_paths, x_train_photos = corpus.split("train")
+    n_train_crops = max(0, config.train_vectors - len(train_paths))
+    x_train = np.concatenate([x_train_photos, _crop_vectors(cache, extractor, train_paths, n_train_crops,
+                                                            config.seed, "train_crops", progress)])
+    dist_paths, x_dist = corpus.split("distractors")
+    x_refs = np.concatenate([x_dist, _crop_vectors(cache, extractor, dist_paths, config.distractor_crops,
+                                                   config.seed, "distractor_crops", progress)])
+    sources = {"activate": _count(corpus.packages("activate"), chosen),
+               "nonmatching": _count(corpus.packages("nonmatching"), kept),
+               "train": _count(corpus.packages("train")), "distractors": _count(corpus.packages("distractors"))}
+    setup = {"corpus": corpus.describe(), "sources": sources,
+             "train": {"photos": len(train_paths), "crops": n_train_crops, "total": len(x_train)},
+             "references": {"photos": len(dist_paths), "crops": config.distractor_crops, "total": len(x_refs)},
+             "activated": len(originals), "nonmatching": len(nonmatching),
+             "nonmatching_edited": corpus.nonmatching_edited, "nprobe": config.nprobe, "k": config.k,
+             "preset": config.preset, "activation": config.activation().to_dict(), "bootstrap": config.bootstrap,
+             "auto_deviations": AUTO_DEVIATIONS, "config": dataclasses.asdict(config)}
+    for split, counts in sources.items():
+        logger.info("%s: %d images, %s", split, sum(counts.values()), counts)
+    logger.info("training vectors %s; references %s", setup["train"], setup["references"])
+    labels = [q for name in config.edits + config.sweeps for q in _queries(name)]
+    passive = {label: _encode_edits(cache, extractor, originals, "passive", label, edit, value, config.seed)
+               for label, edit, value in _bar(labels, "passive queries", progress)}
+    if corpus.nonmatching_edited:  # already edited queries (DISC21): used as they are
+        negatives = cache.get("nonmatching", _key(nonmatching), lambda: extractor.encode(nonmatching))
+    else:
+        negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
+                                  stream="nonmatching_edits")
+    return _Data(originals, x_orig, x_train, x_refs, labels, passive, negatives), setup
+
+
+def _count(packages: list[str], chosen: Iterable[int] | None = None) -> dict[str, int]:
+    chosen = range(len(packages)) if chosen is None else chosen
+    return dict(sorted(Counter(packages[i] for i in chosen).items()))
+
+
+def _key(paths: list[Path], *extra: object) -> str:
+    return "|".join([str(p) for p in paths] + [str(e) for e in extra])
+
+
+def _runs(config: BenchmarkConfig, n_train: int) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(spec, factory, target) of every index to run, and why any nlist was skipped."""
+    runs, skipped = [], []
+    for spec in config.factories:
+        template, _, target = spec.partition(":")
+        if "{nlist}" not in template:
+            runs.append((spec, template, target or "index"))
+            continue
+        for nlist in config.nlists:
+            if n_train < MIN_POINTS_PER_CENTROID * nlist:
+                skipped.append(f"{template.format(nlist=nlist)}: needs {MIN_POINTS_PER_CENTROID * nlist} training "
+                               f"vectors, has {n_train} (raise train_vectors)")
+                continue
+            runs.append((spec, template.format(nlist=nlist), target or "index"))
+    return runs, list(dict.fromkeys(skipped))
 
 
 def _bar(items: list, desc: str, progress: bool | None):
@@ -178,81 +246,175 @@ def _bar(items: list, desc: str, progress: bool | None):
     bar.close()
 
 
-def _training_vectors(corpus: Corpus, extractor: Extractor, cache: _Cache) -> np.ndarray:
-    """The training split plus two augmentations per image (mirror, centre crop keeping 64% of the area):
-    ~1k real photos would train k-means with too few vectors per centroid otherwise."""
-    paths, x = corpus.split("train")
+def _crop_vectors(cache: _Cache, extractor: Extractor, paths: list[Path], n: int, seed: int, stream: str,
+                  progress: bool | None) -> np.ndarray:
+    """Descriptors of n random crops (`edits.random_resized_crop`) spread evenly over the photos, seeded."""
+    if n == 0 or not paths:
+        return np.zeros((0, extractor.dim), np.float32)
+    per_photo = np.full(len(paths), n // len(paths))
+    per_photo[sample(len(paths), n % len(paths), seed, stream)] += 1
+    crop = random_resized_crop()
 
-    def augment() -> np.ndarray:
-        vectors = []
-        for path in paths:  # one image at a time: the set need not fit in memory
-            image = load_image(path)
-            h, w = image.shape[:2]
-            vectors.append(extractor.encode_arrays([np.ascontiguousarray(image[:, ::-1]),
-                                                    image[h // 10: h - h // 10, w // 10: w - w // 10]]))
+    def compute() -> np.ndarray:
+        vectors, bar = [], progress_bar(n, stream.replace("_", " "), progress)
+        for path, count, photo_seed in zip(paths, per_photo, seeds(seed, stream, len(paths))):
+            if count:  # one photo at a time: the crops need not fit in memory
+                image, rng = load_image(path), np.random.default_rng(photo_seed)
+                vectors.append(extractor.encode_arrays([crop(image, rng) for _ in range(count)]))
+                bar.update(int(count))
+        bar.close()
         return np.concatenate(vectors)
 
-    key = "|".join(str(p) for p in paths)
-    return np.concatenate([x, cache.get("train-augmented", key, augment)])
+    return cache.get(stream, _key(paths, n, seed, extractor.model_id), compute)
+
+
+def _queries(name: str) -> list[tuple[str, str, float | None]]:
+    """(label, edit name or sweep family, sweep value) for a fixed edit or a sweep family."""
+    if name in SWEEPS:
+        return [(f"{name}@{v:g}", name, v) for v, _ in sweep(name)]
+    return [(name, name, None)]
 
 
 def _encode_edits(cache: _Cache, extractor: Extractor, paths: list[Path], kind: str, label: str, edit: str,
-                  value: float | None, seed: int) -> np.ndarray:
-    key = "|".join(str(p) for p in paths) + f"|{label}|{seed}"
-    return cache.get(f"{kind}-{label}", key, lambda: extractor.encode_arrays(_edited(paths, edit, value, seed)))
+                  value: float | None, seed: int, stream: str = "matching_edits") -> np.ndarray:
+    """Descriptors of one edit of each file; file i draws from seed i of ``stream`` (so the passive and the
+    active copy of an image get the same edit, and matching and non-matching queries never share draws)."""
+
+    def compute() -> np.ndarray:
+        images = []
+        for path, item_seed in zip(paths, seeds(seed, stream, len(paths))):
+            image = load_image(path)
+            images.append(apply_edit(edit, image, item_seed) if value is None
+                          else dict(sweep(edit))[value](image, np.random.default_rng(item_seed)))
+        return extractor.encode_arrays(images)
+
+    return cache.get(f"{kind}-{label}", _key(paths, label, seed, stream, extractor.model_id), compute)
 
 
-def _run_index(factory, config, extractor, cache, x_train, originals, x_orig, x_dist, x_sim, labels, passive,
-               negatives, out, progress) -> dict:
+def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, extractor: Extractor, cache: _Cache,
+               cache_root: Path, data: _Data, progress: bool | None) -> dict:
     """One index type: train, activate (cached files), query passive and active copies, measure."""
-    logger.info("index %s", factory)
-    codec = Codec.create(factory, extractor.dim)
-    codec.train(x_train)
-    activated = _activate(codec, extractor, config, originals, out, progress)
-    index = codec.empty_index()
-    set_nprobe(index, config.nprobe)
-    index.add_with_ids(x_dist, DISTRACTOR_IDS + np.arange(len(x_dist)))
-    index.add_with_ids(x_orig, np.arange(len(x_orig)))
-    if len(x_sim):
-        index.add_with_ids(x_sim, SIMULATED_IDS + np.arange(len(x_sim)))
-    gt = np.arange(len(originals))
-    cells = codec.cells(x_orig)
-    fingerprint = codec.fingerprint()[:12]
-    rows = []
-    for label, edit, value in _bar(labels, f"{factory} queries", progress):
-        active = _encode_edits(cache, extractor, activated, f"active-{fingerprint}", label, edit, value, config.seed)
-        for mode, queries in (("passive", passive[label]), ("active", active)):
-            _, ids = search(index, queries, config.k)
-            rows.append({"edit": label, "mode": mode, "r1": recall_at_k(ids, gt, 1), "r10": recall_at_k(ids, gt, 10),
-                         "cell": cell_agreement(codec.cells(queries), cells) if codec.nlist else None})
-    icd = {}
-    copies = {"passive": _encode_edits(cache, extractor, originals, "passive", "auto", "auto", None, config.seed),
-              "active": _encode_edits(cache, extractor, activated, f"active-{fingerprint}", "auto", "auto", None,
-                                      config.seed)}
-    qgt = np.concatenate([gt, -np.ones(len(negatives), int)])
-    for mode in ("passive", "active"):
-        queries = np.concatenate([copies[mode], negatives])
-        D, ids = search(index, queries, config.k)
-        for normalize in (False, True):
-            pr = micro_ap(D, ids, qgt, normalize=normalize)
-            icd[f"{mode}{'_normalized' if normalize else ''}"] = {
-                "uap": pr.ap, "precision": pr.precision[::max(1, len(pr.precision) // 200)].tolist(),
-                "recall": pr.recall[::max(1, len(pr.recall) // 200)].tolist()}
-    qualities = [quality(load_image(o), load_image(a)) for o, a in zip(originals, activated)]
-    summary = {mode: float(np.mean([r["r1"] for r in rows if r["mode"] == mode and r["edit"] in PAPER_EDITS]))
-               for mode in ("passive", "active")}
-    return {"factory": factory, "nlist": codec.nlist, "ntotal": int(index.ntotal),
-            "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None, "fingerprint": fingerprint,
-            "r1_paper_average": summary, "edits": rows, "icd": icd, "activated_dir": str(activated[0].parent),
+    logger.info("index %s (target %s)", factory, target)
+    codec, index = _index(factory, data, config, extractor)
+    activated, results = _activate_and_query(codec, index, config.activation(target=target), config, extractor,
+                                             cache, cache_root, data, data.labels, progress)
+    gt = np.arange(len(data.originals))
+    rows = _edit_rows(results, gt, codec, data.x_orig, config)
+    hits = {m: np.stack([results[label][m].top1 == gt for label in PAPER_EDITS if label in results], 1)
+            for m in MODES}
+    qualities = [quality(load_image(o), load_image(a)) for o, a in zip(data.originals, activated)]
+    return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),
+            "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None,
+            "fingerprint": codec.fingerprint()[:12], "r1_paper_average": _paired(hits, config),
+            "edits": rows, "icd": _copy_detection(index, results, data, config) if "auto" in results else None,
+            "activated_dir": str(activated[0].parent), "originals": [str(p) for p in data.originals],
             "quality": {k: [q[k] for q in qualities] for k in ("psnr", "ssim", "linf")}}
 
 
-def _activate(codec: Codec, extractor: Extractor, config: BenchmarkConfig, originals: list[Path], out: Path,
-              progress: bool | None) -> list[Path]:
-    """Activated PNGs for this codec, reusing those already written with the same codec and settings."""
-    settings = config.activation()
+def _index(factory: str, data: _Data, config: BenchmarkConfig, extractor: Extractor) -> tuple[Codec, object]:
+    """The trained codec and its index holding the references and the ORIGINAL descriptors (ids 0..n-1)."""
+    codec = Codec.create(factory, extractor.dim)
+    codec.train(data.x_train)
+    index = codec.empty_index()
+    set_nprobe(index, config.nprobe)
+    index.add_with_ids(data.x_refs, DISTRACTOR_IDS + np.arange(len(data.x_refs)))
+    index.add_with_ids(data.x_orig, np.arange(len(data.x_orig)))
+    return codec, index
+
+
+class _Found(NamedTuple):
+    """Queries of one edit and mode, and what the index returned for them."""
+
+    queries: np.ndarray  # (n, d)
+    D: np.ndarray  # (n, k) distances
+    I: np.ndarray  # (n, k) ids
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.I[:, 0]
+
+
+def _activate_and_query(codec, index, settings: ActivationConfig, config: BenchmarkConfig, extractor, cache,
+                        cache_root, data: _Data, labels, progress) -> tuple[list[Path], dict[str, dict[str, _Found]]]:
+    """Activate with ``settings`` (files cached), then search each label's passive and active queries."""
+    activated = _activate(codec, extractor, settings, data.originals, cache_root, progress)
     key = hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
-    folder = out / "activated" / key
+    results = {}
+    for label, edit, value in _bar(labels, f"queries, {settings.target} target", progress):
+        active = _encode_edits(cache, extractor, activated, f"active-{key}", label, edit, value, config.seed)
+        results[label] = {}
+        for mode, queries in (("passive", data.passive[label]), ("active", active)):
+            results[label][mode] = _Found(queries, *search(index, queries, config.k))
+    return activated, results
+
+
+def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, config: BenchmarkConfig) -> list:
+    """Per edit: R@1 / R@10 / cell agreement with intervals, per mode and for the active-minus-passive difference."""
+    cells = codec.cells(x_orig)
+    rows = []
+    for label, by_mode in results.items():
+        top1 = {m: (by_mode[m].top1 == gt).astype(float) for m in MODES}
+        top10 = {m: (by_mode[m].I[:, :10] == gt[:, None]).any(1).astype(float) for m in MODES}
+        in_cell = {m: (codec.cells(by_mode[m].queries) == cells).astype(float) if codec.nlist else None
+                   for m in MODES}
+        for mode in MODES:
+            rows.append({"edit": label, "mode": mode, "n": len(gt), "r1": float(top1[mode].mean()),
+                         "r1_ci": mean_interval(top1[mode], config.bootstrap, config.seed),
+                         "r10": float(top10[mode].mean()),
+                         "cell": float(in_cell[mode].mean()) if codec.nlist else None})
+        diff = top1["active"] - top1["passive"]
+        cell_diff = in_cell["active"] - in_cell["passive"] if codec.nlist else None
+        rows.append({"edit": label, "mode": "active-passive", "n": len(gt), "r1": float(diff.mean()),
+                     "r1_ci": mean_interval(diff, config.bootstrap, config.seed),
+                     "r10": float((top10["active"] - top10["passive"]).mean()),
+                     "cell": float(cell_diff.mean()) if cell_diff is not None else None})
+    return rows
+
+
+def _paired(hits: dict[str, np.ndarray], config: BenchmarkConfig) -> dict:
+    """Mean of per-image hit matrices per mode and their paired difference, each with a 95 % interval
+    (images resampled, all their edits together)."""
+    diff = hits["active"].astype(float) - hits["passive"]
+    summary = {m: float(hits[m].mean()) for m in MODES} | {"active-passive": float(diff.mean())}
+    summary["ci"] = {m: mean_interval(hits[m].astype(float), config.bootstrap, config.seed) for m in MODES}
+    summary["ci"]["active-passive"] = mean_interval(diff, config.bootstrap, config.seed)
+    summary["edits"] = hits["passive"].shape[1]
+    return summary
+
+
+def _copy_detection(index, results: dict, data: _Data, config: BenchmarkConfig) -> dict:
+    """uAP (plain and normalised) of "auto" copies pooled with the non-matching queries, with intervals and
+    the result-list lengths (short nprobe-1 lists inflate the normalised score, METHOD.md section 5)."""
+    gt = np.concatenate([np.arange(len(data.originals)), -np.ones(len(data.negatives), int)])
+    D_neg, I_neg = search(index, data.negatives, config.k)
+    found = {m: (np.concatenate([results["auto"][m].D, D_neg]), np.concatenate([results["auto"][m].I, I_neg]))
+             for m in MODES}
+    icd = {}
+    for normalize in (False, True):
+        name = "normalized" if normalize else "plain"
+        entry = {}
+        for mode in MODES:
+            D, I = found[mode]
+            pr = micro_ap(D, I, gt, normalize=normalize)
+            step = max(1, len(pr.precision) // 200)
+            entry[mode] = {"uap": pr.ap, "ci": uap_interval(D, I, gt, normalize, config.bootstrap, config.seed),
+                           "precision": pr.precision[::step].tolist(), "recall": pr.recall[::step].tolist()}
+        entry["active-passive"] = {
+            "uap": entry["active"]["uap"] - entry["passive"]["uap"],
+            "ci": uap_difference_interval(*found["active"], *found["passive"], gt, normalize, config.bootstrap,
+                                          config.seed)}
+        icd[name] = entry
+    lengths = {m: list_lengths(found[m][1]) for m in MODES}
+    icd["list_length"] = {m: {"mean": float(v.mean()), "min": int(v.min()), "max": int(v.max())}
+                          for m, v in lengths.items()}
+    return icd
+
+
+def _activate(codec: Codec, extractor: Extractor, settings: ActivationConfig, originals: list[Path],
+              cache_root: Path, progress: bool | None) -> list[Path]:
+    """Activated PNGs for this codec, reusing those already written with the same codec and settings."""
+    key = hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
+    folder = cache_root / "activated" / key
     targets = [folder / f"{p.stem}.png" for p in originals]
     todo = [i for i, t in enumerate(targets) if not t.exists()]
     activator = Activator(extractor, codec, settings)
@@ -266,13 +428,46 @@ def _activate(codec: Codec, extractor: Extractor, config: BenchmarkConfig, origi
     return targets
 
 
+def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, extractor, cache, cache_root,
+                   data: _Data, progress) -> dict:
+    """R@1 over the paper's edits against PSNR, at each scaling, for the first factory at its finest nlist."""
+    _, factory, target = [run for run in runs if run[0] == runs[0][0]][-1]
+    codec, index = _index(factory, data, config, extractor)
+    labels = [q for q in data.labels if q[0] in PAPER_EDITS]
+    gt = np.arange(len(data.originals))
+    default = config.activation().scaling
+    points = []
+    for scaling in sorted(set(config.scalings) | {default}):
+        activated, results = _activate_and_query(codec, index, config.activation(scaling, target), config,
+                                                 extractor, cache, cache_root, data, labels, progress)
+        hits = {m: np.stack([results[label][m].top1 == gt for label, _, _ in labels], 1) for m in MODES}
+        psnr = [quality(load_image(o), load_image(a))["psnr"] for o, a in zip(data.originals, activated)]
+        points.append({"scaling": scaling, "default": scaling == default, "psnr": float(np.mean(psnr)),
+                       "r1": _paired(hits, config)})
+    return {"factory": factory, "target": target, "points": points}
+
+
 def _write_results(out: Path, results: dict) -> None:
+    """results.json (everything) and results.csv (one row per index, edit and mode, with 95 % intervals)."""
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    simulated = results["setup"]["simulated_distractors"] + results["setup"]["simulated_train"]
-    lines = ["factory,edit,mode,r1,r10,cell,simulated"]
+    rows = []
     for index in results["indexes"]:
+        head = [index["factory"], index["target"], index["nlist"]]
         for r in index["edits"]:
-            cell = "" if r["cell"] is None else f"{r['cell']:.4f}"
-            lines.append(f"{index['factory']},{r['edit']},{r['mode']},{r['r1']:.4f},{r['r10']:.4f},{cell},"
-                         f"{'SIMULATED' if simulated else ''}")
-    (out / "results.csv").write_text("\n".join(lines) + "\n")
+            rows.append([*head, r["edit"], r["mode"], r["n"], r["r1"], *r["r1_ci"], r["r10"], r["cell"]])
+        avg = index["r1_paper_average"]
+        rows += [[*head, "paper_average", mode, len(index["originals"]), avg[mode], *avg["ci"][mode], None, None]
+                 for mode in (*MODES, "active-passive")]
+        n_icd = results["setup"]["activated"] + results["setup"]["nonmatching"]
+        for name in ("plain", "normalized") if index["icd"] else ():
+            entry = index["icd"][name]
+            rows += [[*head, f"uap_{name}", mode, n_icd, entry[mode]["uap"], *entry[mode]["ci"], None, None]
+                     for mode in (*MODES, "active-passive")]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["factory", "target", "nlist", "edit", "mode", "n", "r1", "r1_low", "r1_high", "r10", "cell"])
+        writer.writerows([_csv_value(v) for v in row] for row in rows)
+
+
+def _csv_value(value: object) -> object:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else value

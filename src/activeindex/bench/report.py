@@ -16,7 +16,7 @@ from PIL import Image
 from ..imageio import load_image
 from .edits import SWEEPS, apply_edit
 
-__all__ = ["write_report", "summary_markdown", "PAPER_R1"]
+__all__ = ["write_report", "summary_markdown", "summary_rows", "PAPER_R1"]
 
 # METHOD.md section 6: the authors' 1M-image DISC21 run, R@1 averaged over 14 edits
 PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + LSH": (0.78, 0.86),
@@ -35,19 +35,50 @@ def _img(png: bytes) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _label(index: dict) -> str:
+    return index["factory"] + ("" if index["target"] == "index" else f" ({index['target']})")
+
+
 def _bars(indexes: list[dict]) -> bytes:
+    """R@1 per edit, passive and active, with 95 % intervals."""
     fig, axes = plt.subplots(len(indexes), 1, figsize=(12, 2.6 * len(indexes)), squeeze=False)
     for ax, index in zip(axes[:, 0], indexes):
+        rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
         edits = [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
         x = np.arange(len(edits))
         for shift, mode in ((-0.2, "passive"), (0.2, "active")):
-            r1 = [next(r["r1"] for r in index["edits"] if r["edit"] == e and r["mode"] == mode) for e in edits]
-            ax.bar(x + shift, r1, 0.4, label=mode, color=COLOURS[mode])
+            r1 = np.array([rows[e, mode]["r1"] for e in edits])
+            ci = np.array([rows[e, mode]["r1_ci"] for e in edits]).T
+            ax.bar(x + shift, r1, 0.4, label=mode, color=COLOURS[mode], yerr=np.abs(ci - r1), capsize=2)
         ax.set_xticks(x, edits, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("R@1")
-        ax.set_title(index["factory"], fontsize=10)
+        ax.set_title(f"{_label(index)}, {_fmt(index['vectors_per_cell'], '.0f')} vectors / cell", fontsize=10)
         ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _nlist_curve(indexes: list[dict]) -> bytes | None:
+    """R@1 over the paper's edits against the number of cells, per factory: the paper's message."""
+    families: dict[str, list[dict]] = {}
+    for index in indexes:
+        if index["nlist"]:
+            families.setdefault(index["spec"], []).append(index)
+    if not any(len(v) > 1 for v in families.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for spec, runs in families.items():
+        nlists = [r["nlist"] for r in runs]
+        for mode, style in (("passive", "--"), ("active", "-")):
+            mean = np.array([r["r1_paper_average"][mode] for r in runs])
+            ci = np.array([r["r1_paper_average"]["ci"][mode] for r in runs]).T
+            ax.errorbar(nlists, mean, yerr=np.abs(ci - mean), fmt=style, marker="o", capsize=3,
+                        label=f"{spec.replace('{nlist}', 'N')} {mode}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("nlist (IVF cells)")
+    ax.set_ylabel("R@1, mean of the paper's 14 edits")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
@@ -61,7 +92,8 @@ def _curves(indexes: list[dict], sweeps: list[str]) -> bytes | None:
             for mode, style in (("passive", "--"), ("active", "-")):
                 points = [(float(r["edit"].split("@")[1]), r["r1"]) for r in index["edits"]
                           if r["edit"].startswith(f"{family}@") and r["mode"] == mode]
-                ax.plot(*zip(*points), style, marker=".", label=f"{index['factory']} {mode}")
+                if points:
+                    ax.plot(*zip(*points), style, marker=".", label=f"{_label(index)} {mode}")
         ax.set_xlabel(SWEEPS[family][0])
         ax.set_ylabel("R@1")
         ax.set_title(family, fontsize=10)
@@ -72,16 +104,38 @@ def _curves(indexes: list[dict], sweeps: list[str]) -> bytes | None:
 
 
 def _precision_recall(indexes: list[dict]) -> bytes:
-    fig, axes = plt.subplots(1, len(indexes), figsize=(4 * len(indexes), 3.4), squeeze=False)
-    for ax, index in zip(axes[0], indexes):
-        for mode in ("passive", "active"):
-            curve = index["icd"][f"{mode}_normalized"]
-            ax.plot(curve["recall"], curve["precision"], color=COLOURS[mode],
-                    label=f"{mode} uAP {curve['uap']:.2f}")
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_title(index["factory"], fontsize=10)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(2, len(indexes), figsize=(3.6 * len(indexes), 6.4), squeeze=False)
+    for column, index in enumerate(indexes):
+        for row, name in enumerate(("plain", "normalized")):
+            ax = axes[row, column]
+            for mode in ("passive", "active"):
+                curve = index["icd"][name][mode]
+                ax.plot(curve["recall"], curve["precision"], color=COLOURS[mode],
+                        label=f"{mode} uAP {curve['uap']:.2f}")
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_title(f"{_label(index)}\n{name} scores", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _scaling(curve: dict) -> bytes:
+    """R@1 (active, passive) against the PSNR that each scaling costs."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    points = curve["points"]
+    psnr = [p["psnr"] for p in points]
+    for mode in ("passive", "active"):
+        mean = np.array([p["r1"][mode] for p in points])
+        ci = np.array([p["r1"]["ci"][mode] for p in points]).T
+        ax.errorbar(psnr, mean, yerr=np.abs(ci - mean), marker="o", capsize=3, color=COLOURS[mode], label=mode)
+    for p in points:
+        ax.annotate(f"s={p['scaling']:g}" + (" (default)" if p["default"] else ""), (p["psnr"], p["r1"]["active"]),
+                    fontsize=7, xytext=(3, 4), textcoords="offset points")
+    ax.set_xlabel("PSNR of the activated files (dB)")
+    ax.set_ylabel("R@1, mean of the paper's 14 edits")
+    ax.set_title(curve["factory"], fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
@@ -90,18 +144,18 @@ def _quality(indexes: list[dict]) -> bytes:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3))
     for key, ax in zip(("psnr", "ssim"), axes):
         for index in indexes:
-            ax.hist(index["quality"][key], bins=20, alpha=0.5, label=index["factory"])
+            ax.hist(index["quality"][key], bins=20, alpha=0.5, label=_label(index))
         ax.set_xlabel(key.upper() + (" (dB)" if key == "psnr" else ""))
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
 
-def _thumbnails(index: dict, originals: list[Path], n: int = 3) -> bytes:
+def _thumbnails(index: dict, n: int = 3) -> bytes:
     """Original, activated, |difference| x 10, and three edited copies of the activated file."""
     edits = ["brightness_2.0", "auto", "screenshot"]
     fig, axes = plt.subplots(n, 3 + len(edits), figsize=(2.2 * (3 + len(edits)), 2.2 * n), squeeze=False)
-    for row, original in zip(axes, originals[:n]):
+    for row, original in zip(axes, map(Path, index["originals"][:n])):
         o = load_image(original)
         a = load_image(Path(index["activated_dir"]) / f"{original.stem}.png")
         diff = np.clip(np.abs(a.astype(int) - o.astype(int)) * 10, 0, 255).astype(np.uint8)
@@ -115,76 +169,117 @@ def _thumbnails(index: dict, originals: list[Path], n: int = 3) -> bytes:
     return _png(fig)
 
 
-def _summary_table(results: dict) -> str:
-    rows = []
-    for index in results["indexes"]:
-        avg = index["r1_paper_average"]
-        cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
-        q = index["quality"]
-        rows.append(
-            f"<tr><td>{html.escape(index['factory'])}</td><td>{avg['passive']:.3f}</td><td>{avg['active']:.3f}</td>"
-            f"<td>{index['icd']['passive_normalized']['uap']:.3f}</td>"
-            f"<td>{index['icd']['active_normalized']['uap']:.3f}</td>"
-            f"<td>{_fmt(cell.get('passive'))}</td><td>{_fmt(cell.get('active'))}</td>"
-            f"<td>{np.mean(q['psnr']):.2f}</td><td>{np.mean(q['ssim']):.4f}</td><td>{np.mean(q['linf']):.1f}</td>"
-            f"<td>{_fmt(index['vectors_per_cell'], '.1f')}</td></tr>")
-    paper = "".join(f"<tr><td>{k}</td><td>{p:.2f}</td><td>{a:.2f}</td></tr>" for k, (p, a) in PAPER_R1.items())
-    return ("<table><tr><th>index</th><th>R@1 passive</th><th>R@1 active</th><th>uAP passive</th>"
-            "<th>uAP active</th><th>auto in cell, passive</th><th>auto in cell, active</th><th>PSNR dB</th>"
-            "<th>SSIM</th><th>L-inf</th><th>vectors / cell</th></tr>" + "".join(rows) + "</table>"
-            "<p>R@1 averaged over the paper's 14 edits; uAP with d<sub>j+1</sub> - d<sub>j</sub> score "
-            "normalisation; nprobe " + str(results["setup"]["nprobe"]) + ".</p>"
-            "<h3>The paper (1M DISC21 images, SSCD, nprobe 1)</h3><table><tr><th>index</th><th>passive</th>"
-            "<th>active</th></tr>" + paper + "</table>")
-
-
 def _fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summary_markdown(results: dict) -> str:
-    """The summary as a Markdown table (for READMEs), next to the paper's numbers."""
-    lines = ["| index | vectors / cell | R@1 passive | R@1 active | uAP passive | uAP active | "
-             "auto in its cell, passive -> active | PSNR dB | SSIM |", "|---|---|---|---|---|---|---|---|---|"]
+def _with_ci(value: float, ci, spec: str = ".3f") -> str:
+    """'0.812 [0.76, 0.86]'; a difference gets its sign."""
+    sign = "+" if spec.startswith("+") else ""
+    return f"{format(value, spec)} [{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
+
+
+def summary_rows(results: dict) -> list[dict[str, str]]:
+    """One row of formatted figures per index (shared by the HTML and Markdown tables)."""
+    rows = []
     for index in results["indexes"]:
-        avg, icd, q = index["r1_paper_average"], index["icd"], index["quality"]
+        avg, q = index["r1_paper_average"], index["quality"]
         cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
-        lines.append(f"| {index['factory']} | {_fmt(index['vectors_per_cell'], '.1f')} | {avg['passive']:.3f} | "
-                     f"{avg['active']:.3f} | {icd['passive_normalized']['uap']:.3f} | "
-                     f"{icd['active_normalized']['uap']:.3f} | {_fmt(cell.get('passive'), '.2f')} -> "
-                     f"{_fmt(cell.get('active'), '.2f')} | {np.mean(q['psnr']):.2f} | {np.mean(q['ssim']):.4f} |")
+        row = {"index": _label(index), "vectors / cell": _fmt(index["vectors_per_cell"], ".1f"),
+               "R@1 passive": _with_ci(avg["passive"], avg["ci"]["passive"]),
+               "R@1 active": _with_ci(avg["active"], avg["ci"]["active"]),
+               "R@1 active - passive": _with_ci(avg["active-passive"], avg["ci"]["active-passive"], "+.3f")}
+        if index["icd"]:
+            for name in ("plain", "normalized"):
+                entry = index["icd"][name]
+                change = _with_ci(entry["active-passive"]["uap"], entry["active-passive"]["ci"], "+.3f")
+                row[f"uAP {name}, passive -> active"] = (f"{entry['passive']['uap']:.3f} -> "
+                                                         f"{entry['active']['uap']:.3f} ({change})")
+            row["auto in its cell"] = f"{_fmt(cell.get('passive'), '.2f')} -> {_fmt(cell.get('active'), '.2f')}"
+        row["PSNR dB"] = f"{np.mean(q['psnr']):.2f}"
+        row["SSIM"] = f"{np.mean(q['ssim']):.4f}"
+        rows.append(row)
+    return rows
+
+
+def _summary_table(results: dict) -> str:
+    rows = summary_rows(results)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0]) if rows else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    setup = results["setup"]
+    lengths = "; ".join(f"{_label(i)}: {i['icd']['list_length']['passive']['mean']:.0f} (min "
+                        f"{i['icd']['list_length']['passive']['min']}, max {i['icd']['list_length']['passive']['max']})"
+                        for i in results["indexes"] if i["icd"])
+    paper = "".join(f"<tr><td>{k}</td><td>{p:.2f}</td><td>{a:.2f}</td></tr>" for k, (p, a) in PAPER_R1.items())
+    return (f"<table><tr>{head}</tr>{body}</table>"
+            f"<p>R@1: mean over the paper's 14 edits of {setup['activated']} activated images, 95 % bootstrap "
+            f"intervals in brackets ({setup['bootstrap']} resamples of images, paired for the difference). uAP: "
+            f"'auto' copies of the activated images pooled with {setup['nonmatching']} non-matching queries; plain "
+            "= -distance, normalized = d<sub>j+1</sub> - d<sub>j</sub> (the authors'), ties share one threshold; "
+            f"interval of the difference in brackets. Result-list lengths (k {setup['k']}, nprobe "
+            f"{setup['nprobe']}): {html.escape(lengths)}; lists shorter than k favour the normalized score.</p>"
+            "<h3>The paper (1M DISC21 images, SSCD, nprobe 1)</h3><table><tr><th>index</th><th>passive</th>"
+            "<th>active</th></tr>" + paper + "</table>")
+
+
+def summary_markdown(results: dict) -> str:
+    """The summary as a Markdown table (for READMEs)."""
+    rows = summary_rows(results)
+    if not rows:
+        return ""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _setup_html(setup: dict) -> str:
+    """Where the numbers come from: the corpus, per-source counts, training and reference sets, deviations."""
+    sources = "".join(f"<tr><td>{split}</td><td>{sum(c.values())}</td><td>"
+                      f"{html.escape(', '.join(f'{k} {v}' for k, v in c.items()))}</td></tr>"
+                      for split, c in setup["sources"].items())
+    train, refs = setup["train"], setup["references"]
+    skipped = "".join(f"<li>{html.escape(line)}</li>" for line in setup.get("skipped", []))
+    deviations = "".join(f"<li>{html.escape(line)}</li>" for line in setup["auto_deviations"])
+    return (f"<p>{html.escape(setup['corpus'])}</p><table><tr><th>split (used)</th><th>images</th><th>per source</th>"
+            f"</tr>{sources}</table><p>Training vectors: {train['photos']} photos + {train['crops']} random crops of "
+            f"them = {train['total']}. References: {refs['photos']} distractor photos + {refs['crops']} random crops "
+            f"of them = {refs['total']}, plus the {setup['activated']} originals. Crops keep 25-100 % of the area, "
+            "aspect ratio 3/4-4/3, mirrored half of the time (seeded). No synthetic vectors.</p>"
+            + (f"<p>Skipped: <ul>{skipped}</ul></p>" if skipped else "")
+            + f"<p>Activation: preset {html.escape(setup['preset'])} ({html.escape(str(setup['activation']))}).</p>"
+            + ("<p>Non-matching queries used as they are (already edited).</p>" if setup["nonmatching_edited"] else
+               "<p>Non-matching queries: one 'auto' edit of each non-matching image, from a seed stream independent "
+               "of the matching queries'.</p>")
+            + f"<h3>'auto' against the DISC21 generator: deviations</h3><ul>{deviations}</ul>")
 
 
 def write_report(results: dict, out: Path) -> Path:
     """Write ``out/report.html`` (self-contained), ``out/summary.md`` and ``out/r1-per-edit.png``."""
     setup, indexes = results["setup"], results["indexes"]
-    sweeps = setup["config"]["sweeps"]
-    simulated, simulated_train = setup["simulated_distractors"], setup.get("simulated_train", 0)
-    banner = (f"<p class=warn>SIMULATED SCALE: {simulated} synthetic distractor descriptors and "
-              f"{simulated_train} synthetic training vectors (Gaussian with the real descriptors' mean and "
-              "covariance).</p>" if simulated or simulated_train else "")
-    counts = ", ".join(f"{k} {setup[k]}" for k in ("train", "references_real", "activated", "nonmatching",
-                                                    "simulated_distractors", "nlist"))
-    bars, curves = _bars(indexes), _curves(indexes, sweeps)
+    bars, nlists, curves = _bars(indexes), _nlist_curve(indexes), _curves(indexes, setup["config"]["sweeps"])
     (out / "r1-per-edit.png").write_bytes(bars)
+    if nlists:
+        (out / "r1-vs-nlist.png").write_bytes(nlists)
     (out / "summary.md").write_text(summary_markdown(results))
-    activated = sorted(Path(indexes[0]["activated_dir"]).glob("*.png"))
-    corpus_images = [Path(setup["config"]["corpus"]) / "images" / f"{p.stem}.jpg" for p in activated]
-    body = [
-        "<h1>activeindex robustness benchmark</h1>", banner, f"<p>{counts}; activation preset "
-        f"{setup['preset']} ({html.escape(str(setup['activation']))})</p>",
-        "<h2>Summary</h2>", _summary_table(results),
-        "<h2>R@1 per edit</h2>", _img(bars),
-        "<h2>Robustness curves</h2>", _img(curves) if curves else "",
-        "<h2>Copy detection: precision-recall (normalised scores)</h2>", _img(_precision_recall(indexes)),
-        "<h2>Image quality of the activated files</h2>", _img(_quality(indexes)),
-        f"<h2>Examples ({html.escape(indexes[0]['factory'])})</h2>", _img(_thumbnails(indexes[0], corpus_images)),
-    ]
+    body = ["<h1>activeindex robustness benchmark</h1>", "<h2>Setup</h2>", _setup_html(setup),
+            "<h2>Summary</h2>", _summary_table(results) if indexes else "<p>No index was run.</p>"]
+    if nlists:
+        body += ["<h2>Gain against the number of cells</h2>", _img(nlists)]
+    if "scaling_curve" in results:
+        scaling = _scaling(results["scaling_curve"])
+        (out / "r1-vs-psnr.png").write_bytes(scaling)
+        body += ["<h2>R@1 under edits against PSNR (activation scaling)</h2>", _img(scaling)]
+    if indexes:
+        body += ["<h2>R@1 per edit (95 % intervals)</h2>", _img(bars),
+                 "<h2>Robustness curves</h2>", _img(curves) if curves else ""]
+        with_icd = [i for i in indexes if i["icd"]]
+        if with_icd:
+            body += ["<h2>Copy detection: precision-recall</h2>", _img(_precision_recall(with_icd))]
+        body += ["<h2>Image quality of the activated files</h2>", _img(_quality(indexes)),
+                 f"<h2>Examples ({html.escape(_label(indexes[0]))})</h2>", _img(_thumbnails(indexes[0]))]
     page = ("<!doctype html><meta charset=utf-8><title>activeindex benchmark</title><style>body{font-family:"
             "sans-serif;max-width:1300px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid "
-            "#ccc;padding:3px 8px;text-align:right}.warn{background:#fee;padding:.5em;font-weight:bold}</style>"
-            + "\n".join(body))
+            "#ccc;padding:3px 8px;text-align:right}</style>" + "\n".join(body))
     path = out / "report.html"
     path.write_text(page)
     return path
