@@ -193,3 +193,22 @@ def test_unknown_layouts_list_the_accepted_ones(tmp_path):
         open_corpus(tmp_path)
     with pytest.raises(InvalidInputError, match="no such folder"):
         open_corpus(tmp_path / "nowhere")
+
+
+def test_benchmark_runs_on_a_disc21_folder(disc21, tmp_path):
+    """`activeindex benchmark` on the user's own DISC21-layout data: the references named by the ground truth
+    are activated, the non-matching queries are used as they are (already edited)."""
+    from activeindex.bench.evaluation import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(corpus=str(disc21), out=str(tmp_path / "bench"), factories=["PCA16,LSH"],
+                             edits=["none", "auto"], sweeps=[], iterations=1, n_activate=2, train_vectors=40,
+                             distractor_crops=4, bootstrap=50, device="cpu")
+    results = run_benchmark(config)
+    setup = results["setup"]
+    assert setup["corpus"].startswith("DISC21 corpus") and setup["nonmatching_edited"]
+    assert setup["sources"]["activate"] == {"disc21/references": 2} and setup["nonmatching"] == 2
+    assert setup["references"] == {"photos": 4, "crops": 4, "total": 8}
+    (index,) = results["indexes"]
+    assert [Path(p).name for p in index["originals"]] == ["R000001.png", "R000004.png"]
+    assert 0 <= index["icd"]["plain"]["active"]["uap"] <= 1
+    assert (tmp_path / "bench" / "report.html").exists()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import faiss
 import numpy as np
 
 from ..activation import ActivationConfig, Activator, get_preset
@@ -35,12 +36,13 @@ from ..extractor import Extractor
 from ..imageio import load_image, save_png
 from ..perceptual import quality
 from ..progress import progress_bar
-from .corpus import BaseCorpus, open_corpus
+from .corpus import open_corpus
 from .edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
 from .metrics import list_lengths, mean_interval, micro_ap, uap_difference_interval, uap_interval
 from .report import write_report
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "seeds", "sample", "STREAMS"]
+__all__ = ["BenchmarkConfig", "BenchmarkData", "run_benchmark", "prepare", "build_index", "seeds", "sample",
+           "STREAMS", "MODES"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +135,8 @@ class _Cache:
 
 
 @dataclass
-class _Data:
-    """The fixed inputs every index run shares."""
+class BenchmarkData:
+    """The fixed inputs every index run shares (`prepare`)."""
 
     originals: list[Path]
     x_orig: np.ndarray
@@ -153,11 +155,9 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache_root = Path(config.cache) if config.cache else out / "cache"
-    cache = _Cache(cache_root / "arrays")
-    extractor = Extractor(device=config.device)
-    corpus = open_corpus(config.corpus, cache_root / "corpus", extractor, progress)
-    data, setup = _prepare(corpus, config, extractor, cache, progress)
+    data, setup, extractor = prepare(config, progress)
+    cache_root = _cache_root(config)
+    cache = _Cache(cache_root / "arrays")  # the same folder as prepare's
     results = {"setup": setup, "indexes": []}
     runs, setup["skipped"] = _runs(config, len(data.x_train))
     for spec, factory, target in runs:
@@ -171,9 +171,20 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     return results
 
 
-def _prepare(corpus: BaseCorpus, config: BenchmarkConfig, extractor: Extractor, cache: _Cache,
-             progress: bool | None) -> tuple[_Data, dict]:
-    """Draw the subsets, build the training vectors and references, encode the passive queries."""
+def _cache_root(config: BenchmarkConfig) -> Path:
+    return Path(config.cache) if config.cache else Path(config.out) / "cache"
+
+
+def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[BenchmarkData, dict, Extractor]:
+    """Draw the subsets, build the training vectors and references, encode the passive queries (all cached).
+
+    Returns:
+        the shared inputs, the setup description (counts per split and source) and the extractor.
+    """
+    cache_root = _cache_root(config)
+    cache = _Cache(cache_root / "arrays")
+    extractor = Extractor(device=config.device)
+    corpus = open_corpus(config.corpus, cache_root / "corpus", extractor, progress)
     activate_paths, x_activate = corpus.split("activate")
     chosen = sample(len(activate_paths), config.n_activate, config.seed, "activate")
     originals, x_orig = [activate_paths[i] for i in chosen], x_activate[chosen]
@@ -208,7 +219,7 @@ def _prepare(corpus: BaseCorpus, config: BenchmarkConfig, extractor: Extractor, 
     else:
         negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
                                   stream="nonmatching_edits")
-    return _Data(originals, x_orig, x_train, x_refs, labels, passive, negatives), setup
+    return BenchmarkData(originals, x_orig, x_train, x_refs, labels, passive, negatives), setup, extractor
 
 
 def _count(packages: list[str], chosen: Iterable[int] | None = None) -> dict[str, int]:
@@ -292,10 +303,10 @@ def _encode_edits(cache: _Cache, extractor: Extractor, paths: list[Path], kind: 
 
 
 def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, extractor: Extractor, cache: _Cache,
-               cache_root: Path, data: _Data, progress: bool | None) -> dict:
+               cache_root: Path, data: BenchmarkData, progress: bool | None) -> dict:
     """One index type: train, activate (cached files), query passive and active copies, measure."""
     logger.info("index %s (target %s)", factory, target)
-    codec, index = _index(factory, data, config, extractor)
+    codec, index = build_index(factory, data, config)
     activated, results = _activate_and_query(codec, index, config.activation(target=target), config, extractor,
                                              cache, cache_root, data, data.labels, progress)
     gt = np.arange(len(data.originals))
@@ -311,9 +322,9 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
             "quality": {k: [q[k] for q in qualities] for k in ("psnr", "ssim", "linf")}}
 
 
-def _index(factory: str, data: _Data, config: BenchmarkConfig, extractor: Extractor) -> tuple[Codec, object]:
+def build_index(factory: str, data: BenchmarkData, config: BenchmarkConfig) -> tuple[Codec, faiss.Index]:
     """The trained codec and its index holding the references and the ORIGINAL descriptors (ids 0..n-1)."""
-    codec = Codec.create(factory, extractor.dim)
+    codec = Codec.create(factory, data.x_orig.shape[1])
     codec.train(data.x_train)
     index = codec.empty_index()
     set_nprobe(index, config.nprobe)
@@ -335,7 +346,8 @@ class _Found(NamedTuple):
 
 
 def _activate_and_query(codec, index, settings: ActivationConfig, config: BenchmarkConfig, extractor, cache,
-                        cache_root, data: _Data, labels, progress) -> tuple[list[Path], dict[str, dict[str, _Found]]]:
+                        cache_root, data: BenchmarkData, labels,
+                        progress) -> tuple[list[Path], dict[str, dict[str, _Found]]]:
     """Activate with ``settings`` (files cached), then search each label's passive and active queries."""
     activated = _activate(codec, extractor, settings, data.originals, cache_root, progress)
     key = hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
@@ -382,7 +394,7 @@ def _paired(hits: dict[str, np.ndarray], config: BenchmarkConfig) -> dict:
     return summary
 
 
-def _copy_detection(index, results: dict, data: _Data, config: BenchmarkConfig) -> dict:
+def _copy_detection(index, results: dict, data: BenchmarkData, config: BenchmarkConfig) -> dict:
     """uAP (plain and normalised) of "auto" copies pooled with the non-matching queries, with intervals and
     the result-list lengths (short nprobe-1 lists inflate the normalised score, METHOD.md section 5)."""
     gt = np.concatenate([np.arange(len(data.originals)), -np.ones(len(data.negatives), int)])
@@ -429,10 +441,10 @@ def _activate(codec: Codec, extractor: Extractor, settings: ActivationConfig, or
 
 
 def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, extractor, cache, cache_root,
-                   data: _Data, progress) -> dict:
+                   data: BenchmarkData, progress) -> dict:
     """R@1 over the paper's edits against PSNR, at each scaling, for the first factory at its finest nlist."""
     _, factory, target = [run for run in runs if run[0] == runs[0][0]][-1]
-    codec, index = _index(factory, data, config, extractor)
+    codec, index = build_index(factory, data, config)
     labels = [q for q in data.labels if q[0] in PAPER_EDITS]
     gt = np.arange(len(data.originals))
     default = config.activation().scaling
