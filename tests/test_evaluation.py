@@ -19,7 +19,8 @@ from activeindex.errors import InvalidInputError
 def corpus(tmp_path_factory, extractor) -> Corpus:
     sources = [s for s in SOURCES if s.package in ("stellarium-data", "tuxpaint-stamps-default", "scikit-image")]
     return fetch_corpus(tmp_path_factory.mktemp("corpus"), max_side=160, n_activate=8, n_nonmatching=5,
-                        seed=1, extractor=extractor, sources=sources, per_source=45)
+                        seed=1, extractor=extractor, sources=sources, per_source=45,
+                        min_query_side=100)
 
 
 def test_corpus_manifest_and_splits(corpus):
@@ -30,6 +31,9 @@ def test_corpus_manifest_and_splits(corpus):
     assert first.package in ("stellarium-data", "tuxpaint-stamps-default", "scikit-image")
     assert first.licence and len(first.sha256) == 64
     assert max(max(_size(corpus.root / im.file)) for im in corpus.images) <= 160
+    queries = [im for im in corpus.images if im.split in ("activate", "nonmatching")]
+    assert all(min(_size(corpus.root / im.file)) == im.short_side >= 100 for im in queries)
+    assert any(im.short_side < 100 for im in corpus.images)  # small images remain, as references or training
     # near-duplicates were dropped: no two kept descriptors are closer than the threshold
     gram = corpus.descriptors @ corpus.descriptors.T
     np.fill_diagonal(gram, 0)

@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest side of the stored copies (default 512)")
     p.add_argument("--activate", type=positive_int, default=100, help="images to activate (default 100)")
     p.add_argument("--nonmatching", type=positive_int, default=100, help="non-matching query images (default 100)")
+    p.add_argument("--min-query-side", type=positive_int, default=256,
+                   help="images to activate and non-matching ones have a shorter side of at least this (default 256)")
     p.add_argument("--seed", type=_seed, default=0)
 
     p = sub.add_parser("benchmark", parents=[common], help="passive vs active over several indexes, with a report")
@@ -342,7 +344,8 @@ def cmd_data(args: argparse.Namespace) -> dict:
     from .bench.corpus import fetch_corpus
 
     corpus = fetch_corpus(args.out, max_side=args.max_side, n_activate=args.activate,
-                          n_nonmatching=args.nonmatching, seed=args.seed, extractor=Extractor(device=args.device))
+                          n_nonmatching=args.nonmatching, seed=args.seed, min_query_side=args.min_query_side,
+                          extractor=Extractor(device=args.device))
     return {"path": str(corpus.root), "seed": args.seed, **corpus.manifest["counts"]}
 
 

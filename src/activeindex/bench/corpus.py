@@ -86,6 +86,7 @@ class CorpusImage:
     original_path: str
     licence: str
     sha256: str  # of the original file
+    short_side: int = 0  # of the stored copy, pixels
 
 
 class BaseCorpus:
@@ -187,7 +188,7 @@ def _scaled(image: np.ndarray, max_side: int) -> np.ndarray:
 
 def fetch_corpus(out: str | os.PathLike, max_side: int = 512, n_activate: int = 100, n_nonmatching: int = 100,
                  train_share: float = 0.5, seed: int = 0, extractor: Extractor | None = None,
-                 sources: list[PhotoSource] = SOURCES, per_source: int | None = None,
+                 sources: list[PhotoSource] = SOURCES, per_source: int | None = None, min_query_side: int = 256,
                  progress: bool | None = None) -> Corpus:
     """Assemble the corpus (module docstring) into ``out``.
 
@@ -197,6 +198,9 @@ def fetch_corpus(out: str | os.PathLike, max_side: int = 512, n_activate: int = 
         n_activate, n_nonmatching: sizes of those splits.
         train_share: share of the remaining images used for training (the rest are distractors).
         seed: the split's seed.
+        min_query_side: the images to activate and the non-matching ones are drawn from stored copies whose
+            shorter side has at least this many pixels: photos people publish, not the packages' 64-128 px
+            clip-art stamps (activation has little to work with there); every image can be a reference or train.
         sources, per_source: where photos come from, and at most how many files from each (tests).
 
     Returns:
@@ -217,7 +221,8 @@ def fetch_corpus(out: str | os.PathLike, max_side: int = 512, n_activate: int = 
         hashes.add(sha)
         name = f"images/{len(kept):05d}.jpg"
         try:
-            Image.fromarray(_scaled(load_image(path), max_side)).save(out / name, quality=95)
+            stored = _scaled(load_image(path), max_side)
+            Image.fromarray(stored).save(out / name, quality=95)
             vector = extractor.encode(out / name)  # the descriptor of the stored file, as queries will see it
         except ActiveIndexError as e:
             logger.info("left out %s", e)
@@ -225,28 +230,36 @@ def fetch_corpus(out: str | os.PathLike, max_side: int = 512, n_activate: int = 
         if kept and float(np.max(vectors[:len(kept)] @ vector)) > NEAR_DUPLICATE_COSINE:
             continue
         vectors[len(kept)] = vector
-        kept.append(CorpusImage(name, "", source.package, path, source.licence, sha))
+        kept.append(CorpusImage(name, "", source.package, path, source.licence, sha, min(stored.shape[:2])))
     bar.close()
-    _assign_splits(kept, n_activate, n_nonmatching, train_share, seed)
+    _assign_splits(kept, n_activate, n_nonmatching, train_share, seed, min_query_side)
     np.save(out / "descriptors.npy", vectors[:len(kept)])
     counts = {s: sum(im.split == s for im in kept) for s in SPLITS}
     manifest = {"max_side": max_side, "seed": seed, "near_duplicate_cosine": NEAR_DUPLICATE_COSINE,
+                "min_query_side": min_query_side,
                 "candidates": len(candidates), "counts": counts, "images": [asdict(im) for im in kept]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return Corpus(out)
 
 
 def _assign_splits(images: list[CorpusImage], n_activate: int, n_nonmatching: int, train_share: float,
-                   seed: int) -> None:
+                   seed: int, min_query_side: int) -> None:
+    """Seeded random splits; activate and nonmatching only from images with a short side >= min_query_side."""
     order = np.random.default_rng(seed).permutation(len(images))
-    rest = len(images) - n_activate - n_nonmatching
-    if rest < 2:
+    eligible = [i for i in order if images[i].short_side >= min_query_side]
+    if len(eligible) < n_activate + n_nonmatching:
+        raise ActiveIndexError(f"only {len(eligible)} distinct photos with a short side >= {min_query_side} px: too "
+                               f"few for {n_activate} to activate + {n_nonmatching} non-matching")
+    queries = eligible[:n_activate + n_nonmatching]
+    taken = set(queries)
+    rest = [i for i in order if i not in taken]
+    if len(rest) < 2:
         raise ActiveIndexError(f"only {len(images)} distinct photos: too few for {n_activate} + {n_nonmatching}")
-    n_train = int(rest * train_share)
-    bounds = np.cumsum([n_activate, n_nonmatching, n_train])
-    for rank, i in enumerate(order):
-        images[i].split = ("activate" if rank < bounds[0] else "nonmatching" if rank < bounds[1]
-                           else "train" if rank < bounds[2] else "distractors")
+    n_train = int(len(rest) * train_share)
+    for rank, i in enumerate(queries):
+        images[i].split = "activate" if rank < n_activate else "nonmatching"
+    for rank, i in enumerate(rest):
+        images[i].split = "train" if rank < n_train else "distractors"
 
 
 # --- the user's own data: DISC21 and Copydays ------------------------------------------------------------------
