@@ -143,7 +143,10 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert report.count("<img src=\"data:image/png;base64,") == 6 and "SIMULATED" not in report
     assert "tuxpaint-stamps-default" in report and "deviations" in report
     assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
-    assert (out / "summary.md").read_text().count("\n| ") == 3  # one row per index
+    summary = (out / "summary.md").read_text()
+    assert [summary.count(f"\n| {name} |") for name in ("IVF4,PQ8x4", "IVF4,Flat (ivf_cluster_half)", "PCA16,LSH")] == [
+        1, 1, 1]  # one summary row per index
+    assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
 
     activated = sorted((out / "cache" / "activated").rglob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in activated]

@@ -16,7 +16,7 @@ from PIL import Image
 from ..imageio import load_image
 from .edits import SWEEPS, apply_edit
 
-__all__ = ["write_report", "summary_markdown", "summary_rows", "PAPER_R1"]
+__all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "PAPER_R1"]
 
 # METHOD.md section 6: the authors' 1M-image DISC21 run, R@1 averaged over 14 edits
 PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + LSH": (0.78, 0.86),
@@ -232,6 +232,20 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_edit_markdown(index: dict) -> str:
+    """One index's R@1 per fixed edit (passive, active, difference, each with its 95 % interval), as Markdown."""
+    rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
+    edits = [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
+    lines = [f"{_label(index)}, R@1 per edit ({len(index['originals'])} images, 95 % intervals):", "",
+             "| edit | passive | active | active - passive | in its cell, passive -> active |", "|---|---|---|---|---|"]
+    for edit in edits:
+        p, a, d = (rows[edit, m] for m in ("passive", "active", "active-passive"))
+        cells = f"{_fmt(p['cell'], '.2f')} -> {_fmt(a['cell'], '.2f')}"
+        lines.append(f"| {edit} | {_with_ci(p['r1'], p['r1_ci'], '.2f')} | {_with_ci(a['r1'], a['r1_ci'], '.2f')} | "
+                     f"{_with_ci(d['r1'], d['r1_ci'], '+.2f')} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def _setup_html(setup: dict) -> str:
     """Where the numbers come from: the corpus, per-source counts, training and reference sets, deviations."""
     sources = "".join(f"<tr><td>{split}</td><td>{sum(c.values())}</td><td>"
@@ -260,7 +274,7 @@ def write_report(results: dict, out: Path) -> Path:
     (out / "r1-per-edit.png").write_bytes(bars)
     if nlists:
         (out / "r1-vs-nlist.png").write_bytes(nlists)
-    (out / "summary.md").write_text(summary_markdown(results))
+    (out / "summary.md").write_text("\n".join([summary_markdown(results), *map(per_edit_markdown, indexes)]))
     body = ["<h1>activeindex robustness benchmark</h1>", "<h2>Setup</h2>", _setup_html(setup),
             "<h2>Summary</h2>", _summary_table(results) if indexes else "<p>No index was run.</p>"]
     if nlists:
