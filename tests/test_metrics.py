@@ -172,17 +172,6 @@ def test_uap_matches_a_definition_based_ap(seed, missed, normalize):
     assert micro_ap(D, I, gt, normalize).ap == pytest.approx(reference_ap(D, I, gt, normalize), abs=1e-12)
 
 
-@pytest.mark.parametrize("normalize", [False, True])
-def test_uap_matches_scikit_learn(normalize):
-    metrics = pytest.importorskip("sklearn.metrics")
-    D, I, gt = random_results(0)
-    pairs = reference_pairs(D, I, gt, normalize)
-    scores = np.array([s for s, _ in pairs])
-    scores[np.isinf(scores)] = scores[np.isfinite(scores)].min() - 1  # sklearn wants finite scores
-    labels = np.array([p for _, p in pairs])
-    assert micro_ap(D, I, gt, normalize).ap == pytest.approx(metrics.average_precision_score(labels, scores))
-
-
 # ---- bootstrap intervals ----
 
 def test_bootstrap_is_seeded_and_stratified_resampling_keeps_stratum_sizes():
