@@ -222,3 +222,51 @@ def test_damaged_or_missing_catalog_is_one_clear_error(collection, photo_files):
     with pytest.raises(CorruptCollectionError, match="missing"):
         Collection.open(collection.root)
     assert not catalog.exists()  # never silently re-created empty
+
+
+def test_searches_share_the_index_and_a_writer_excludes_them():
+    """Two readers hold the index at once (each waits for the other inside); a writer waits for both, and
+    a waiting writer holds back new readers; the writer may re-enter and read its own index."""
+    import threading
+
+    from activeindex.collection import ReadWriteLock
+
+    lock, inside, order = ReadWriteLock(), threading.Barrier(2, timeout=10), []
+    reader_may_leave = threading.Event()
+
+    def reader(name):
+        with lock.reading():
+            inside.wait()  # times out unless both readers are inside together
+            order.append(f"{name} in")
+            reader_may_leave.wait(10)
+            order.append(f"{name} out")  # still holding the lock
+
+    def writer():
+        with lock.writing(), lock.writing(), lock.reading():  # re-entry and own reads do not deadlock
+            order.append("writer")
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in ("r1", "r2")]
+    for t in readers:
+        t.start()
+    while len(order) < 2:
+        threading.Event().wait(0.01)
+    late_reader_done = threading.Event()
+    write = threading.Thread(target=writer)
+    write.start()
+    while not lock._writers_waiting:  # the writer is queued behind the two readers
+        threading.Event().wait(0.01)
+
+    def late_reader():
+        with lock.reading():
+            late_reader_done.set()
+
+    late = threading.Thread(target=late_reader)
+    late.start()
+    assert not late_reader_done.wait(0.3)  # held back by the waiting writer
+    assert "writer" not in order
+    reader_may_leave.set()
+    for t in (*readers, write, late):
+        t.join(10)
+    assert sorted(order[:2]) == ["r1 in", "r2 in"] and order.index("writer") > max(order.index("r1 out"),
+                                                                                order.index("r2 out"))
+    assert late_reader_done.is_set()

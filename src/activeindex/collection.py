@@ -98,7 +98,7 @@ class Collection:
         self.root, self.manifest, self.extractor = root, manifest, extractor
         self.catalog = Catalog(root / CATALOG, create=create)
         self._write_lock = threading.Lock()  # serialises writers inside one process
-        self._index_lock = threading.RLock()  # faiss indexes may not be searched while vectors are added
+        self._index_lock = ReadWriteLock()  # searches run together; adding vectors excludes them
         self._catalog_version: int | None = None  # catalog.data_version() when the index was last synced
         self.index = None
         self.codec: Codec | None = None
@@ -382,8 +382,9 @@ class Collection:
                 return
             records = [pending[i][2] for i in keep]
             ids = self.catalog.insert(records, descriptors[keep])
-            with self._index_lock:
+            with self._index_lock.writing():
                 self.index.add_with_ids(descriptors[keep], np.array(ids, np.int64))
+            with self._index_lock.reading():  # writing the file only reads the index: searches go on
                 save_index(self.index, self.root / INDEX)
             report.records += records
 
@@ -391,7 +392,7 @@ class Collection:
         """Bring the in-memory index up to the catalog if another process has committed since the last look."""
         if self.index is None:
             return
-        with self._index_lock:
+        with self._index_lock.writing():
             if self.catalog.data_version() != self._catalog_version:
                 self._sync_index()
 
@@ -401,7 +402,7 @@ class Collection:
         An index holding ids the catalog lacks, or an id twice (a file from another collection, or
         damaged), is rebuilt from the catalog; either way the result matches the catalog exactly.
         """
-        with self._index_lock:
+        with self._index_lock.writing():
             self._catalog_version = self.catalog.data_version()
             catalog_ids, indexed = self.catalog.ids(), index_ids(self.index)
             unknown = np.setdiff1d(indexed, catalog_ids)
@@ -444,7 +445,7 @@ class Collection:
         if not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k}")
         self.refresh()
-        with self._index_lock:
+        with self._index_lock.reading():
             distances, ids = search(self.index, queries, k)
         found = sorted({int(i) for i in ids.ravel() if i >= 0})
         records, vectors = self.catalog.get(found), self.catalog.descriptors_of(found)
@@ -474,6 +475,54 @@ class Collection:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+class ReadWriteLock:
+    """Many readers at once, or one writer (faiss indexes may be searched concurrently, but not while vectors
+    are added). A waiting writer holds back new readers, so a stream of searches cannot starve a commit. The
+    writer may re-enter (a refresh that syncs) and may read what it is writing."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer: int | None = None  # thread id of the writer
+        self._depth = 0  # the writer's re-entries
+        self._writers_waiting = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._condition:
+            own = self._writer == threading.get_ident()  # the writer reads what it writes
+            while not own and (self._writer is not None or self._writers_waiting):
+                self._condition.wait()
+            self._readers += not own
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= not own
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._condition:
+            if self._writer != me:
+                self._writers_waiting += 1
+                while self._writer is not None or self._readers:
+                    self._condition.wait()
+                self._writers_waiting -= 1
+                self._writer = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._condition.notify_all()
 
 
 def _expand_folders(items: Iterable[ImageSource]) -> Iterator[ImageSource]:
