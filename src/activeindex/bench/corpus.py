@@ -44,7 +44,8 @@ from ..imageio import load_image, sha256_file
 from ..progress import progress_bar
 
 __all__ = ["SPLITS", "PhotoSource", "SOURCES", "CorpusImage", "BaseCorpus", "Corpus", "DISC21Corpus",
-           "CopydaysCorpus", "open_corpus", "cached_descriptors", "default_cache_dir", "fetch_corpus"]
+           "CopydaysCorpus", "open_corpus", "cached_descriptors", "default_cache_dir", "fetch_corpus",
+           "save_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -538,7 +539,7 @@ def cached_descriptors(paths: list[Path], extractor: Extractor, cache_dir: str |
             batch = chunk[i:i + ENCODE_BATCH]
             out[start + i:start + i + len(batch)] = extractor.encode(batch, progress=False)
             bar.update(len(batch))
-        _save_atomic(file, out[start:start + len(chunk)])
+        save_atomic(file, out[start:start + len(chunk)])
     bar.close()
     logger.info("%s: %d descriptors, %d encoded, the rest from %s", desc, len(paths),
                 sum(len(chunk) for _, chunk, _ in todo), cache_dir)
@@ -576,7 +577,7 @@ def _load_chunk(file: Path, out: np.ndarray) -> bool:
     return True
 
 
-def _save_atomic(file: Path, x: np.ndarray) -> None:
+def save_atomic(file: Path, x: np.ndarray) -> None:
     """np.save through a temporary file and a rename: readers never see half a chunk."""
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:

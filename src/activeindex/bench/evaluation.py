@@ -36,9 +36,18 @@ from ..extractor import Extractor
 from ..imageio import load_image, save_png
 from ..perceptual import quality
 from ..progress import progress_bar
-from .corpus import open_corpus
+from .corpus import open_corpus, save_atomic
 from .edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
-from .metrics import list_lengths, mean_interval, micro_ap, uap_difference_interval, uap_interval
+from .metrics import (
+    cell_agreement,
+    hits_at_k,
+    list_lengths,
+    mean_interval,
+    micro_ap,
+    recall_at_k,
+    uap_difference_interval,
+    uap_interval,
+)
 from .report import write_report
 
 __all__ = ["BenchmarkConfig", "BenchmarkData", "run_benchmark", "prepare", "build_index", "seeds", "sample",
@@ -129,8 +138,7 @@ class _Cache:
         if path.exists():
             return np.load(path)
         value = compute()
-        np.save(path.with_suffix(".tmp.npy"), value)
-        os.replace(path.with_suffix(".tmp.npy"), path)  # an interrupted run leaves no half-written array
+        save_atomic(path, value)  # an interrupted run leaves no half-written array
         return value
 
 
@@ -214,8 +222,8 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
     labels = [q for name in config.edits + config.sweeps for q in _queries(name)]
     passive = {label: _encode_edits(cache, extractor, originals, "passive", label, edit, value, config.seed)
                for label, edit, value in _bar(labels, "passive queries", progress)}
-    if corpus.nonmatching_edited:  # already edited queries (DISC21): used as they are
-        negatives = cache.get("nonmatching", _key(nonmatching), lambda: extractor.encode(nonmatching))
+    if corpus.nonmatching_edited:  # already edited queries (DISC21): their descriptors are the negatives
+        negatives = corpus.split("nonmatching")[1][kept]
     else:
         negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
                                   stream="nonmatching_edits")
@@ -311,8 +319,7 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
                                              cache, cache_root, data, data.labels, progress)
     gt = np.arange(len(data.originals))
     rows = _edit_rows(results, gt, codec, data.x_orig, config)
-    hits = {m: np.stack([results[label][m].top1 == gt for label in PAPER_EDITS if label in results], 1)
-            for m in MODES}
+    hits = _paper_hits(results, gt)
     qualities = [quality(load_image(o), load_image(a)) for o, a in zip(data.originals, activated)]
     return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),
             "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None,
@@ -340,17 +347,13 @@ class _Found(NamedTuple):
     D: np.ndarray  # (n, k) distances
     I: np.ndarray  # (n, k) ids
 
-    @property
-    def top1(self) -> np.ndarray:
-        return self.I[:, 0]
-
 
 def _activate_and_query(codec, index, settings: ActivationConfig, config: BenchmarkConfig, extractor, cache,
                         cache_root, data: BenchmarkData, labels,
                         progress) -> tuple[list[Path], dict[str, dict[str, _Found]]]:
     """Activate with ``settings`` (files cached), then search each label's passive and active queries."""
     activated = _activate(codec, extractor, settings, data.originals, cache_root, progress)
-    key = hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
+    key = _activation_key(codec, settings)
     results = {}
     for label, edit, value in _bar(labels, f"queries, {settings.target} target", progress):
         active = _encode_edits(cache, extractor, activated, f"active-{key}", label, edit, value, config.seed)
@@ -361,26 +364,35 @@ def _activate_and_query(codec, index, settings: ActivationConfig, config: Benchm
 
 
 def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, config: BenchmarkConfig) -> list:
-    """Per edit: R@1 / R@10 / cell agreement with intervals, per mode and for the active-minus-passive difference."""
-    cells = codec.cells(x_orig)
+    """Per edit: R@1 (with intervals), R@10 and cell agreement, per mode and for the active-minus-passive
+    difference (R@1 paired per image; a difference of means for the others)."""
+    cells = codec.cells(x_orig) if codec.nlist else None
     rows = []
     for label, by_mode in results.items():
-        top1 = {m: (by_mode[m].top1 == gt).astype(float) for m in MODES}
-        top10 = {m: (by_mode[m].I[:, :10] == gt[:, None]).any(1).astype(float) for m in MODES}
-        in_cell = {m: (codec.cells(by_mode[m].queries) == cells).astype(float) if codec.nlist else None
-                   for m in MODES}
+        top1 = {m: hits_at_k(by_mode[m].I, gt, 1).astype(float) for m in MODES}
+        r10 = {m: recall_at_k(by_mode[m].I, gt, 10) for m in MODES}
+        cell = {m: cell_agreement(codec.cells(by_mode[m].queries), cells) if codec.nlist else None for m in MODES}
         for mode in MODES:
             rows.append({"edit": label, "mode": mode, "n": len(gt), "r1": float(top1[mode].mean()),
-                         "r1_ci": mean_interval(top1[mode], config.bootstrap, config.seed),
-                         "r10": float(top10[mode].mean()),
-                         "cell": float(in_cell[mode].mean()) if codec.nlist else None})
+                         "r1_ci": mean_interval(top1[mode], config.bootstrap, config.seed), "r10": r10[mode],
+                         "cell": cell[mode]})
         diff = top1["active"] - top1["passive"]
-        cell_diff = in_cell["active"] - in_cell["passive"] if codec.nlist else None
         rows.append({"edit": label, "mode": "active-passive", "n": len(gt), "r1": float(diff.mean()),
                      "r1_ci": mean_interval(diff, config.bootstrap, config.seed),
-                     "r10": float((top10["active"] - top10["passive"]).mean()),
-                     "cell": float(cell_diff.mean()) if cell_diff is not None else None})
+                     "r10": r10["active"] - r10["passive"],
+                     "cell": cell["active"] - cell["passive"] if codec.nlist else None})
     return rows
+
+
+def _paper_hits(results: dict[str, dict[str, _Found]], gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per mode, the (images, edits) top-1 hits over the paper's edits that were queried."""
+    edits = [label for label in PAPER_EDITS if label in results]
+    return {m: np.stack([hits_at_k(results[label][m].I, gt, 1) for label in edits], 1) for m in MODES}
+
+
+def _activation_key(codec: Codec, settings: ActivationConfig) -> str:
+    """Names the activated files of one codec and settings (their folder, and their queries' cache)."""
+    return hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
 
 
 def _paired(hits: dict[str, np.ndarray], config: BenchmarkConfig) -> dict:
@@ -425,7 +437,7 @@ def _copy_detection(index, results: dict, data: BenchmarkData, config: Benchmark
 def _activate(codec: Codec, extractor: Extractor, settings: ActivationConfig, originals: list[Path],
               cache_root: Path, progress: bool | None) -> list[Path]:
     """Activated PNGs for this codec, reusing those already written with the same codec and settings."""
-    key = hashlib.sha256((codec.fingerprint() + json.dumps(settings.to_dict())).encode()).hexdigest()[:12]
+    key = _activation_key(codec, settings)
     folder = cache_root / "activated" / key
     targets = [folder / f"{p.stem}.png" for p in originals]
     todo = [i for i, t in enumerate(targets) if not t.exists()]
@@ -452,7 +464,7 @@ def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, ex
     for scaling in sorted(set(config.scalings) | {default}):
         activated, results = _activate_and_query(codec, index, config.activation(scaling, target), config,
                                                  extractor, cache, cache_root, data, labels, progress)
-        hits = {m: np.stack([results[label][m].top1 == gt for label, _, _ in labels], 1) for m in MODES}
+        hits = _paper_hits(results, gt)
         psnr = [quality(load_image(o), load_image(a))["psnr"] for o, a in zip(data.originals, activated)]
         points.append({"scaling": scaling, "default": scaling == default, "psnr": float(np.mean(psnr)),
                        "r1": _paired(hits, config)})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "hits_at_k",
     "recall_at_k",
     "PrecisionRecall",
     "micro_ap",
@@ -27,12 +28,16 @@ __all__ = [
 ]
 
 
+def hits_at_k(I: np.ndarray, gt: np.ndarray, k: int) -> np.ndarray:
+    """Per matching query (gt >= 0), in order: is its true id among its first ``k`` results."""
+    assert I.shape[0] == len(gt), "one row of results per query"
+    matching = gt >= 0
+    return (I[matching, :k] == gt[matching, None]).any(axis=1)
+
+
 def recall_at_k(I: np.ndarray, gt: np.ndarray, k: int) -> float:
     """Share of queries whose true id is among their first ``k`` results (matching queries only)."""
-    nq = len(gt)
-    assert I.shape[0] == nq, "one row of results per query"
-    matching = gt >= 0
-    hits = (I[matching, :k] == gt[matching, None]).any(axis=1)
+    hits = hits_at_k(I, gt, k)
     return float(hits.mean()) if hits.size else float("nan")
 
 

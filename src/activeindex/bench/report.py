@@ -270,8 +270,10 @@ def _setup_html(setup: dict) -> str:
 def write_report(results: dict, out: Path) -> Path:
     """Write ``out/report.html`` (self-contained), ``out/summary.md`` and ``out/r1-per-edit.png``."""
     setup, indexes = results["setup"], results["indexes"]
-    bars, nlists, curves = _bars(indexes), _nlist_curve(indexes), _curves(indexes, setup["config"]["sweeps"])
-    (out / "r1-per-edit.png").write_bytes(bars)
+    bars = _bars(indexes) if indexes else None
+    nlists, curves = _nlist_curve(indexes), _curves(indexes, setup["config"]["sweeps"])
+    if bars:
+        (out / "r1-per-edit.png").write_bytes(bars)
     if nlists:
         (out / "r1-vs-nlist.png").write_bytes(nlists)
     (out / "summary.md").write_text("\n".join([summary_markdown(results), *map(per_edit_markdown, indexes)]))
