@@ -1,4 +1,4 @@
-"""End-to-end demo on real photos: train, register distractors, activate 12 photos, query edited copies.
+"""End-to-end demo on real photos: train, register distractors, activate 10 photos, query edited copies.
 
 Run by `make demo`. Photos come from Debian packages (STACK.md): MATE's nature wallpapers are the images
 to publish; Stellarium's telescope photos, Tux Paint's photographic stamps and KDE's wallpapers are the
@@ -24,7 +24,7 @@ from activeindex.bench.edits import apply_edit, random_resized_crop
 from activeindex.bench.metrics import mean_interval
 from activeindex.imageio import load_image
 
-PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))  # all 12: no file-order subset
+PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))[:10]
 NEBULAE = sorted(glob.glob("/usr/share/stellarium/nebulae/default/*.png"))
 STAMPS = sorted(glob.glob("/usr/share/tuxpaint/stamps/**/*.png", recursive=True))
 WALLPAPERS = sorted(glob.glob("/usr/share/wallpapers/*/contents/images/*.*"))
