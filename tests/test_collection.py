@@ -1,6 +1,7 @@
 """The collection folder: train, add, activate, search; atomic writes, resumption and refusals."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -145,11 +146,35 @@ def test_concurrent_writer_is_refused(collection, photo_files):
     assert other.add(photo_files[:1]).records  # free again
 
 
-def test_catalog_rows_hold_the_original_descriptor(collection, photo_files, extractor):
-    collection.add(photo_files[:1])
+def test_catalog_rows_hold_the_original_descriptor_in_float16(collection, photo_files, extractor):
+    collection.add(photo_files[:2])
     with sqlite3.connect(collection.root / "catalog.sqlite") as db:
-        blob = db.execute("SELECT descriptor FROM images").fetchone()[0]
-    np.testing.assert_allclose(np.frombuffer(blob, np.float32), extractor.encode(photo_files[0]), atol=1e-6)
+        blob = db.execute("SELECT descriptor FROM images ORDER BY id").fetchone()[0]
+    stored, exact = np.frombuffer(blob, np.float16).astype(np.float32), extractor.encode(photo_files[0])
+    assert len(blob) == 2 * 512
+    np.testing.assert_allclose(stored, exact, atol=5e-4)
+    # the exact re-score of a search uses the stored vector: its similarity moves by < 1e-4
+    query = extractor.encode(photo_files[1])
+    assert abs(float(stored @ query) - float(exact @ query)) < 1e-4
+    match = collection.search(load_image(photo_files[0]), k=1)[0][0]
+    assert match.id == 1 and abs(match.similarity - float(stored @ exact)) < 1e-6
+
+
+def test_collections_with_float32_descriptors_still_open(collection, photo_files):
+    """Collections made before float16 storage have no descriptor_dtype in their manifest: float32 rows."""
+    collection.add(photo_files[:2])
+    manifest = json.loads((collection.root / "manifest.json").read_text())
+    del manifest["descriptor_dtype"]
+    (collection.root / "manifest.json").write_text(json.dumps(manifest))
+    with sqlite3.connect(collection.root / "catalog.sqlite") as db:
+        for (id_, blob) in db.execute("SELECT id, descriptor FROM images").fetchall():
+            wide = np.frombuffer(blob, np.float16).astype(np.float32).tobytes()
+            db.execute("UPDATE images SET descriptor = ? WHERE id = ?", (wide, id_))
+    save_index(collection.codec.empty_index(), collection.root / "index.faiss")  # rebuilt from the rows on open
+    reopened = Collection.open(collection.root)
+    assert sorted(index_ids(reopened.index)) == [1, 2]
+    match = reopened.search(load_image(photo_files[1]), k=1)[0][0]
+    assert match.id == 2 and match.similarity > 0.99
 
 
 def test_train_from_a_folder_skips_bad_files(tmp_path, training_paths, caplog):

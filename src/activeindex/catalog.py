@@ -2,7 +2,11 @@
 
 The catalog is the source of truth: the faiss index holds exactly the catalog's ids and can always be
 rebuilt from the stored descriptors. Several processes may share it (WAL mode); `data_version` tells a
-process that another one has committed, so it can bring its in-memory index up to date.
+process that another one has committed, so it can bring its in-memory index up to date. Ids only grow
+(rows are never deleted), so "what is new" is everything above the largest id a process has seen.
+
+Descriptors are stored as float16 (1 KB per image; the cosine error is below 1e-6, benchmarks/scale.py)
+or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it).
 """
 from __future__ import annotations
 
@@ -78,10 +82,12 @@ class Catalog:
     Args:
         path: the file.
         create: create it when missing (a new collection); otherwise a missing file is an error.
+        descriptor_dtype: how descriptors are stored: ``"float16"`` or ``"float32"``.
     """
 
-    def __init__(self, path: str | Path, create: bool = False):
+    def __init__(self, path: str | Path, create: bool = False, descriptor_dtype: str = "float16"):
         self.path = Path(path)
+        self.descriptor_dtype = np.dtype(descriptor_dtype)
         if not create and not self.path.is_file():
             raise CorruptCollectionError(f"{self.path}: missing: the collection's records are gone; restore "
                                          "catalog.sqlite from a backup (a collection cannot work without it)")
@@ -89,7 +95,10 @@ class Catalog:
         with self._errors():
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL in WAL mode: a commit survives any process crash (SIGKILL included) and the file is never
+            # corrupted; only a power loss may roll back the commits since the last checkpoint (every ~4 MB of
+            # log). FULL would fsync each batch: 4 ms, a third of registering 256 images at 1M (scale.py).
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
     def close(self) -> None:
@@ -124,6 +133,10 @@ class Catalog:
         """Number of records per kind."""
         return {"passive": 0, "active": 0} | dict(self._query("SELECT kind, COUNT(*) FROM images GROUP BY kind"))
 
+    def max_id(self) -> int:
+        """The largest registered id, 0 when empty."""
+        return self._query("SELECT COALESCE(MAX(id), 0) FROM images")[0][0]
+
     def ids(self) -> np.ndarray:
         """Every registered id, ascending, (n,) int64."""
         return np.array([r[0] for r in self._query("SELECT id FROM images ORDER BY id")], np.int64)
@@ -133,22 +146,33 @@ class Catalog:
         rows = self._query("SELECT id FROM images WHERE original_sha256 = ?", (sha256,))
         return rows[0][0] if rows else None
 
+    def find_sha256s(self, sha256s: list[str]) -> dict[str, int]:
+        """{sha256: id} of those registered among ``sha256s`` (one query per 10,000)."""
+        found = {}
+        for start in range(0, len(sha256s), _CHUNK):
+            chunk = sha256s[start:start + _CHUNK]
+            found |= dict(self._query(f"SELECT original_sha256, id FROM images WHERE original_sha256 IN "
+                                      f"({', '.join('?' * len(chunk))})", chunk))
+        return found
+
     def activated_path_taken(self, path: str) -> bool:
         return bool(self._query("SELECT 1 FROM images WHERE activated_path = ?", (path,)))
 
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
-        """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending."""
+        """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending.
+
+        Descriptors are stored as ``descriptor_dtype``: pass them already rounded (`Catalog.stored`) so that
+        what a process indexes from memory equals what another one reads back."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        columns = [c for c in _COLUMNS if c != "id"] + ["descriptor"]
-        sql = f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        ids = []
+        sql = f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})"
+        blobs = np.ascontiguousarray(descriptors, self.descriptor_dtype)
         with self._lock, self._errors(), self._transaction():
-            for record, descriptor in zip(records, descriptors):
-                record.created_at = now
-                values = [getattr(record, c) for c in columns[:-1]]
-                cursor = self._db.execute(sql, [*values, np.asarray(descriptor, np.float32).tobytes()])
-                record.id = cursor.lastrowid
-                ids.append(record.id)
+            first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM images").fetchone()[0]
+            ids = list(range(first, first + len(records)))
+            self._db.executemany(sql, [[image_id, *(getattr(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes()]
+                                       for image_id, r, blob in zip(ids, records, blobs)])
+        for record, image_id in zip(records, ids):
+            record.id, record.created_at = image_id, now
         return ids
 
     @contextmanager
@@ -176,18 +200,41 @@ class Catalog:
         """Records by id (missing ids are absent from the result)."""
         return {row[0]: _record(row[1:]) for row in self._rows(_COLUMNS, ids)}
 
+    def stored(self, descriptors: np.ndarray) -> np.ndarray:
+        """Descriptors as the catalog will give them back: rounded to ``descriptor_dtype``, as float32."""
+        return np.asarray(descriptors).astype(self.descriptor_dtype).astype(np.float32)
+
+    def paths_and_descriptors(self, ids: list[int]) -> dict[int, tuple[str, str | None, np.ndarray]]:
+        """(original path, activated path, descriptor) by id, in one query: what a search result needs."""
+        return {row[0]: (row[1], row[2], self._vector(row[3]))
+                for row in self._rows(["original_path", "activated_path", "descriptor"], ids)}
+
     def descriptors_of(self, ids: list[int]) -> dict[int, np.ndarray]:
-        """The stored (d,) descriptor of each id (missing ids are absent)."""
-        return {row[0]: np.frombuffer(row[1], np.float32) for row in self._rows(["descriptor"], ids)}
+        """The stored (d,) descriptor of each id, as float32 (missing ids are absent)."""
+        return {row[0]: self._vector(row[1]) for row in self._rows(["descriptor"], ids)}
 
     def iter_descriptors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, (n, d) descriptors) of the given ids, in chunks of at most 10,000 rows (bounded memory)."""
         for start in range(0, len(ids), _CHUNK):
             rows = self._rows(["descriptor"], ids[start:start + _CHUNK])
-            if not rows:
-                continue
-            yield (np.array([r[0] for r in rows], np.int64),
-                   np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+            if rows:
+                yield self._stack(rows)
+
+    def iter_descriptors_after(self, last_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, (n, d) descriptors) of every id above ``last_id``, ascending, in chunks of 10,000 rows."""
+        while rows := self._query("SELECT id, descriptor FROM images WHERE id > ? ORDER BY id LIMIT ?",
+                                  (last_id, _CHUNK)):
+            yield self._stack(rows)
+            last_id = rows[-1][0]
+
+    def _vector(self, blob: bytes) -> np.ndarray:
+        return np.frombuffer(blob, self.descriptor_dtype).astype(np.float32)
+
+    def _stack(self, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, (n, d) float32 descriptors) of (id, blob) rows."""
+        blobs = b"".join(r[1] for r in rows)
+        vectors = np.frombuffer(blobs, self.descriptor_dtype).reshape(len(rows), -1).astype(np.float32)
+        return np.array([r[0] for r in rows], np.int64), vectors
 
 
 def _record(row: tuple) -> Record:

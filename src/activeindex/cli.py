@@ -113,11 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images or folders, or one .npy of descriptors (disjoint from what you index)")
     p.add_argument("--nprobe", type=positive_int, default=1, help="IVF cells visited per query (default 1)")
 
-    p = sub.add_parser("add", parents=[common], help="register images as passive references")
+    ray = argparse.ArgumentParser(add_help=False)
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run on Ray: alone, a local Ray on this machine's cores; 'auto' or ray://HOST:10001 for "
+                          "a running cluster (every node must see the image and output folders at the same paths)")
+
+    p = sub.add_parser("add", parents=[common, ray], help="register images as passive references")
     p.add_argument("collection")
     p.add_argument("images", nargs="+", help="image files or folders")
 
-    p = sub.add_parser("activate", parents=[common], help="register and activate images, writing PNGs")
+    p = sub.add_parser("activate", parents=[common, ray], help="register and activate images, writing PNGs")
     p.add_argument("collection")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="folder for the activated PNGs")
@@ -223,7 +228,7 @@ def cmd_init(args: argparse.Namespace) -> dict:
 def cmd_add(args: argparse.Namespace) -> BatchReport:
     """Register images as passive references."""
     _require_images(args.images)
-    return _open(args).add(args.images)
+    return _open(args).add(args.images, ray=args.ray)
 
 
 def cmd_activate(args: argparse.Namespace) -> BatchReport:
@@ -231,7 +236,7 @@ def cmd_activate(args: argparse.Namespace) -> BatchReport:
     config = _activation_config(args)
     _require_out_folder(args.out)
     _require_images(args.images)
-    return _open(args).activate(args.images, args.out, config=config)
+    return _open(args).activate(args.images, args.out, config=config, ray=args.ray)
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:

@@ -2,15 +2,18 @@
 
     COLLECTION/
       manifest.json    format version, model id + weight hash, preprocessing, factory string, codec fingerprint
-      index.faiss      the searchable index (the trained codec + the registered descriptors)
-      catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, descriptor
+      index.faiss      a snapshot of the searchable index (the trained codec + registered descriptors)
+      catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, float16 descriptor
 
-Several processes may share a collection (a server and CLI runs): the heavy work (decoding, embedding,
-activating) runs unlocked, and each batch is COMMITTED under the folder lock (flock on ``.lock``):
-bring the in-memory index up to the catalog, write the activated files, one catalog transaction, add
-to the index, write index.faiss by atomic rename. A process killed anywhere leaves a folder that opens
-consistently. The catalog is the source of truth: a process notices other processes' commits
-(`Catalog.data_version`) and adds the ids its index lacks, by SET of ids, before it searches or writes.
+Several processes may share a collection (a server and CLI runs). The heavy work (decoding, embedding,
+activating, writing PNGs under staging names) runs unlocked, in this process or on Ray workers
+(pipeline.py); each batch is then COMMITTED under the folder lock (flock on ``.lock``): catch up with
+the catalog, rename the staged PNGs, one catalog transaction, add to the in-memory index. A commit costs
+O(batch): index.faiss is only a snapshot, written at the end of a run and every `snapshot_interval`
+seconds. The catalog is the source of truth: on open, the index is brought to the catalog's exact set of
+ids; afterwards a process notices other processes' commits (`Catalog.data_version`) and adds the ids
+above the largest it has seen. A process killed anywhere leaves a folder that opens consistently, and
+re-running its command skips what was registered (by sha256) and resumes.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,10 +43,12 @@ from .errors import (
     ModelMismatchError,
 )
 from .extractor import Extractor, ImageSource, PreprocessConfig
-from .imageio import list_images, save_png, sha256_bytes, sha256_file
+from .imageio import ImageLimits, decode_image, list_images, save_png, sha256_bytes, sha256_file
 from .progress import progress_bar
 
-__all__ = ["Collection", "Match", "BatchReport", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
+BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
+
+__all__ = ["Collection", "Match", "BatchReport", "Prepared", "Preparer", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +86,74 @@ class BatchReport:
                 "failed": [{"path": p, "error": e} for p, e in self.failed]}
 
 
+@dataclass
+class Prepared:
+    """One new file on its way into the collection: decoded, then embedded or activated, then committed."""
+
+    path: str
+    sha256: str
+    image: np.ndarray | None = field(default=None, repr=False)  # decoded; dropped once prepared
+    record: Record | None = None
+    descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
+    staged: str | None = None  # the activated PNG under its staging name; the commit renames it
+    error: str | None = None  # one line: why this file is not registered
+
+
+def read_and_decode(path: str, sha256: str, data: bytes | None = None,
+                    limits: ImageLimits = ImageLimits()) -> Prepared:
+    """Decode one file (read it unless ``data`` is given); a bad file becomes ``Prepared.error``."""
+    try:
+        if data is None:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise InvalidInputError(f"{path}: cannot read ({e.strerror or e})") from e
+        return Prepared(path, sha256, image=decode_image(data, path, limits))
+    except ActiveIndexError as e:
+        return Prepared(path, sha256, error=str(e))
+
+
+class Preparer:
+    """The heavy work on a batch of decoded files: embed them (``config=None``: passive references) or
+    activate them and write each PNG under a staging name in ``out_dir``. Holds no collection, so Ray's
+    actors hold one each (pipeline.py); a batch gives the same bytes wherever it runs.
+
+    Args:
+        extractor: the descriptor model.
+        codec: the frozen codec (activation targets).
+        config: activation settings, or ``None`` to register passive references.
+        out_dir: where the staged PNGs go (activation only).
+    """
+
+    def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
+                 out_dir: str | os.PathLike | None = None):
+        self.extractor, self.config = extractor, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.activator = Activator(extractor, codec, config) if config is not None else None
+
+    def __call__(self, batch: list[Prepared]) -> list[Prepared]:
+        ready = [p for p in batch if p.error is None]
+        if not ready:
+            return batch
+        images = [p.image for p in ready]
+        if self.activator is None:
+            descriptors, metrics = self.extractor.encode_arrays(images), [{}] * len(ready)
+        else:
+            results = self.activator.activate(images, progress=False)
+            descriptors, metrics = np.stack([r.descriptor for r in results]), [r.metrics() for r in results]
+            for item, result in zip(ready, results):
+                item.staged = str(save_png(self.out_dir / f".{item.sha256}.staged.png", result.image))
+        for item, descriptor, values in zip(ready, descriptors, metrics):
+            kind = "passive" if self.activator is None else "active"
+            item.record = Record(id=None, kind=kind, original_path=str(Path(item.path).resolve()),
+                                 original_sha256=item.sha256, width=item.image.shape[1],
+                                 height=item.image.shape[0], **values)
+            if item.staged:
+                item.record.activated_sha256 = sha256_file(item.staged)
+            item.descriptor, item.image = descriptor, None
+        return batch
+
+
 class Collection:
     """A collection folder. Use `Collection.create` or `Collection.open`.
 
@@ -93,13 +166,17 @@ class Collection:
     """
 
     lock_timeout: float = 120.0  # seconds a commit waits for another process's commit before giving up
+    snapshot_interval: float = 300.0  # seconds between index.faiss snapshots during a long run
 
     def __init__(self, root: Path, manifest: dict, extractor: Extractor, create: bool = False):
         self.root, self.manifest, self.extractor = root, manifest, extractor
-        self.catalog = Catalog(root / CATALOG, create=create)
+        self.catalog = Catalog(root / CATALOG, create=create,
+                               descriptor_dtype=manifest.get("descriptor_dtype", "float32"))
         self._write_lock = threading.Lock()  # serialises writers inside one process
         self._index_lock = ReadWriteLock()  # searches run together; adding vectors excludes them
         self._catalog_version: int | None = None  # catalog.data_version() when the index was last synced
+        self._last_id = 0  # the largest catalog id the in-memory index holds
+        self._snapshot_time = time.monotonic()
         self.index = None
         self.codec: Codec | None = None
         if manifest["codec_fingerprint"]:
@@ -130,6 +207,7 @@ class Collection:
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model": extractor.model_id, "dim": extractor.dim, "preprocessing": preprocessing.to_dict(),
             "factory": factory, "nprobe": nprobe, "codec_fingerprint": None, "train_size": 0,
+            "descriptor_dtype": "float16",
         }
         _write_json(root / MANIFEST, manifest)
         return cls(root, manifest, extractor, create=True)
@@ -255,38 +333,39 @@ class Collection:
         bar.close()
         return np.concatenate(vectors) if vectors else np.zeros((0, self.extractor.dim), np.float32), failed
 
-    def add(self, images: Sequence[str | os.PathLike], progress: bool | None = None,
-            batch_size: int = 256) -> BatchReport:
+    def add(self, images: Sequence[str | os.PathLike], progress: bool | None = None, batch_size: int = 256,
+            ray: str | None = None, on_batch: BatchCallback | None = None) -> BatchReport:
         """Register images as passive references (indexed as they are, not activated).
 
         Args:
             images: files and/or folders.
             progress: progress bar.
-            batch_size: images per catalog transaction and index write.
+            batch_size: images per catalog transaction.
+            ray: ``None``: in this process; ``"local"``: a Ray started on this machine; an address
+                (``"auto"``, ``"ray://host:10001"``): that Ray cluster (pipeline.py).
+            on_batch: called with (files handled, files in total) after each committed batch.
 
         Returns:
             a `BatchReport`; bad files are listed in ``failed``, duplicates in ``skipped``.
         """
         self._require_trained()
-        report = BatchReport()
-        for batch in self._new_images(images, batch_size, report, progress):
-            descriptors = self.extractor.encode_arrays([image for *_, image in batch])
-            pending = [(path, data_sha, self._record("passive", path, data_sha, image), None)
-                       for path, data_sha, image in batch]
-            self._commit(pending, descriptors, None, report)
-        return report
+        return self._ingest(images, batch_size, None, None, progress, ray, on_batch)
 
     def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                 config: ActivationConfig = ActivationConfig(), progress: bool | None = None) -> BatchReport:
+                 config: ActivationConfig = ActivationConfig(), progress: bool | None = None,
+                 ray: str | None = None, on_batch: BatchCallback | None = None) -> BatchReport:
         """Register and activate images, writing the activated PNGs to ``out_dir``.
 
         The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file.
 
         Args:
             images: files and/or folders.
-            out_dir: where the activated PNGs go (``<stem>.png``).
+            out_dir: where the activated PNGs go (``<stem>.png``); on a Ray cluster, a folder every
+                node sees at the same path.
             config: activation settings.
             progress: progress bar.
+            ray: as in `add`.
+            on_batch: as in `add`.
 
         Returns:
             a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement.
@@ -295,109 +374,138 @@ class Collection:
         if out_dir.exists() and not out_dir.is_dir():
             raise InvalidInputError(f"{out_dir}: exists and is not a folder; choose a folder for the activated PNGs")
         self._require_trained()
-        report = BatchReport()
-        activator = Activator(self.extractor, self.codec, config)
-        for batch in self._new_images(images, config.batch_size, report, progress):
-            results = activator.activate([image for *_, image in batch], progress=progress)
-            pending = [(path, data_sha, self._record("active", path, data_sha, image, metrics=result.metrics()),
-                        result.image) for (path, data_sha, image), result in zip(batch, results)]
-            self._commit(pending, np.stack([r.descriptor for r in results]), out_dir, report)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, on_batch)
+
+    def _ingest(self, images, batch_size: int, config: ActivationConfig | None, out_dir: Path | None,
+                progress: bool | None, ray: str | None, on_batch: BatchCallback | None) -> BatchReport:
+        """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
+        report, paths = BatchReport(), list_images(list(images))
+        bar = progress_bar(len(paths), "images", progress)
+        batches = self._new_files(paths, batch_size, report, keep_bytes=ray is None)
+        if ray is None:
+            preparer = Preparer(self.extractor, self.codec, config, out_dir)
+            done = (preparer([read_and_decode(*file) for file in batch]) for batch in batches)
+        else:
+            from .pipeline import prepare_on_ray  # Ray is imported only when asked for
+            done = prepare_on_ray(ray, self, list(batches), config, out_dir)
+        handled = 0
+        for prepared in done:
+            self.commit(prepared, out_dir, report)
+            handled = len(report.records) + len(report.skipped) + len(report.failed)
+            bar.update(handled - bar.n)
+            if on_batch is not None:
+                on_batch(handled, len(paths))
+        self.snapshot()
+        order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
+        report.failed.sort(key=lambda failure: order[failure[0]])
+        report.skipped.sort(key=lambda skip: order[skip[0]])
+        bar.update(len(paths) - bar.n)
+        bar.close()
+        if on_batch is not None and handled < len(paths):
+            on_batch(len(paths), len(paths))
         return report
 
-    def _new_images(self, images, batch_size: int, report: BatchReport,
-                    progress: bool | None) -> Iterator[list[tuple[Path, str, np.ndarray]]]:
-        """Decode the images not yet registered, in batches; record failures and duplicates in the report.
-
-        The progress bar advances when the caller has finished with a batch.
-        """
-        paths = list_images(list(images))
-        bar = progress_bar(len(paths), "images", progress)
+    def _new_files(self, paths: list[Path], batch_size: int, report: BatchReport,
+                   keep_bytes: bool) -> Iterator[list[tuple[str, str, bytes | None]]]:
+        """Batches of (path, sha256, bytes or None) of the files not registered yet, in file order; unreadable
+        files and duplicates go to the report. Batches are formed BEFORE decoding, so in-process and Ray runs
+        activate the same images together (an image's result depends on its position in its batch)."""
         batch, seen = [], set()
-        for n, path in enumerate(paths, 1):
+        for path in paths:
             try:
-                data_sha, image, duplicate = self._decode_new(path, seen)
-            except ActiveIndexError as e:
-                report.failed.append((str(path), str(e)))
+                data = path.read_bytes()
+            except OSError as e:
+                report.failed.append((str(path), f"{path}: cannot read ({e.strerror or e})"))
                 continue
-            if duplicate:
-                report.skipped.append((str(path), duplicate))
+            data_sha = sha256_bytes(data)
+            known = self.catalog.find_sha256(data_sha)
+            if known is not None or data_sha in seen:
+                report.skipped.append((str(path), "duplicate of an earlier file in this run" if known is None
+                                       else f"already registered (id {known})"))
                 continue
-            batch.append((path, data_sha, image))
-            if len(batch) == batch_size or n == len(paths):
+            seen.add(data_sha)
+            batch.append((str(path), data_sha, data if keep_bytes else None))
+            if len(batch) == batch_size:
                 yield batch
-                bar.update(n - bar.n)
                 batch = []
         if batch:
             yield batch
-        bar.update(len(paths) - bar.n)
-        bar.close()
 
-    def _decode_new(self, path: Path, seen: set[str]) -> tuple[str, np.ndarray | None, str | None]:
-        """(sha256, image, None) for a new file; (sha256, None, why) for a file already registered or seen."""
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise InvalidInputError(f"{path}: cannot read ({e.strerror or e})") from e
-        data_sha = sha256_bytes(data)
-        known = self.catalog.find_sha256(data_sha)
-        if known is not None:
-            return data_sha, None, f"already registered (id {known})"
-        if data_sha in seen:
-            return data_sha, None, "duplicate of an earlier file in this run"
-        seen.add(data_sha)
-        return data_sha, self.extractor.load_bytes(data, str(path)), None
-
-    def _activated_path(self, out_dir: Path, source: Path, data_sha: str) -> Path:
-        """``<stem>.png``, or ``<stem>-<sha8>.png`` when that name is taken (never overwrite a file)."""
+    def _activated_path(self, out_dir: Path, source: Path, data_sha: str, activated_sha: str) -> Path:
+        """``<stem>.png``, or ``<stem>-<sha8>.png`` when that name is taken (never overwrite another file; a
+        file with the very same bytes, left by a run killed before its commit, is taken over)."""
         path = out_dir / f"{source.stem}.png"
-        if path.exists() or self.catalog.activated_path_taken(str(path.resolve())):
+        taken = self.catalog.activated_path_taken(str(path.resolve()))
+        if taken or (path.exists() and sha256_file(path) != activated_sha):
             path = out_dir / f"{source.stem}-{data_sha[:8]}.png"
         return path
 
-    @staticmethod
-    def _record(kind: str, path: Path, data_sha: str, image: np.ndarray, metrics: dict | None = None) -> Record:
-        return Record(id=None, kind=kind, original_path=str(path.resolve()), original_sha256=data_sha,
-                      width=image.shape[1], height=image.shape[0], **(metrics or {}))
+    def commit(self, prepared: list[Prepared], out_dir: str | os.PathLike | None = None,
+               report: BatchReport | None = None) -> BatchReport:
+        """Register one prepared batch under the folder lock: rename the staged PNGs into ``out_dir``, one
+        catalog transaction, add to the in-memory index (index.faiss is written by `snapshot`).
 
-    def _commit(self, pending: list[tuple[Path, str, Record, np.ndarray | None]], descriptors: np.ndarray,
-                out_dir: Path | None, report: BatchReport) -> None:
-        """Register one batch under the folder lock: activated files, catalog transaction, index file.
+        Files another process registered since they were planned are skipped. A crash after the renames
+        leaves files that the next run takes over (`_activated_path`); before the catalog commits, nothing
+        is registered. `add` and `activate` call this; call it yourself for descriptors made elsewhere
+        (``Prepared`` with a record and a descriptor).
 
-        ``pending`` holds (source path, sha256, record, activated image or None). Images another process
-        registered since they were decoded are skipped. The catalog commits before the index file is
-        renamed: a crash between the two is caught up from the catalog.
+        Returns:
+            ``report`` (a new one if not given) with this batch's records, skips and failures added.
         """
+        report = report if report is not None else BatchReport()
         with self._writing():
+            known = self.catalog.find_sha256s([item.sha256 for item in prepared if item.error is None])
             keep = []
-            for i, (path, data_sha, record, activated) in enumerate(pending):
-                known = self.catalog.find_sha256(data_sha)
-                if known is not None:
-                    report.skipped.append((str(path), f"already registered (id {known})"))
-                    continue
-                if activated is not None:
-                    written = save_png(self._activated_path(out_dir, path, data_sha), activated)
-                    record.activated_path, record.activated_sha256 = str(written.resolve()), sha256_file(written)
-                keep.append(i)
-            if not keep:
-                return
-            records = [pending[i][2] for i in keep]
-            ids = self.catalog.insert(records, descriptors[keep])
-            with self._index_lock.writing():
-                self.index.add_with_ids(descriptors[keep], np.array(ids, np.int64))
-            with self._index_lock.reading():  # writing the file only reads the index: searches go on
-                save_index(self.index, self.root / INDEX)
-            report.records += records
+            for item in prepared:
+                if item.error:
+                    report.failed.append((item.path, item.error))
+                elif item.sha256 in known:
+                    report.skipped.append((item.path, f"already registered (id {known[item.sha256]})"))
+                    if item.staged:
+                        Path(item.staged).unlink(missing_ok=True)
+                else:
+                    if item.staged:
+                        final = self._activated_path(Path(out_dir), Path(item.path), item.sha256,
+                                                     item.record.activated_sha256)
+                        os.replace(item.staged, final)
+                        item.record.activated_path = str(final.resolve())
+                    keep.append(item)
+            if keep:
+                descriptors = self.catalog.stored(np.stack([item.descriptor for item in keep]))
+                ids = self.catalog.insert([item.record for item in keep], descriptors)
+                with self._index_lock.writing():
+                    self.index.add_with_ids(descriptors, np.array(ids, np.int64))
+                    self._last_id = max(self._last_id, ids[-1])
+                report.records += [item.record for item in keep]
+        if time.monotonic() - self._snapshot_time > self.snapshot_interval:
+            self.snapshot()
+        return report
 
-    def refresh(self) -> None:
-        """Bring the in-memory index up to the catalog if another process has committed since the last look."""
+    def snapshot(self) -> None:
+        """Write index.faiss (atomically) from the in-memory index brought up to the catalog. Searches go on
+        meanwhile; commits made by other processes during the write are caught up on the next open."""
         if self.index is None:
             return
+        self.refresh()
+        with self._index_lock.reading():
+            save_index(self.index, self.root / INDEX)
+        self._snapshot_time = time.monotonic()
+
+    def refresh(self) -> None:
+        """Add the records other processes have committed since the last look (ids above the largest seen)."""
+        if self.index is None or self.catalog.data_version() == self._catalog_version:
+            return
         with self._index_lock.writing():
-            if self.catalog.data_version() != self._catalog_version:
-                self._sync_index()
+            self._catalog_version = self.catalog.data_version()  # read first: a commit after it is seen next time
+            for ids, vectors in self.catalog.iter_descriptors_after(self._last_id):
+                self.index.add_with_ids(vectors, ids)
+                self._last_id = int(ids[-1])
 
     def _sync_index(self) -> None:
-        """Make the index hold exactly the catalog's ids: add the missing ones from the stored descriptors.
+        """Make the index hold exactly the catalog's ids (on open): add the missing ones from the stored
+        descriptors.
 
         An index holding ids the catalog lacks, or an id twice (a file from another collection, or
         damaged), is rebuilt from the catalog; either way the result matches the catalog exactly.
@@ -417,6 +525,7 @@ class Collection:
                 logger.info("%s: adding %d catalog records the index lacked", self.root, len(missing))
             for ids, vectors in self.catalog.iter_descriptors(missing):
                 self.index.add_with_ids(vectors, ids)
+            self._last_id = int(catalog_ids[-1]) if len(catalog_ids) else 0
 
     def _require_trained(self) -> None:
         if self.codec is None:
@@ -447,10 +556,8 @@ class Collection:
         self.refresh()
         with self._index_lock.reading():
             distances, ids = search(self.index, queries, k)
-        found = sorted({int(i) for i in ids.ravel() if i >= 0})
-        records, vectors = self.catalog.get(found), self.catalog.descriptors_of(found)
-        return [[Match(int(i), records[int(i)].original_path, records[int(i)].activated_path, float(d),
-                       float(vectors[int(i)] @ query))
+        rows = self.catalog.paths_and_descriptors(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        return [[Match(int(i), *rows[int(i)][:2], float(d), float(rows[int(i)][2] @ query))
                  for i, d in zip(row_i, row_d) if i >= 0]
                 for query, row_i, row_d in zip(queries, ids, distances)]
 

@@ -6,6 +6,7 @@ path is the same graph converted to torch in memory (`onnx_torch`), used by acti
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -220,8 +221,17 @@ class Extractor:
         self._modules: dict[str, torch.nn.Module] = {}
         self._sha256: str | None = None
         logger.info("descriptor model %s on %s", self.model.name, self.device)
-        probe = preprocess(torch.full((1, 3, 64, 64), 0.5), preprocessing)
-        self.dim = int(self._forward_no_grad(probe).shape[1])
+
+    @functools.cached_property
+    def dim(self) -> int:
+        """The descriptor's size, probed on first use: opening a collection does not load the network."""
+        probe = preprocess(torch.full((1, 3, 64, 64), 0.5), self.preprocessing)
+        return int(self._forward_no_grad(probe).shape[1])
+
+    @property
+    def model_source(self) -> str:
+        """What re-creates this model in another process: the registered name, or the TorchScript file's path."""
+        return str(self.model.path) if isinstance(self.model, TorchScriptModel) else self.model.name
 
     @property
     def model_id(self) -> dict:

@@ -1,0 +1,134 @@
+"""Ray Data plans for add / activate at scale (``--ray``); without it, everything runs in collection.py.
+
+The driver (collection.py) lists the files, hashes them, drops those already registered and forms the
+batches; Ray Data streams the batches through two stages: reading + decoding in CPU tasks, then embedding
+or activating in actors that each load the descriptor model and the frozen codec once (one GPU per actor
+where the cluster has GPUs; on a CPU-only cluster Ray fuses decoding into the actors, as there is no
+accelerator to overlap it with). The actors write activated PNGs under staging names into the output folder,
+which every node must see at the same path, and stream per-image results back; the driver commits them
+batch by batch, so a driver killed at any point leaves a consistent collection and re-running resumes.
+Ray restarts an actor that dies and retries its batch (Ray Data's default for actor pools).
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import ray
+
+from .activation import ActivationConfig
+from .codec import Codec
+from .collection import Collection, Prepared, Preparer, read_and_decode
+from .extractor import Extractor, PreprocessConfig
+from .imageio import ImageLimits
+
+__all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
+
+logger = logging.getLogger(__name__)
+
+THREADS_PER_CPU_ACTOR = 4  # torch threads per CPU actor: ResNet-50 scales well to ~4 threads, then flattens
+
+
+def connect(address: str) -> None:
+    """Join Ray: ``"local"`` starts one on this machine's cores (or reuses the one this process started);
+    ``"auto"`` or ``"ray://host:10001"`` joins a running cluster."""
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address == "local":
+        ray.init(include_dashboard=False, **quiet)
+    else:
+        ray.init(address=address, **quiet)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What an actor needs to rebuild the collection's heavy parts, shipped once per actor."""
+
+    model: str  # Extractor.model_source
+    preprocessing: dict
+    codec: bytes  # the trained, empty index, serialised (~8 MB for IVF4096 at 512-d)
+    config: dict | None  # ActivationConfig.to_dict(), or None to embed passive references
+    out_dir: str | None
+    threads: int  # torch threads on a CPU actor
+
+    @classmethod
+    def of(cls, collection: Collection, config: ActivationConfig | None, out_dir: Path | None,
+           threads: int) -> WorkerSpec:
+        codec = faiss.serialize_index(collection.codec.trained).tobytes()
+        return cls(collection.extractor.model_source, collection.extractor.preprocessing.to_dict(), codec,
+                   config.to_dict() if config else None, str(out_dir) if out_dir else None, threads)
+
+
+class _Worker:
+    """A Ray actor: the descriptor model and the codec, loaded once; prepares one batch per call."""
+
+    def __init__(self, spec: WorkerSpec):
+        import torch
+
+        if not torch.cuda.is_available():
+            torch.set_num_threads(spec.threads)
+        extractor = Extractor(spec.model, preprocessing=PreprocessConfig.from_dict(spec.preprocessing))
+        codec = Codec(faiss.deserialize_index(np.frombuffer(spec.codec, np.uint8)))
+        config = ActivationConfig.from_dict(spec.config) if spec.config else None
+        self.preparer = Preparer(extractor, codec, config, spec.out_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        prepared = self.preparer(pickle.loads(batch["prepared"][0]))
+        return {"prepared": np.array([pickle.dumps(prepared)], dtype=object)}
+
+
+def _decode(batch: dict, limits: ImageLimits) -> dict:
+    """A CPU task: read and decode one batch of files (bad ones become per-file errors)."""
+    files = pickle.loads(batch["files"][0])
+    return {"prepared": np.array([pickle.dumps([read_and_decode(path, sha, None, limits)
+                                                for path, sha, _ in files])], dtype=object)}
+
+
+def _actor_options(threads: int | None) -> tuple[dict, int]:
+    """(map_batches options, torch threads): one GPU per actor where the cluster has GPUs, else CPU actors of
+    `THREADS_PER_CPU_ACTOR` threads, as many as the cluster's CPUs allow (each reserves one CPU for Ray's
+    scheduler, so decoding tasks keep a core)."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}, 1
+    threads = threads or min(THREADS_PER_CPU_ACTOR, cpus)
+    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, cpus // threads))}, threads
+
+
+def prepare_on_ray(address: str, collection: Collection, batches: list[list[tuple[str, str, None]]],
+                   config: ActivationConfig | None, out_dir: Path | None,
+                   threads: int | None = None) -> Iterator[list[Prepared]]:
+    """Prepare the planned batches on Ray; yields each batch's results as it completes (any order).
+
+    Args:
+        address: see `connect`.
+        collection: the trained collection (its model and codec are shipped to the actors).
+        batches: (path, sha256, None) per file, as `Collection._new_files` plans them.
+        config: activation settings, or ``None`` to embed passive references.
+        out_dir: the activated PNGs' folder (activation only).
+        threads: torch threads per CPU actor (default: `THREADS_PER_CPU_ACTOR`, at most the cluster's CPUs).
+    """
+    if not batches:
+        return
+    connect(address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the collection shows its own
+    context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
+    options, threads = _actor_options(threads)
+    spec = WorkerSpec.of(collection, config, out_dir, threads)
+    logger.info("Ray: %d batches, actors %s, %d threads each", len(batches), options, threads)
+    dataset = ray.data.from_items([{"files": pickle.dumps(batch)} for batch in batches],
+                                  override_num_blocks=len(batches))
+    decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": collection.extractor.limits},
+                                  num_cpus=1)
+    prepared = decoded.map_batches(_Worker, batch_size=1, fn_constructor_kwargs={"spec": spec}, **options)
+    for row in prepared.iter_rows():
+        yield pickle.loads(row["prepared"])
+

@@ -1,0 +1,145 @@
+"""add / activate on Ray (pipeline.py), on a local Ray cluster of 2 CPUs started by these tests.
+
+The Ray path must give what the in-process path gives (same PNG bytes, same records), survive a worker
+killed mid-run, and leave a collection that a re-run completes when its driver is SIGKILLed.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from activeindex import ActivationConfig, Collection
+
+from .conftest import TEST_FACTORY
+from .test_sharing import check_consistent
+
+ray = pytest.importorskip("ray")
+
+FAST = ActivationConfig(iterations=3, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray of 2 CPUs (a short temp path: Ray's socket paths have a length limit)."""
+    temp = tempfile.mkdtemp(prefix="ray")
+    info = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield info.address_info["gcs_address"]
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(small_photos, tmp_path_factory) -> Path:
+    """Five real photos (one mirrored: a sixth distinct image) and a broken file."""
+    folder = tmp_path_factory.mktemp("ray-photos")
+    for i, image in enumerate([*small_photos[:4], small_photos[0][:, ::-1]]):
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / f"p{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a PNG")
+    return folder
+
+
+@pytest.fixture
+def trained(tmp_path, training_npy) -> Path:
+    collection = Collection.create(tmp_path / "trained", TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.close()
+    return collection.root
+
+
+def copy_of(root: Path, name: str) -> Collection:
+    return Collection.open(shutil.copytree(root, root.parent / name), device="cpu")
+
+
+def comparable(report) -> list[dict]:
+    return [{k: v for k, v in r.to_dict().items() if k not in ("activated_path", "created_at")}
+            | {"activated_name": Path(r.activated_path).name if r.activated_path else None}
+            for r in report.records]
+
+
+def test_activate_on_ray_gives_the_same_bytes_and_records_as_in_process(trained, photo_folder, ray_address,
+                                                                         tmp_path):
+    local = copy_of(trained, "local").activate([photo_folder], tmp_path / "out-local", FAST)
+    on_ray = copy_of(trained, "ray").activate([photo_folder], tmp_path / "out-ray", FAST, ray=ray_address)
+    assert len(local.records) == 5 and comparable(on_ray) == comparable(local)
+    assert on_ray.failed == local.failed and "broken.png" in on_ray.failed[0][0]
+    for record in local.records:
+        name = Path(record.activated_path).name
+        assert (tmp_path / "out-ray" / name).read_bytes() == (tmp_path / "out-local" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "out-ray").iterdir()) == [f"p{i}.png" for i in range(5)]  # no staging
+    assert check_consistent(trained.parent / "ray", sorted(photo_folder.glob("p*.png"))) == 5
+
+
+def test_add_on_ray_registers_the_same_descriptors(trained, photo_folder, ray_address):
+    local, on_ray = copy_of(trained, "local"), copy_of(trained, "ray")
+    assert comparable(local.add([photo_folder])) == comparable(on_ray.add([photo_folder], ray=ray_address))
+    ids = list(local.catalog.ids())
+    np.testing.assert_array_equal(np.stack(list(local.catalog.descriptors_of(ids).values())),
+                                  np.stack(list(on_ray.catalog.descriptors_of(ids).values())))
+
+
+def actor_processes() -> list[psutil.Process]:
+    """The processes of Ray Data's actors (named after their map stage)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("MapWorker" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(trained, photo_folder, ray_address, tmp_path):
+    """Ray restarts the actor and retries its batch."""
+    killed = []
+
+    def kill_the_first_busy_actor() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for process in actor_processes():
+                try:
+                    if process.cpu_times().user > 4.0:  # loaded the model, now activating
+                        process.kill()
+                        killed.append(process.pid)
+                        return
+                except psutil.NoSuchProcess:
+                    continue
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_first_busy_actor)
+    killer.start()
+    config = ActivationConfig(iterations=8, batch_size=1)
+    report = copy_of(trained, "ray").activate([photo_folder], tmp_path / "out", config, ray=ray_address)
+    killer.join()
+    assert killed, "no actor was found busy: the test did not exercise a failure"
+    assert len(report.records) == 5 and len(report.failed) == 1
+    assert check_consistent(trained.parent / "ray", sorted(photo_folder.glob("p*.png"))) == 5
+
+
+def test_a_sigkilled_driver_run_resumes_without_duplicates(trained, photo_folder, ray_address, tmp_path):
+    command = [sys.executable, "-m", "activeindex", "activate", str(trained), str(photo_folder), "--out",
+               str(tmp_path / "out"), "--ray", ray_address, "--iterations", "3", "--batch-size", "1", "-q"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and first.poll() is None:
+        collection = Collection.open(trained, device="cpu")
+        registered = collection.catalog.count()
+        collection.close()
+        if registered >= 1:
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 1 <= check_consistent(trained, sorted(photo_folder.glob("p*.png"))) < 5, "killed too late to test"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1 and "broken.png" in second.stderr  # the bad file, reported again
+    assert check_consistent(trained, sorted(photo_folder.glob("p*.png"))) == 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}.png" for i in range(5)]
