@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ import faiss
 import numpy as np
 import skimage
 from PIL import Image
+from tqdm import tqdm
 
 from activeindex import ActivationConfig, Collection
 from activeindex.catalog import Record
@@ -40,21 +42,22 @@ DIM = 512
 CHUNK = 65_536  # vectors generated at a time (memory stays bounded at any N)
 
 
-def vectors(start: int, stop: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors start..stop-1 of one reproducible synthetic collection (chunked by CHUNK)."""
-    out = []
-    for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
-        x = np.random.default_rng([seed, chunk]).standard_normal((CHUNK, DIM), dtype=np.float32)
-        lo, hi = max(start, chunk * CHUNK), min(stop, (chunk + 1) * CHUNK)
-        out.append(x[lo - chunk * CHUNK:hi - chunk * CHUNK])
-    x = np.concatenate(out)
+@functools.lru_cache(maxsize=2)
+def _chunk(seed: int, chunk: int) -> np.ndarray:
+    x = np.random.default_rng([seed, chunk]).standard_normal((CHUNK, DIM), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def vectors(start: int, stop: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors start..stop-1 of one reproducible synthetic collection (made CHUNK at a time)."""
+    return np.concatenate([_chunk(seed, c)[max(start, c * CHUNK) - c * CHUNK:min(stop, (c + 1) * CHUNK) - c * CHUNK]
+                           for c in range(start // CHUNK, (stop - 1) // CHUNK + 1)])
 
 
 def synthetic_batch(start: int, stop: int) -> list[Prepared]:
     """Prepared items as `Preparer` makes them for passive references, for descriptors start..stop-1."""
     items = []
-    for i, descriptor in zip(range(start, stop), vectors(start, stop)):
+    for i, descriptor in zip(range(start, stop), vectors(start, stop), strict=True):
         sha = hashlib.sha256(str(i).encode()).hexdigest()
         record = Record(id=None, kind="passive", original_path=f"/synthetic/{i:08d}.jpg", original_sha256=sha,
                         width=768, height=512)
@@ -76,18 +79,14 @@ def register(args, root: Path) -> dict:
     print(f"trained {args.factory} on {args.train:,} vectors in {train_seconds:.0f} s")
 
     raw = collection.codec.empty_index()
-    raw_seconds = 0.0
-    for start in range(0, n, batch):
-        x = vectors(start, min(n, start + batch))
-        t, _ = timed(raw.add_with_ids, x, np.arange(start + 1, start + 1 + len(x), dtype=np.int64))
-        raw_seconds += t
-
-    def add_all() -> None:
-        for start in range(0, n, batch):
-            collection.commit(synthetic_batch(start, min(n, start + batch)))
-        collection.snapshot()
-
-    collection_seconds, _ = timed(add_all)
+    raw_seconds = collection_seconds = 0.0
+    for start in tqdm(range(0, n, batch), desc="register", unit="batch", mininterval=10):
+        # interleaved batch by batch, so that both see the same machine load
+        items = synthetic_batch(start, min(n, start + batch))
+        x, ids = np.stack([item.descriptor for item in items]), np.arange(start + 1, start + 1 + len(items))
+        raw_seconds += timed(raw.add_with_ids, x, ids)[0]
+        collection_seconds += timed(collection.commit, items)[0]
+    collection_seconds += timed(collection.snapshot)[0]
     sizes = {name: (root / name).stat().st_size for name in ("index.faiss", "catalog.sqlite")}
     figures = {"raw_add_s": raw_seconds, "collection_add_s": collection_seconds,
                "add_ratio": collection_seconds / raw_seconds, **{f"{k}_bytes": v for k, v in sizes.items()}}

@@ -225,10 +225,28 @@ def test_a_stale_process_catches_up_before_searching_and_writing(collection, pho
     server = Collection.open(collection.root)
     collection.add(photo_files[:1])  # the "CLI" writes
     assert server.search(load_image(photo_files[0]), k=1)[0][0].id == 1  # the server sees it
-    server.add(photo_files[1:2])  # the server's index write includes the CLI's image
+    server.add(photo_files[1:2])
     reopened = Collection.open(collection.root)
     assert sorted(index_ids(reopened.index)) == [1, 2]
+    server.snapshot()  # the server's index file includes the CLI's image
     assert sorted(index_ids(faiss.read_index(str(collection.root / "index.faiss")))) == [1, 2]
+
+
+def test_index_file_is_a_snapshot_written_when_due(collection, photo_files):
+    """Commits do not rewrite index.faiss; it is written once it lacks `snapshot_records` images or is older
+    than `snapshot_interval` seconds; what it lacks is caught up from the catalog on open."""
+    def in_file() -> list[int]:
+        return sorted(index_ids(faiss.read_index(str(collection.root / "index.faiss"))))
+
+    collection.snapshot_records = 3
+    collection.add(photo_files[:1])
+    collection.add(photo_files[1:2])
+    assert in_file() == [] and sorted(index_ids(Collection.open(collection.root).index)) == [1, 2]
+    collection.add(photo_files[2:3])  # the third image makes the snapshot due
+    assert in_file() == [1, 2, 3]
+    collection.snapshot_interval = 0.0
+    collection.add(photo_files[3:4])  # an old file lacking any image is due too
+    assert in_file() == [1, 2, 3, 4]
 
 
 def test_damaged_or_missing_catalog_is_one_clear_error(collection, photo_files):
@@ -295,3 +313,27 @@ def test_searches_share_the_index_and_a_writer_excludes_them():
     assert sorted(order[:2]) == ["r1 in", "r2 in"] and order.index("writer") > max(order.index("r1 out"),
                                                                                 order.index("r2 out"))
     assert late_reader_done.is_set()
+
+
+def test_concurrent_searches_overlap_in_the_index(collection, photo_files, monkeypatch):
+    """Two searches are inside faiss at the same time (each waits there for the other): no global lock."""
+    import threading
+
+    from activeindex import collection as collection_module
+
+    collection.add(photo_files[:3])
+    both_inside, real_search = threading.Barrier(2, timeout=10), collection_module.search
+
+    def search_together(index, queries, k):
+        both_inside.wait()  # BrokenBarrierError unless the other search is inside too
+        return real_search(index, queries, k)
+
+    monkeypatch.setattr(collection_module, "search", search_together)
+    query, found = collection.extractor.encode(photo_files[0])[None], []
+    threads = [threading.Thread(target=lambda: found.append(collection.search_descriptors(query, 1)[0][0].id))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert found == [1, 1]

@@ -119,7 +119,8 @@ def test_concurrent_searches(served, small_photos):
 def test_openapi_docs(served):
     _, url, _ = served
     spec = httpx.get(f"{url}/openapi.json").json()
-    assert {"/v1/search", "/v1/activate", "/v1/status", "/healthz"} <= set(spec["paths"])
+    paths = {"/v1/search", "/v1/activate", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/status", "/healthz"}
+    assert paths <= set(spec["paths"])
     assert httpx.get(f"{url}/docs").status_code == 200
 
 
@@ -248,7 +249,9 @@ def test_docs_work_offline(served):
     assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js", timeout=30).status_code == 200
     spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
     activate = spec["paths"]["/v1/activate"]["post"]
-    assert {"200", "400", "401", "413", "503"} <= set(activate["responses"])
+    assert {"200", "202", "400", "401", "413", "503"} <= set(activate["responses"])
+    assert "Location" in activate["responses"]["202"]["headers"]
+    assert {"202", "401", "413", "503"} <= set(spec["paths"]["/v1/jobs"]["post"]["responses"])
     assert "image/png" in activate["responses"]["200"]["content"]
     assert "multipart/form-data" in activate["requestBody"]["content"]
 
@@ -264,7 +267,31 @@ def test_full_queues_answer_503_with_retry_after(served):
     with TestClient(app) as client:
         response = client.post("/v1/search", files={"images": ("q.png", b"1")})
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    app = create_app(collection, ServiceConfig(token=TOKEN, max_pending_activations=0, allowed_hosts=("testserver",)))
+    upload = _png(np.asarray(Image.open(root / "activated" / "photo0.png"))[:, ::-1])  # new bytes
+    with TestClient(app) as client:
+        response = client.post("/v1/jobs", files={"images": ("waiting.png", upload)},
+                               headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 503 and "already queued" in response.json()["detail"]
+    assert "Retry-After" in response.headers
+    assert not list((root / "uploads").rglob("waiting.png"))  # the upload was not kept
     collection.close()
+
+
+def test_job_endpoints_answer_clear_errors(served):
+    _, url, _ = served
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    missing = httpx.get(f"{url}/v1/jobs/999999", timeout=30)
+    assert missing.status_code == 404 and missing.json()["detail"] == "no job with id 999999"
+    assert httpx.get(f"{url}/v1/jobs/0", timeout=30).status_code == 422
+    assert httpx.post(f"{url}/v1/jobs", files={"images": ("a.png", b"1")}, timeout=30).status_code == 401
+    none = httpx.post(f"{url}/v1/jobs", data={"k": "1"}, headers=token, timeout=30)
+    assert none.status_code == 422 and "images" in none.json()["detail"]
+    many = httpx.post(f"{url}/v1/jobs", files=[("images", (f"{i}.png", b"1")) for i in range(17)], headers=token,
+                      timeout=30)
+    assert many.status_code == 413 and "at most 16 images" in many.json()["detail"]
+    bad = httpx.post(f"{url}/v1/jobs", files={"images": ("notes.txt", b"not an image")}, headers=token, timeout=30)
+    assert bad.status_code == 400 and "notes.txt: not an image" in bad.json()["detail"]
 
 
 def test_openapi_schema_holds_under_property_based_testing(served, tmp_path):

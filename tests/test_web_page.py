@@ -1,13 +1,17 @@
 """The web page at ``/`` in real headless Chromium (Debian's chromium + chromedriver) against a real uvicorn
-server on loopback: search verdict, error recovery, activation with a corrected token, phone layout."""
+server on loopback: search verdict, error recovery, activation with a corrected token, a job's progress until
+done, phone layout."""
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -153,6 +157,41 @@ def test_wrong_token_then_right_token_with_the_same_file(served, small_photos, t
         assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download").endswith(".png")
         WebDriverWait(driver, 30).until(lambda d: _status_loaded(d) == before + 1)
         assert f"{before + 1} registered images" in driver.find_element(By.ID, "status").text
+
+
+def test_several_images_become_a_job_whose_progress_is_shown_until_done(served, collection_root, small_photos,
+                                                                       tmp_path):
+    _, url = served
+    _, originals = collection_root
+    new = tmp_path / "flipped.png"
+    Image.fromarray(np.ascontiguousarray(small_photos[2][::-1])).save(new)  # new bytes: activated by the job
+    with _browser() as driver:
+        driver.get(url)
+        before = _status_loaded(driver)
+        driver.find_element(By.ID, "tab-activate").click()
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "activate-file").send_keys(f"{originals[0]}\n{new}")  # photo0: registered (id 1)
+        seen = set()
+
+        def finished(d) -> bool:
+            for count in d.find_elements(By.ID, "job-count"):
+                with contextlib.suppress(StaleElementReferenceException):  # re-drawn every second
+                    progress = d.find_element(By.ID, "job-progress")
+                    seen.add((count.text, progress.get_attribute("max")))
+            return bool(d.find_elements(By.ID, "job-result") or d.find_element(By.ID, "activate-error").is_displayed())
+
+        WebDriverWait(driver, SLOW, poll_frequency=0.2).until(finished)
+        assert not driver.find_element(By.ID, "activate-error").is_displayed()
+        assert ("0 of 2 images", "2") in seen  # the bar was shown, and the page polled, until the job was done
+        result = driver.find_element(By.ID, "job-result")
+        assert "Activated and registered 1 image" in result.text
+        assert "photo0.png: skipped, already registered (id 1)" in result.text
+        figure = driver.find_element(By.ID, "activated-0")
+        assert "flipped.png" in figure.text and "PSNR" in figure.text
+        link = figure.find_element(By.CSS_SELECTOR, "a.download")
+        assert link.get_attribute("href").endswith(f"/v1/images/{figure.get_attribute('data-id')}/activated")
+        _images_loaded(driver)  # the activated image, served by the server
+        WebDriverWait(driver, 30).until(lambda d: _status_loaded(d) == before + 1)
 
 
 def test_phone_layout_has_margins_and_no_horizontal_scroll(served, query):

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="run on Ray: alone, a local Ray on this machine's cores; 'auto' or ray://HOST:10001 for "
                           "a running cluster (every node must see the image and output folders at the same paths)")
+    ray.add_argument("--workers", type=positive_int, default=None,
+                     help="Ray actors (default: one per GPU, or one per 4 CPUs of the cluster)")
 
     p = sub.add_parser("add", parents=[common, ray], help="register images as passive references")
     p.add_argument("collection")
@@ -228,7 +230,7 @@ def cmd_init(args: argparse.Namespace) -> dict:
 def cmd_add(args: argparse.Namespace) -> BatchReport:
     """Register images as passive references."""
     _require_images(args.images)
-    return _open(args).add(args.images, ray=args.ray)
+    return _open(args).add(args.images, ray=args.ray, workers=args.workers)
 
 
 def cmd_activate(args: argparse.Namespace) -> BatchReport:
@@ -236,7 +238,7 @@ def cmd_activate(args: argparse.Namespace) -> BatchReport:
     config = _activation_config(args)
     _require_out_folder(args.out)
     _require_images(args.images)
-    return _open(args).activate(args.images, args.out, config=config, ray=args.ray)
+    return _open(args).activate(args.images, args.out, config=config, ray=args.ray, workers=args.workers)
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:

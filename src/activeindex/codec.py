@@ -251,10 +251,10 @@ def index_fingerprint(index: faiss.Index) -> str:
 
 def index_ids(index: faiss.Index) -> np.ndarray:
     """Every id stored in a searchable index (an IVF's inverted lists or an id map), (ntotal,) int64, unsorted."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    invlists = faiss.extract_index_ivf(index).invlists
+    typed = faiss.downcast_index(index)  # a second wrapper: `index` must stay referenced (it owns the C++ object)
+    if isinstance(typed, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(typed.id_map).astype(np.int64)
+    invlists = faiss.extract_index_ivf(typed).invlists
     lists = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
              for i in range(invlists.nlist) if invlists.list_size(i)]
     return np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)

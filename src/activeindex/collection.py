@@ -9,11 +9,13 @@ Several processes may share a collection (a server and CLI runs). The heavy work
 activating, writing PNGs under staging names) runs unlocked, in this process or on Ray workers
 (pipeline.py); each batch is then COMMITTED under the folder lock (flock on ``.lock``): catch up with
 the catalog, rename the staged PNGs, one catalog transaction, add to the in-memory index. A commit costs
-O(batch): index.faiss is only a snapshot, written at the end of a run and every `snapshot_interval`
-seconds. The catalog is the source of truth: on open, the index is brought to the catalog's exact set of
-ids; afterwards a process notices other processes' commits (`Catalog.data_version`) and adds the ids
-above the largest it has seen. A process killed anywhere leaves a folder that opens consistently, and
-re-running its command skips what was registered (by sha256) and resumes.
+O(batch): index.faiss is only a snapshot, rewritten after a commit or at the end of a run when it lacks
+`snapshot_records` registered images or is older than `snapshot_interval` seconds (so a server's
+trickle of single activations does not rewrite a large index each time). The catalog is the source of
+truth: on open, the index is brought to the catalog's exact set of ids; afterwards a process notices
+other processes' commits (`Catalog.data_version`) and adds the ids above the largest it has seen. A
+process killed anywhere leaves a folder that opens consistently, and re-running its command skips what
+was registered (by sha256) and resumes.
 """
 from __future__ import annotations
 
@@ -166,7 +168,8 @@ class Collection:
     """
 
     lock_timeout: float = 120.0  # seconds a commit waits for another process's commit before giving up
-    snapshot_interval: float = 300.0  # seconds between index.faiss snapshots during a long run
+    snapshot_interval: float = 300.0  # seconds: an older index.faiss lacking any image is rewritten...
+    snapshot_records: int = 10_000  # ...and one lacking this many at once (bounds the catch-up on open)
 
     def __init__(self, root: Path, manifest: dict, extractor: Extractor, create: bool = False):
         self.root, self.manifest, self.extractor = root, manifest, extractor
@@ -176,7 +179,7 @@ class Collection:
         self._index_lock = ReadWriteLock()  # searches run together; adding vectors excludes them
         self._catalog_version: int | None = None  # catalog.data_version() when the index was last synced
         self._last_id = 0  # the largest catalog id the in-memory index holds
-        self._snapshot_time = time.monotonic()
+        self._unsnapshotted = 0  # images in the in-memory index but not in index.faiss
         self.index = None
         self.codec: Codec | None = None
         if manifest["codec_fingerprint"]:
@@ -334,7 +337,7 @@ class Collection:
         return np.concatenate(vectors) if vectors else np.zeros((0, self.extractor.dim), np.float32), failed
 
     def add(self, images: Sequence[str | os.PathLike], progress: bool | None = None, batch_size: int = 256,
-            ray: str | None = None, on_batch: BatchCallback | None = None) -> BatchReport:
+            ray: str | None = None, workers: int | None = None, on_batch: BatchCallback | None = None) -> BatchReport:
         """Register images as passive references (indexed as they are, not activated).
 
         Args:
@@ -343,17 +346,19 @@ class Collection:
             batch_size: images per catalog transaction.
             ray: ``None``: in this process; ``"local"``: a Ray started on this machine; an address
                 (``"auto"``, ``"ray://host:10001"``): that Ray cluster (pipeline.py).
+            workers: Ray actors (default: one per GPU, or one per 4 CPUs of the cluster).
             on_batch: called with (files handled, files in total) after each committed batch.
 
         Returns:
             a `BatchReport`; bad files are listed in ``failed``, duplicates in ``skipped``.
         """
         self._require_trained()
-        return self._ingest(images, batch_size, None, None, progress, ray, on_batch)
+        return self._ingest(images, batch_size, None, None, progress, ray, workers, on_batch)
 
     def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  config: ActivationConfig = ActivationConfig(), progress: bool | None = None,
-                 ray: str | None = None, on_batch: BatchCallback | None = None) -> BatchReport:
+                 ray: str | None = None, workers: int | None = None,
+                 on_batch: BatchCallback | None = None) -> BatchReport:
         """Register and activate images, writing the activated PNGs to ``out_dir``.
 
         The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file.
@@ -364,8 +369,7 @@ class Collection:
                 node sees at the same path.
             config: activation settings.
             progress: progress bar.
-            ray: as in `add`.
-            on_batch: as in `add`.
+            ray, workers, on_batch: as in `add`.
 
         Returns:
             a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement.
@@ -375,10 +379,11 @@ class Collection:
             raise InvalidInputError(f"{out_dir}: exists and is not a folder; choose a folder for the activated PNGs")
         self._require_trained()
         out_dir.mkdir(parents=True, exist_ok=True)
-        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, on_batch)
+        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch)
 
     def _ingest(self, images, batch_size: int, config: ActivationConfig | None, out_dir: Path | None,
-                progress: bool | None, ray: str | None, on_batch: BatchCallback | None) -> BatchReport:
+                progress: bool | None, ray: str | None, workers: int | None,
+                on_batch: BatchCallback | None) -> BatchReport:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
         report, paths = BatchReport(), list_images(list(images))
         bar = progress_bar(len(paths), "images", progress)
@@ -388,7 +393,7 @@ class Collection:
             done = (preparer([read_and_decode(*file) for file in batch]) for batch in batches)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
-            done = prepare_on_ray(ray, self, list(batches), config, out_dir)
+            done = prepare_on_ray(ray, self, list(batches), config, out_dir, workers)
         handled = 0
         for prepared in done:
             self.commit(prepared, out_dir, report)
@@ -396,7 +401,7 @@ class Collection:
             bar.update(handled - bar.n)
             if on_batch is not None:
                 on_batch(handled, len(paths))
-        self.snapshot()
+        self._snapshot_if_due()
         order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
         report.failed.sort(key=lambda failure: order[failure[0]])
         report.skipped.sort(key=lambda skip: order[skip[0]])
@@ -478,9 +483,9 @@ class Collection:
                 with self._index_lock.writing():
                     self.index.add_with_ids(descriptors, np.array(ids, np.int64))
                     self._last_id = max(self._last_id, ids[-1])
+                    self._unsnapshotted += len(ids)
                 report.records += [item.record for item in keep]
-        if time.monotonic() - self._snapshot_time > self.snapshot_interval:
-            self.snapshot()
+        self._snapshot_if_due()
         return report
 
     def snapshot(self) -> None:
@@ -491,7 +496,12 @@ class Collection:
         self.refresh()
         with self._index_lock.reading():
             save_index(self.index, self.root / INDEX)
-        self._snapshot_time = time.monotonic()
+        self._unsnapshotted = 0
+
+    def _snapshot_if_due(self) -> None:
+        age = time.time() - (self.root / INDEX).stat().st_mtime
+        if self._unsnapshotted >= self.snapshot_records or (self._unsnapshotted and age > self.snapshot_interval):
+            self.snapshot()
 
     def refresh(self) -> None:
         """Add the records other processes have committed since the last look (ids above the largest seen)."""
@@ -502,6 +512,7 @@ class Collection:
             for ids, vectors in self.catalog.iter_descriptors_after(self._last_id):
                 self.index.add_with_ids(vectors, ids)
                 self._last_id = int(ids[-1])
+                self._unsnapshotted += len(ids)
 
     def _sync_index(self) -> None:
         """Make the index hold exactly the catalog's ids (on open): add the missing ones from the stored
@@ -525,6 +536,7 @@ class Collection:
                 logger.info("%s: adding %d catalog records the index lacked", self.root, len(missing))
             for ids, vectors in self.catalog.iter_descriptors(missing):
                 self.index.add_with_ids(vectors, ids)
+            self._unsnapshotted = len(missing)
             self._last_id = int(catalog_ids[-1]) if len(catalog_ids) else 0
 
     def _require_trained(self) -> None:

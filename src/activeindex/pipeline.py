@@ -31,7 +31,7 @@ __all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
 
 logger = logging.getLogger(__name__)
 
-THREADS_PER_CPU_ACTOR = 4  # torch threads per CPU actor: ResNet-50 scales well to ~4 threads, then flattens
+THREADS_PER_CPU_ACTOR = 4  # CPUs (torch threads) per CPU actor unless --workers says otherwise
 
 
 def connect(address: str) -> None:
@@ -90,21 +90,21 @@ def _decode(batch: dict, limits: ImageLimits) -> dict:
                                                 for path, sha, _ in files])], dtype=object)}
 
 
-def _actor_options(threads: int | None) -> tuple[dict, int]:
-    """(map_batches options, torch threads): one GPU per actor where the cluster has GPUs, else CPU actors of
-    `THREADS_PER_CPU_ACTOR` threads, as many as the cluster's CPUs allow (each reserves one CPU for Ray's
-    scheduler, so decoding tasks keep a core)."""
+def _actor_options(workers: int | None) -> tuple[dict, int]:
+    """(map_batches options, torch threads per actor): one actor per GPU where the cluster has GPUs, else one
+    per `THREADS_PER_CPU_ACTOR` CPUs, the CPUs shared out among them. Each reserves one CPU for Ray's
+    scheduler, so decoding tasks keep a core."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus:
-        return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}, 1
-    threads = threads or min(THREADS_PER_CPU_ACTOR, cpus)
-    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, cpus // threads))}, threads
+        return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers or gpus)}, 1
+    workers = workers or max(1, cpus // THREADS_PER_CPU_ACTOR)
+    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers)}, max(1, cpus // workers)
 
 
 def prepare_on_ray(address: str, collection: Collection, batches: list[list[tuple[str, str, None]]],
                    config: ActivationConfig | None, out_dir: Path | None,
-                   threads: int | None = None) -> Iterator[list[Prepared]]:
+                   workers: int | None = None) -> Iterator[list[Prepared]]:
     """Prepare the planned batches on Ray; yields each batch's results as it completes (any order).
 
     Args:
@@ -113,7 +113,7 @@ def prepare_on_ray(address: str, collection: Collection, batches: list[list[tupl
         batches: (path, sha256, None) per file, as `Collection._new_files` plans them.
         config: activation settings, or ``None`` to embed passive references.
         out_dir: the activated PNGs' folder (activation only).
-        threads: torch threads per CPU actor (default: `THREADS_PER_CPU_ACTOR`, at most the cluster's CPUs).
+        workers: actors (default: one per GPU, or one per `THREADS_PER_CPU_ACTOR` CPUs).
     """
     if not batches:
         return
@@ -121,9 +121,10 @@ def prepare_on_ray(address: str, collection: Collection, batches: list[list[tupl
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the collection shows its own
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
-    options, threads = _actor_options(threads)
+    options, threads = _actor_options(workers)
     spec = WorkerSpec.of(collection, config, out_dir, threads)
-    logger.info("Ray: %d batches, actors %s, %d threads each", len(batches), options, threads)
+    logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
+                options["compute"].min_size, threads)
     dataset = ray.data.from_items([{"files": pickle.dumps(batch)} for batch in batches],
                                   override_num_blocks=len(batches))
     decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": collection.extractor.limits},

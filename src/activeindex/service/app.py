@@ -1,11 +1,15 @@
 """FastAPI app over one collection: search and activate over HTTP, plus a web page at ``/``.
 
 Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
-The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool and
-activations in a background worker process (jobs.py), each with a bounded queue answered by 503 +
-Retry-After when full. Limits are enforced before work: the body size while it streams in (and from
-Content-Length), the token before an activation's body is read, the pixel count from image headers
-before decoding. No path from a request ever reaches the filesystem: uploads get names the server makes.
+The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool, and
+activations are jobs (jobs.py) in the collection's durable queue, run one at a time by a background
+worker process at the lowest CPU priority, so searches keep being answered while it activates. Both
+are bounded: 503 + Retry-After when full. ``POST /v1/jobs`` queues a job of one or more images and
+answers 202 at once (``GET /v1/jobs/{id}`` follows it); ``POST /v1/activate`` queues a job of one image
+and waits for it, answering the PNG, unless the image is larger than ``sync_max_pixels`` (then: 202).
+Limits are enforced before work: the body size while it streams in (and from Content-Length), the
+token before an activation's body is read, the pixel count from image headers before decoding. No path
+from a request ever reaches the filesystem: uploads get names the server makes.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import io
 import logging
 import re
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -36,11 +40,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
+from ..activation import ActivationConfig
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError
-from ..imageio import image_size, load_image, sha256_bytes
-from ..jobs import ActivationWorker, WorkerBusy, WorkerFailed
+from ..imageio import image_size, load_image, sha256_bytes, sha256_file
+from ..jobs import ActivationWorker, Job, JobQueue, UnknownJobError, WorkerBusy, WorkerFailed
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -64,7 +69,10 @@ class ServiceConfig:
     max_k: int = 100
     search_threads: int = 2  # requests decoded and embedded at once (each holds at most one decoded image)
     max_pending_searches: int = 32  # running or waiting; beyond: 503
-    max_pending_activations: int = 4  # running or waiting; beyond: 503
+    max_pending_activations: int = 4  # activation jobs queued or running; beyond: 503
+    sync_max_pixels: int = 4_000_000  # POST /v1/activate waits for images up to this size; larger: 202 + a job
+    activation: ActivationConfig = field(default_factory=ActivationConfig)  # the settings of every activation job
+    ray: str | None = None  # where jobs activate: None in the worker process, else a Ray address ("local", "auto")
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
 
 
@@ -79,7 +87,29 @@ def _errors(*codes: int) -> dict:
     return {code: {"model": Error} for code in codes}
 
 
+class JobAccepted(BaseModel):
+    """A job just queued (202; its ``Location`` header is ``/v1/jobs/{id}``)."""
+
+    id: int
+    state: str  # queued, running, done or failed
+    total: int  # images in the job
+    done: int  # images handled so far
+
+
+class JobStatus(JobAccepted):
+    """A job and, once done, what it registered (file names only, never server paths)."""
+
+    created_at: str
+    updated_at: str
+    records: list[dict]  # the images it activated, as GET /v1/images/{id} shows them
+    skipped: list[dict]  # {"filename", "reason"}: already registered, or twice in the job
+    failed: list[dict]  # {"filename", "error"}
+    error: str | None  # why the job as a whole failed
+
+
 IMAGE_BODY = {"type": "string", "format": "binary"}
+JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
+                "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
 
 
 def _safe_name(filename: str | None) -> str:
@@ -110,11 +140,15 @@ class _Searches:
 def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) -> FastAPI:
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
     threshold = collection.threshold if config.threshold is None else config.threshold
+    uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, _model_argument(collection), str(collection.extractor.device),
-                              max_pending=config.max_pending_activations)
+                              max_pending=config.max_pending_activations, ray=config.ray,
+                              on_finished=lambda job: discard([Path(p) for p in job.inputs]))
+    discard = partial(_discard_unregistered, collection, worker.queue, uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        worker.start()  # jobs a dead server left running are queued again, and run
         yield
         worker.close()
 
@@ -125,7 +159,6 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     _add_docs(app)
     searches = _Searches(config.search_threads, config.max_pending_searches)
     bearer = HTTPBearer(auto_error=False)
-    uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
 
     def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if config.token is None:
@@ -163,22 +196,45 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
               responses={200: {"content": {"image/png": {"schema": IMAGE_BODY}},
                                "description": "the activated PNG; headers X-Image-Id and X-PSNR"},
-                         **_errors(400, 401, 403, 409, 413, 422, 500, 503)},
+                         202: JOB_RESPONSE, **_errors(400, 401, 403, 409, 413, 422, 500, 503)},
               max_body_size=config.max_upload_bytes + 64 * 1024,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY}}}}}})
     async def activate(request: Request) -> Response:
         name, data = await _one_image(request, config.max_upload_bytes)
-        path, created = await searches.run(_checked_upload, collection, uploads, data, name,
-                                           config.max_request_pixels)
-        try:
-            report = await worker.activate(path, activated_dir)
-        except BaseException:
-            _discard_upload(path, created)
-            raise
-        record = await anyio.to_thread.run_sync(_activation_record, collection, report, data, path, created)
+        [(path, pixels)] = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
+                                              config.max_request_pixels)
+        job = await submit([path])
+        if pixels > config.sync_max_pixels:
+            return _accepted(job)
+        job = await worker.wait(job.id)
+        record = await anyio.to_thread.run_sync(_activation_record, collection, job, data)
         return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(name).stem}.png",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}"})
+
+    @app.post("/v1/jobs", dependencies=[Depends(require_token)], status_code=202,
+              responses={202: JOB_RESPONSE, **_errors(400, 401, 403, 413, 422, 500, 503)},
+              max_body_size=config.max_request_bytes,
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["images"], "properties": {"images": {
+                      "type": "array", "items": IMAGE_BODY, "minItems": 1,
+                      "description": f"at most {config.max_files} images (413 beyond)"}}}}}}})
+    async def submit_job(request: Request) -> JSONResponse:
+        named = await _images(request, config.max_files, config.max_upload_bytes)
+        stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)
+        return _accepted(await submit([path for path, _ in stored]))
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404, 422))
+    async def job_status(job_id: int = PathParam(ge=1, le=MAX_ID, description="a job id from POST /v1/jobs")) -> dict:
+        return _public_job(await anyio.to_thread.run_sync(worker.queue.get, job_id))
+
+    async def submit(paths: list[Path]) -> Job:
+        """Queue an activation job of stored uploads (discarded again when it cannot be queued)."""
+        try:
+            return await worker.submit(paths, activated_dir, config.activation)
+        except BaseException:
+            await anyio.to_thread.run_sync(discard, paths)
+            raise
 
     image_id_param = PathParam(ge=1, le=MAX_ID, description="an image id from a search result")
 
@@ -229,6 +285,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ActiveIndexError)
     async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
+        if isinstance(error, UnknownJobError):
+            return JSONResponse({"detail": str(error)}, status_code=404)
         if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
             return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
         if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
@@ -264,6 +322,17 @@ async def _one_image(request: Request, max_bytes: int) -> tuple[str, bytes]:
     return await _read_upload(image, max_bytes)
 
 
+async def _images(request: Request, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
+    """The ``images`` file parts of a multipart request (read only after the token was checked)."""
+    form = await request.form(max_files=max_files + 1, max_fields=max_files + 1)
+    images = form.getlist("images")
+    if not images or not all(hasattr(image, "read") for image in images):
+        raise HTTPException(422, "images: send one or more files in the field 'images'")
+    if len(images) > max_files:
+        raise HTTPException(413, f"at most {max_files} images per request")
+    return [await _read_upload(image, max_bytes) for image in images]
+
+
 async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
     """(safe name, bytes) of an uploaded file; 413 when it is larger than ``max_bytes``."""
     data = await upload.read(max_bytes + 1)
@@ -273,13 +342,15 @@ async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
     return name, data
 
 
-def _check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> None:
-    """Refuse a request whose images would decode to more than ``max_pixels`` in all (header sizes only)."""
+def _check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> list[tuple[int, int]]:
+    """(width, height) per image; refuses a request whose images would decode to more than ``max_pixels`` in all
+    (header sizes only)."""
     sizes = [image_size(data, name) for name, data in named]
     total = sum(w * h for w, h in sizes)
     if total > max_pixels:
         raise HTTPException(413, f"the images of this request hold {total} pixels in all; the limit is "
                                  f"{max_pixels} per request: send fewer or smaller images")
+    return sizes
 
 
 def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_pixels: int) -> list:
@@ -290,41 +361,68 @@ def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_
     return collection.search_descriptors(queries, k)
 
 
-def _checked_upload(collection: Collection, uploads: Path, data: bytes, name: str,
-                    max_pixels: int) -> tuple[Path, bool]:
-    """(In a worker thread.) Validate an upload fully, then keep it as ``uploads/<sha256 prefix>/<name>``.
+def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]],
+                    max_pixels: int) -> list[tuple[Path, int]]:
+    """(In a worker thread.) Validate uploads fully, then keep each as ``uploads/<sha256 prefix>/<name>``.
 
     Returns:
-        (path, whether this request created the file).
+        (path, pixels) per upload.
     """
-    _check_pixels([(name, data)], max_pixels)
-    collection.extractor.load_bytes(data, name)
-    path = uploads / sha256_bytes(data)[:16] / name
-    if path.exists():
-        return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path, True
+    sizes = _check_pixels(named, max_pixels)
+    for name, data in named:  # decoded one at a time: bounded memory
+        collection.extractor.load_bytes(data, name)
+    stored = []
+    for (name, data), (w, h) in zip(named, sizes):
+        path = uploads / sha256_bytes(data)[:16] / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        stored.append((path, w * h))
+    return stored
 
 
-def _activation_record(collection: Collection, report: dict, data: bytes, path: Path, created: bool) -> Record:
-    """(In a worker thread.) The record an activation made, or that of the same image registered before."""
-    if report["failed"] or not report["records"]:
-        _discard_upload(path, created)
-    if report["failed"]:
-        raise HTTPException(400, report["failed"][0]["error"])
+def _activation_record(collection: Collection, job: Job, data: bytes) -> Record:
+    """(In a worker thread.) The record a one-image job made, or that of the same image registered before."""
+    public = _public_job(job)
+    if public["failed"]:
+        raise HTTPException(400, public["failed"][0]["error"])
     collection.refresh()
-    record = Record(**report["records"][0]) if report["records"] else _existing(collection, data)
+    record = Record(**job.result["records"][0]) if job.result["records"] else _existing(collection, data)
     _activated_file(record)
     return record
 
 
-def _discard_upload(path: Path, created: bool) -> None:
-    """Remove an upload this request stored when it was not registered."""
-    if created:
+def _discard_unregistered(collection: Collection, queue: JobQueue, uploads: Path, paths: list[Path]) -> None:
+    """(In a worker thread.) Remove uploads that are neither a registered original nor a pending job's input."""
+    pending = queue.pending_inputs()
+    for path in paths:
+        path = path.resolve()
+        if not path.is_relative_to(uploads.resolve()) or not path.is_file() or str(path) in pending:
+            continue
+        image_id = collection.catalog.find_sha256(sha256_file(path))
+        record = collection.catalog.get([image_id]).get(image_id) if image_id is not None else None
+        if record is not None and record.original_path == str(path):
+            continue
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # another upload of the same bytes may share the folder
             path.parent.rmdir()
+
+
+def _accepted(job: Job) -> JSONResponse:
+    """202 with the queued job and its address."""
+    return JSONResponse({"id": job.id, "state": job.state, "total": job.total, "done": job.done}, status_code=202,
+                        headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+def _public_job(job: Job) -> dict:
+    """A job without server paths: its records in public form, file names only."""
+    result = job.result or {"records": [], "skipped": [], "failed": []}
+    return {"id": job.id, "state": job.state, "total": job.total, "done": job.done, "created_at": job.created_at,
+            "updated_at": job.updated_at, "records": [_public(Record(**r)) for r in result["records"]],
+            "skipped": [{"filename": Path(s["path"]).name, "reason": s["reason"]} for s in result["skipped"]],
+            "failed": [{"filename": Path(f["path"]).name, "error": f["error"].replace(f["path"], Path(f["path"]).name)}
+                       for f in result["failed"]],
+            "error": job.error}
 
 
 def _model_argument(collection: Collection) -> str:

@@ -1,0 +1,243 @@
+"""Activation jobs: the durable queue (`JobQueue`) on a real catalog file, and the service's jobs through a real
+uvicorn server on loopback with its real worker process (real model, real faiss, real photos)."""
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from activeindex import ActivationConfig, Collection
+from activeindex.catalog import Catalog
+from activeindex.errors import CorruptCollectionError, InvalidInputError
+from activeindex.jobs import JobQueue, UnknownJobError, WorkerBusy
+
+from .conftest import TEST_FACTORY, TOKEN, free_port
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# a real server whose jobs activate with 2 iterations, and that waits only for images up to 40,000 pixels
+SERVE = """
+import sys
+import uvicorn
+from activeindex import ActivationConfig, Collection
+from activeindex.service import ServiceConfig, create_app
+root, port, token = sys.argv[1:]
+config = ServiceConfig(token=token, activation=ActivationConfig(iterations=2), sync_max_pixels=40_000)
+uvicorn.run(create_app(Collection.open(root, device="cpu"), config), host="127.0.0.1", port=int(port),
+            log_level="warning")
+"""
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _start(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """The app with the settings above under a real uvicorn, returned once /healthz answers."""
+    port = port or free_port()
+    process = subprocess.Popen([sys.executable, "-c", SERVE, str(root), str(port), TOKEN],
+                               stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stderr.read()}") from None
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError("server did not start")
+
+
+def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tuple[str, int]]]:
+    """Poll a job every 0.2 s until it is done or failed: (its last JSON, the (state, done) pairs seen)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+        if not seen or seen[-1] != (job["state"], job["done"]):
+            seen.append((job["state"], job["done"]))
+        if job["state"] in ("done", "failed"):
+            return job, seen
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s: {seen}")
+
+
+def _wait_running(url: str, job_id: int) -> None:
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"] == "queued":
+        assert time.monotonic() < deadline, f"job {job_id} did not start"
+        time.sleep(0.1)
+
+
+def _new_photos(photos: list[np.ndarray], variant: int, n: int, side: int = 192) -> list[tuple[str, bytes]]:
+    """``n`` real photos turned into images the collection has not seen (rotated by ``variant`` quarter turns)."""
+    images = [np.ascontiguousarray(np.rot90(p, variant))[:side, :side] for p in photos[:n]]
+    return [(f"new{variant}-{i}.png", _png(image)) for i, image in enumerate(images)]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, training_npy, photo_paths) -> tuple[Path, str]:
+    """A trained collection holding the first two test photos (passive, ids 1, 2), served with jobs of 2 iterations."""
+    root = tmp_path_factory.mktemp("jobs") / "col"
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.add(photo_paths[:2])
+    collection.close()
+    process, url = _start(root)
+    yield root, url
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+@pytest.fixture
+def queue(tmp_path) -> JobQueue:
+    Catalog(tmp_path / "catalog.sqlite", create=True).close()
+    queue = JobQueue(tmp_path)
+    yield queue
+    queue.close()
+
+
+# --- the queue ------------------------------------------------------------------------------------------------
+
+def test_queue_submit_claim_progress_finish(queue, tmp_path):
+    config = ActivationConfig(iterations=3)
+    job = queue.submit([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", config)
+    assert (job.state, job.done, job.total) == ("queued", 0, 2)
+    assert job.inputs == [str(tmp_path / "a.png"), str(tmp_path / "b.png")] and job.out_dir == str(tmp_path / "out")
+    assert ActivationConfig.from_dict(job.config) == config
+    other = queue.submit([tmp_path / "c.png"], tmp_path / "out")
+    assert queue.pending() == 2 and queue.pending_inputs() == {*job.inputs, *other.inputs}
+    claimed = queue.claim_next()
+    assert claimed.id == job.id and claimed.state == "running"  # the oldest first
+    queue.progress(job.id, 1, 2)
+    assert queue.get(job.id).done == 1
+    report = {"records": [], "skipped": [{"path": job.inputs[0], "reason": "already registered (id 1)"}],
+              "failed": [{"path": job.inputs[1], "error": "b.png: not an image"}]}
+    queue.finish(job.id, result=report)
+    done = queue.get(job.id)
+    assert (done.state, done.done, done.result, done.error) == ("done", 2, report, None)
+    assert queue.claim_next().id == other.id and queue.claim_next() is None
+    queue.finish(other.id, error="the collection is busy; retry")
+    failed = queue.get(other.id)
+    assert failed.state == "failed" and failed.error == "the collection is busy; retry" and failed.finished
+    assert queue.pending() == 0
+
+
+def test_queue_errors_are_one_line(queue, tmp_path):
+    with pytest.raises(UnknownJobError, match="no job with id 999"):
+        queue.get(999)
+    with pytest.raises(InvalidInputError, match="at least one image"):
+        queue.submit([], tmp_path)
+    queue.submit([tmp_path / "a.png"], tmp_path)
+    with pytest.raises(WorkerBusy, match="1 activation jobs are already queued"):
+        queue.submit([tmp_path / "b.png"], tmp_path, max_pending=1)
+    with pytest.raises(CorruptCollectionError, match="missing"):
+        JobQueue(tmp_path / "nowhere")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "catalog.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(CorruptCollectionError, match="job queue"):
+        JobQueue(damaged)
+
+
+def test_a_running_job_is_queued_again_after_a_restart(queue, tmp_path):
+    job = queue.submit([tmp_path / "a.png"], tmp_path / "out")
+    queue.claim_next()
+    queue.progress(job.id, 0, 1)
+    queue.close()  # the process that ran it died
+    reopened = JobQueue(tmp_path)
+    try:
+        assert reopened.get(job.id).state == "running"
+        assert reopened.requeue_running() == [job.id]
+        again = reopened.get(job.id)
+        assert again.state == "queued" and again.inputs == job.inputs and again.config == job.config
+        assert reopened.claim_next().id == job.id
+    finally:
+        reopened.close()
+
+
+# --- jobs over HTTP ---------------------------------------------------------------------------------------------
+
+def test_a_job_of_three_photos_completes_with_progress(served, photo_paths, small_photos):
+    root, url = served
+    files = [("images", (name, data)) for name, data in _new_photos(small_photos, 1, 2)]
+    files.append(("images", ("known.png", photo_paths[0].read_bytes())))  # registered already (id 1)
+    assert httpx.post(f"{url}/v1/jobs", files=files, timeout=60).status_code == 401
+    response = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60)
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted == {"id": accepted["id"], "state": "queued", "total": 3, "done": 0}
+    assert response.headers["Location"] == f"/v1/jobs/{accepted['id']}"
+    job, seen = _follow(url, accepted["id"])
+    assert job["state"] == "done" and job["done"] == job["total"] == 3 and job["error"] is None
+    assert seen[-1] == ("done", 3) and [done for _, done in seen] == sorted(done for _, done in seen)
+    assert sorted(r["original_filename"] for r in job["records"]) == ["new1-0.png", "new1-1.png"]
+    assert all(r["kind"] == "active" and r["psnr"] > 30 and "original_path" not in r for r in job["records"])
+    assert job["skipped"] == [{"filename": "known.png", "reason": "already registered (id 1)"}]
+    assert job["failed"] == [] and job["created_at"] <= job["updated_at"]
+    image = httpx.get(f"{url}/v1/images/{job['records'][0]['id']}/activated", timeout=30)
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    uploads = {p.name for p in (root / "uploads").rglob("*.png")}
+    assert {"new1-0.png", "new1-1.png"} <= uploads and "known.png" not in uploads  # the skipped one was not kept
+
+
+def test_searches_answer_while_a_job_runs(served, photo_paths, small_photos):
+    _, url = served
+    files = [("images", item) for item in _new_photos(small_photos, 2, 3)]
+    job_id = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60).json()["id"]
+    _wait_running(url, job_id)
+    query = photo_paths[1].read_bytes()
+    latencies = []
+    for _ in range(5):
+        start = time.monotonic()
+        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", query)}, timeout=60)
+        latencies.append(time.monotonic() - start)
+        assert response.status_code == 200 and response.json()["results"][0]["matches"][0]["id"] == 2
+    state = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"]
+    print(f"search latencies while the job ran: {', '.join(f'{s:.2f}' for s in latencies)} s")
+    assert state == "running", "the job finished before the searches: make it longer"
+    job, _ = _follow(url, job_id)
+    assert job["state"] == "done" and len(job["records"]) == 3
+
+
+def test_a_large_activation_is_answered_202_and_becomes_a_job(served, small_photos):
+    _, url = served
+    [(name, data)] = _new_photos(small_photos[2:], 3, 1, side=256)  # 192 x 256 > the server's 40,000 pixels
+    response = httpx.post(f"{url}/v1/activate", files={"image": (name, data)}, headers=AUTH, timeout=60)
+    assert response.status_code == 202 and response.headers["Location"] == f"/v1/jobs/{response.json()['id']}"
+    job, _ = _follow(url, response.json()["id"])
+    assert job["state"] == "done" and [r["original_filename"] for r in job["records"]] == [name]
+
+
+def test_a_job_survives_a_killed_server(tmp_path, training_npy, small_photos):
+    root = tmp_path / "col"
+    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection.train(training_npy)
+    collection.close()
+    process, url = _start(root)
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        files = [("images", item) for item in _new_photos(small_photos, 0, 2)]
+        job_id = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60).json()["id"]
+        _wait_running(url, job_id)
+        process.send_signal(signal.SIGKILL)  # its worker notices within a second and exits too
+        process.wait()
+        process, url = _start(root, port)  # queues the job again, and runs it
+        job, _ = _follow(url, job_id)
+        assert job["state"] == "done" and len(job["records"]) == 2
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
