@@ -233,8 +233,9 @@ def test_a_stale_process_catches_up_before_searching_and_writing(collection, pho
 
 
 def test_index_file_is_a_snapshot_written_when_due(collection, photo_files):
-    """Commits do not rewrite index.faiss; it is written once it lacks `snapshot_records` images or is older
-    than `snapshot_interval` seconds; what it lacks is caught up from the catalog on open."""
+    """Commits do not rewrite index.faiss; it is written at the end of a run that leaves it lacking
+    `snapshot_records` images, or when older than `snapshot_interval` seconds; what it lacks is caught up
+    from the catalog on open."""
     def in_file() -> list[int]:
         return sorted(index_ids(faiss.read_index(str(collection.root / "index.faiss"))))
 

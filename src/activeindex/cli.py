@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common], help="serve a collection over HTTP, with a web page")
     p.add_argument("collection")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run activation jobs on Ray (as for activate)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int_in(1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--token", default=None,
@@ -296,7 +298,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     if token is None:
         token = secrets.token_urlsafe(16)
         logger.warning("no token given: writes need this one-time token: %s", token)
-    config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses))
+    config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
+                           ray=args.ray)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info")).run(sockets=sockets)

@@ -9,9 +9,9 @@ Several processes may share a collection (a server and CLI runs). The heavy work
 activating, writing PNGs under staging names) runs unlocked, in this process or on Ray workers
 (pipeline.py); each batch is then COMMITTED under the folder lock (flock on ``.lock``): catch up with
 the catalog, rename the staged PNGs, one catalog transaction, add to the in-memory index. A commit costs
-O(batch): index.faiss is only a snapshot, rewritten after a commit or at the end of a run when it lacks
-`snapshot_records` registered images or is older than `snapshot_interval` seconds (so a server's
-trickle of single activations does not rewrite a large index each time). The catalog is the source of
+O(batch): index.faiss is only a snapshot, rewritten when it is older than `snapshot_interval` seconds
+and lacks images, and at the end of a run that leaves it lacking `snapshot_records` images (so a
+server's trickle of single activations does not rewrite a large index each time). The catalog is the source of
 truth: on open, the index is brought to the catalog's exact set of ids; afterwards a process notices
 other processes' commits (`Catalog.data_version`) and adds the ids above the largest it has seen. A
 process killed anywhere leaves a folder that opens consistently, and re-running its command skips what
@@ -168,8 +168,8 @@ class Collection:
     """
 
     lock_timeout: float = 120.0  # seconds a commit waits for another process's commit before giving up
-    snapshot_interval: float = 300.0  # seconds: an older index.faiss lacking any image is rewritten...
-    snapshot_records: int = 10_000  # ...and one lacking this many at once (bounds the catch-up on open)
+    snapshot_interval: float = 300.0  # seconds: an older index.faiss lacking any image is rewritten
+    snapshot_records: int = 10_000  # a run that leaves index.faiss lacking this many images rewrites it
 
     def __init__(self, root: Path, manifest: dict, extractor: Extractor, create: bool = False):
         self.root, self.manifest, self.extractor = root, manifest, extractor
@@ -401,7 +401,7 @@ class Collection:
             bar.update(handled - bar.n)
             if on_batch is not None:
                 on_batch(handled, len(paths))
-        self._snapshot_if_due()
+        self._snapshot_if_due(end_of_run=True)
         order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
         report.failed.sort(key=lambda failure: order[failure[0]])
         report.skipped.sort(key=lambda skip: order[skip[0]])
@@ -498,9 +498,13 @@ class Collection:
             save_index(self.index, self.root / INDEX)
         self._unsnapshotted = 0
 
-    def _snapshot_if_due(self) -> None:
-        age = time.time() - (self.root / INDEX).stat().st_mtime
-        if self._unsnapshotted >= self.snapshot_records or (self._unsnapshotted and age > self.snapshot_interval):
+    def _snapshot_if_due(self, end_of_run: bool = False) -> None:
+        """During a run: when index.faiss is older than `snapshot_interval` and lacks images. At its end, also
+        when it lacks `snapshot_records` images (so many small runs do not pile up catch-up work on open)."""
+        if not self._unsnapshotted:
+            return
+        old = time.time() - (self.root / INDEX).stat().st_mtime > self.snapshot_interval
+        if old or (end_of_run and self._unsnapshotted >= self.snapshot_records):
             self.snapshot()
 
     def refresh(self) -> None:
@@ -523,7 +527,7 @@ class Collection:
         """
         with self._index_lock.writing():
             self._catalog_version = self.catalog.data_version()
-            catalog_ids, indexed = self.catalog.ids(), index_ids(self.index)
+            catalog_ids, indexed = self._catalog_ids(), index_ids(self.index)
             unknown = np.setdiff1d(indexed, catalog_ids)
             if len(unknown) or len(np.unique(indexed)) != len(indexed):
                 logger.warning("%s: index.faiss holds %d ids the catalog lacks and %d repeated ids: rebuilding it "
@@ -538,6 +542,12 @@ class Collection:
                 self.index.add_with_ids(vectors, ids)
             self._unsnapshotted = len(missing)
             self._last_id = int(catalog_ids[-1]) if len(catalog_ids) else 0
+
+    def _catalog_ids(self) -> np.ndarray:
+        """Every catalog id, ascending. Ids are given out as 1, 2, 3... and rows are never deleted, so a catalog
+        whose count equals its largest id holds exactly 1..n: no need to read a million rows on open."""
+        count, largest = self.catalog.count(), self.catalog.max_id()
+        return np.arange(1, count + 1, dtype=np.int64) if count == largest else self.catalog.ids()
 
     def _require_trained(self) -> None:
         if self.codec is None:

@@ -32,6 +32,9 @@ __all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
 logger = logging.getLogger(__name__)
 
 THREADS_PER_CPU_ACTOR = 4  # CPUs (torch threads) per CPU actor unless --workers says otherwise
+# torch allocates large CPU tensors on transparent huge pages: in a Ray actor, activating 768x512 photos
+# took 6.3 M page faults and 22 s of system time without it, 1.2 M and 15 s with it (6 photos, 2 cores)
+_HUGE_PAGES = {"env_vars": {"THP_MEM_ALLOC_ENABLE": "1"}}
 
 
 def connect(address: str) -> None:
@@ -99,7 +102,8 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
     if gpus:
         return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers or gpus)}, 1
     workers = workers or max(1, cpus // THREADS_PER_CPU_ACTOR)
-    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers)}, max(1, cpus // workers)
+    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers), "runtime_env": _HUGE_PAGES}, \
+        max(1, cpus // workers)
 
 
 def prepare_on_ray(address: str, collection: Collection, batches: list[list[tuple[str, str, None]]],

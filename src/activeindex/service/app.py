@@ -141,7 +141,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
     threshold = collection.threshold if config.threshold is None else config.threshold
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
-    worker = ActivationWorker(collection.root, _model_argument(collection), str(collection.extractor.device),
+    worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
                               max_pending=config.max_pending_activations, ray=config.ray,
                               on_finished=lambda job: discard([Path(p) for p in job.inputs]))
     discard = partial(_discard_unregistered, collection, worker.queue, uploads)
@@ -423,12 +423,6 @@ def _public_job(job: Job) -> dict:
             "failed": [{"filename": Path(f["path"]).name, "error": f["error"].replace(f["path"], Path(f["path"]).name)}
                        for f in result["failed"]],
             "error": job.error}
-
-
-def _model_argument(collection: Collection) -> str:
-    """How a worker process names the collection's model to `Collection.open`."""
-    model = collection.extractor.model
-    return str(model.path) if model.name.startswith("torchscript:") else model.name
 
 
 def _match(match) -> dict:
