@@ -81,8 +81,10 @@ def test_activate_on_ray_gives_the_same_bytes_and_records_as_in_process(trained,
 
 
 def test_add_on_ray_registers_the_same_descriptors(trained, photo_folder, ray_address):
+    """Also with as many actors as the cluster has CPUs (no CPU is left for separate decoding tasks)."""
     local, on_ray = copy_of(trained, "local"), copy_of(trained, "ray")
-    assert comparable(local.add([photo_folder])) == comparable(on_ray.add([photo_folder], ray=ray_address))
+    assert comparable(local.add([photo_folder], batch_size=2)) == comparable(
+        on_ray.add([photo_folder], batch_size=2, ray=ray_address, workers=2))
     ids = list(local.catalog.ids())
     np.testing.assert_array_equal(np.stack(list(local.catalog.descriptors_of(ids).values())),
                                   np.stack(list(on_ray.catalog.descriptors_of(ids).values())))

@@ -42,11 +42,11 @@ def connect(address: str) -> None:
     ``"auto"`` or ``"ray://host:10001"`` joins a running cluster."""
     if ray.is_initialized():
         return
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    options = {"log_to_driver": False, "logging_level": logging.WARNING, "runtime_env": _HUGE_PAGES}
     if address == "local":
-        ray.init(include_dashboard=False, **quiet)
+        ray.init(include_dashboard=False, **options)
     else:
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **options)
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,14 @@ def _decode(batch: dict, limits: ImageLimits) -> dict:
 def _actor_options(workers: int | None) -> tuple[dict, int]:
     """(map_batches options, torch threads per actor): one actor per GPU where the cluster has GPUs, else one
     per `THREADS_PER_CPU_ACTOR` CPUs, the CPUs shared out among them. Each reserves one CPU for Ray's
-    scheduler, so decoding tasks keep a core."""
+    scheduler. On a CPU-only cluster the decoding stage asks for the same resources, so Ray fuses it into
+    the actors: with as many actors as CPUs, separate decoding tasks would never get a CPU."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus:
         return {"num_gpus": 1, "num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers or gpus)}, 1
     workers = workers or max(1, cpus // THREADS_PER_CPU_ACTOR)
-    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers), "runtime_env": _HUGE_PAGES}, \
-        max(1, cpus // workers)
+    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers)}, max(1, cpus // workers)
 
 
 def prepare_on_ray(address: str, collection: Collection, batches: list[list[tuple[str, str, None]]],
@@ -125,6 +125,7 @@ def prepare_on_ray(address: str, collection: Collection, batches: list[list[tupl
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the collection shows its own
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
     spec = WorkerSpec.of(collection, config, out_dir, threads)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
