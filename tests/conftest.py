@@ -108,8 +108,13 @@ def free_port() -> int:
 def start_server(root: Path, port: int | None = None, *extra: str) -> tuple[subprocess.Popen, str]:
     """A real ``activeindex serve`` on 127.0.0.1 (a free port unless given), returned once /healthz answers."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port),
-                                "--token", TOKEN, "-q", *extra], stderr=subprocess.PIPE, text=True)
+    return serving([sys.executable, "-m", "activeindex", "serve", str(root), "--port", str(port), "--token", TOKEN,
+                    "-q", *extra], port)
+
+
+def serving(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
+    """Start a server process listening on ``port``; returned with its URL once /healthz answers."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from activeindex.catalog import Catalog
 from activeindex.errors import CorruptCollectionError, InvalidInputError
 from activeindex.jobs import JobQueue, UnknownJobError, WorkerBusy
 
-from .conftest import TEST_FACTORY, TOKEN, free_port
+from .conftest import TEST_FACTORY, TOKEN, free_port, serving
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # a real server whose jobs activate with 2 iterations, and that waits only for images up to 40,000 pixels
@@ -44,20 +44,7 @@ def _png(image: np.ndarray) -> bytes:
 def _start(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """The app with the settings above under a real uvicorn, returned once /healthz answers."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, "-c", SERVE, str(root), str(port), TOKEN],
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {process.stderr.read()}") from None
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("server did not start")
+    return serving([sys.executable, "-c", SERVE, str(root), str(port), TOKEN], port)
 
 
 def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tuple[str, int]]]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import CollectionLockedError, CorruptCollectionError
 
-__all__ = ["Record", "Catalog", "MAX_ID"]
+__all__ = ["Record", "Catalog", "MAX_ID", "sqlite_errors"]
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer key
 _CHUNK = 10_000  # rows per query when reading descriptors (bounded memory)
@@ -73,6 +73,19 @@ class Record:
 _COLUMNS = [f.name for f in fields(Record)]
 
 
+@contextmanager
+def sqlite_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn SQLite's exceptions into the library's one-line errors (``what``: "catalog", "job queue")."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise CollectionLockedError(f"{path}: busy ({e}); retry in a moment") from e
+        raise CorruptCollectionError(f"{path}: unreadable {what} ({e})") from e
+    except sqlite3.DatabaseError as e:
+        raise CorruptCollectionError(f"{path}: corrupt {what} ({e}); restore it from a backup") from e
+
+
 class Catalog:
     """The ``catalog.sqlite`` file (WAL mode; each batch is one transaction).
 
@@ -105,17 +118,8 @@ class Catalog:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Turn SQLite's exceptions into the library's one-line errors."""
-        try:
-            yield
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise CollectionLockedError(f"{self.path}: busy ({e}); retry in a moment") from e
-            raise CorruptCollectionError(f"{self.path}: unreadable catalog ({e})") from e
-        except sqlite3.DatabaseError as e:
-            raise CorruptCollectionError(f"{self.path}: corrupt catalog ({e}); restore it from a backup") from e
+    def _errors(self):
+        return sqlite_errors(self.path, "catalog")
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         """All rows of one statement, under the connection's lock."""

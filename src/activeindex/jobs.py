@@ -34,10 +34,10 @@ from functools import partial
 from pathlib import Path
 
 from .activation import ActivationConfig
+from .catalog import sqlite_errors
 from .collection import CATALOG, Collection
 from .errors import (
     ActiveIndexError,
-    CollectionLockedError,
     CorruptCollectionError,
     InvalidInputError,
     UnknownNameError,
@@ -149,17 +149,8 @@ class JobQueue:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """SQLite's exceptions as the library's one-line errors."""
-        try:
-            yield
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise CollectionLockedError(f"{self.path}: busy ({e}); retry in a moment") from e
-            raise CorruptCollectionError(f"{self.path}: unreadable job queue ({e})") from e
-        except sqlite3.DatabaseError as e:
-            raise CorruptCollectionError(f"{self.path}: corrupt job queue ({e}); restore it from a backup") from e
+    def _errors(self):
+        return sqlite_errors(self.path, "job queue")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
