@@ -5,7 +5,7 @@ rebuilt from the stored descriptors. Several processes may share it (WAL mode); 
 process that another one has committed, so it can bring its in-memory index up to date. Ids only grow
 (rows are never deleted), so "what is new" is everything above the largest id a process has seen.
 
-Descriptors are stored as float16 (1 KB per image; the cosine error is below 1e-6, benchmarks/scale.py)
+Descriptors are stored as float16 (1 KB per image; a similarity moves by at most 5e-5, benchmarks/scale.py)
 or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it).
 """
 from __future__ import annotations

@@ -45,7 +45,7 @@ from .errors import (
     ModelMismatchError,
 )
 from .extractor import Extractor, ImageSource, PreprocessConfig
-from .imageio import ImageLimits, decode_image, list_images, save_png, sha256_bytes, sha256_file
+from .imageio import ImageLimits, decode_image, list_images, read_file, save_png, sha256_bytes, sha256_file
 from .progress import progress_bar
 
 BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
@@ -105,12 +105,7 @@ def read_and_decode(path: str, sha256: str, data: bytes | None = None,
                     limits: ImageLimits = ImageLimits()) -> Prepared:
     """Decode one file (read it unless ``data`` is given); a bad file becomes ``Prepared.error``."""
     try:
-        if data is None:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as e:
-                raise InvalidInputError(f"{path}: cannot read ({e.strerror or e})") from e
-        return Prepared(path, sha256, image=decode_image(data, path, limits))
+        return Prepared(path, sha256, image=decode_image(read_file(path) if data is None else data, path, limits))
     except ActiveIndexError as e:
         return Prepared(path, sha256, error=str(e))
 
@@ -419,9 +414,9 @@ class Collection:
         batch, seen = [], set()
         for path in paths:
             try:
-                data = path.read_bytes()
-            except OSError as e:
-                report.failed.append((str(path), f"{path}: cannot read ({e.strerror or e})"))
+                data = read_file(path)
+            except ActiveIndexError as e:
+                report.failed.append((str(path), str(e)))
                 continue
             data_sha = sha256_bytes(data)
             known = self.catalog.find_sha256(data_sha)

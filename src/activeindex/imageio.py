@@ -22,8 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
-__all__ = ["ImageLimits", "load_image", "decode_image", "image_size", "save_png", "sha256_file", "sha256_bytes",
-           "list_images", "IMAGE_SUFFIXES"]
+__all__ = ["ImageLimits", "load_image", "read_file", "decode_image", "image_size", "save_png", "sha256_file",
+           "sha256_bytes", "list_images", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -49,12 +49,15 @@ def load_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> 
     Raises:
         ImageDecodeError: missing, unreadable, not an image, corrupt, too large or too small.
     """
-    path = Path(path)
+    return decode_image(read_file(path), name=str(path), limits=limits)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes; a missing or unreadable file is a one-line `ImageDecodeError`."""
     try:
-        data = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from e
-    return decode_image(data, name=str(path), limits=limits)
 
 
 def decode_image(data: bytes, name: str = "<bytes>", limits: ImageLimits = ImageLimits()) -> np.ndarray:
