@@ -5,9 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from activeindex import ActivationConfig, Activator, get_preset
 from activeindex.errors import InvalidInputError, UnknownNameError
+from activeindex.extractor import to_tensor
 
 FAST = ActivationConfig(iterations=5)  # fewer iterations keep the suite fast; defaults otherwise
 
@@ -22,8 +24,10 @@ def activated(extractor, codec, small_photos):
 def test_paper_defaults_are_the_config_fields():
     paper = get_preset("paper")
     assert (paper.scaling, paper.lambda_mse, paper.lr, paper.iterations) == (3.0, 0.01, 1.0, 10)
+    assert (paper.gradient, paper.precision) == ("ste", "float32")
     assert paper.alpha_c == pytest.approx((0.072 / 0.299, 0.072 / 0.587, 0.072 / 0.114))
-    assert dataclasses.replace(paper, scaling=ActivationConfig().scaling) == ActivationConfig()
+    speed_ups = {"scaling": 2.0, "iterations": 8, "gradient": "relu", "precision": "auto"}
+    assert dataclasses.replace(paper, **speed_ups) == ActivationConfig()
     with pytest.raises(UnknownNameError, match="unknown activation preset 'fast'"):
         get_preset("fast")
 
@@ -67,7 +71,7 @@ def test_metrics_dict_has_no_arrays(activated):
     ("scaling", float("nan")), ("scaling", float("inf")), ("scaling", 0.0), ("scaling", -1.0), ("lr", 0.0),
     ("lr", float("nan")), ("lambda_mse", -0.01), ("lambda_mse", float("inf")), ("iterations", 0),
     ("iterations", 2.5), ("batch_size", 0), ("jnd_padding", "reflect"), ("alpha_c", (0.2, 0.1)),
-    ("alpha_c", (0.2, 0.1, float("nan"))),
+    ("alpha_c", (0.2, 0.1, float("nan"))), ("gradient", "fp16"), ("precision", "float16"),
 ])
 def test_config_refuses_unusable_values(field, value):
     with pytest.raises(InvalidInputError, match=rf"^ActivationConfig\.{field} must be [^\n]*, got ") as raised:
@@ -80,3 +84,31 @@ def test_config_refuses_unusable_values(field, value):
 def test_config_accepts_numpy_scalars_and_zero_mse_weight():
     config = ActivationConfig(scaling=np.float32(2.5), iterations=np.int64(3), lambda_mse=0.0)
     assert ActivationConfig.from_dict(config.to_dict()) == config
+
+
+def test_fast_gradients_reach_the_cell_the_exact_ones_reach(extractor, codec, small_photos):
+    """relu graph in bfloat16 (the default) against the paper's exact float32 gradients, same budget and
+    iterations: the written image's descriptor (always the exact function) moves as far on a real photo."""
+    fast = dataclasses.replace(FAST, gradient="relu", precision="bfloat16")
+    exact = dataclasses.replace(FAST, gradient="ste", precision="float32")
+    [fast_result] = Activator(extractor, codec, fast).activate(small_photos[:1])
+    [exact_result] = Activator(extractor, codec, exact).activate(small_photos[:1])
+    assert fast_result.same_cell and exact_result.same_cell
+    fast_gain = fast_result.cos_after - fast_result.cos_before
+    exact_gain = exact_result.cos_after - exact_result.cos_before
+    assert fast_gain > 0.9 * exact_gain > 0.05
+    assert abs(fast_result.psnr - exact_result.psnr) < 0.5
+    assert not np.array_equal(fast_result.image, exact_result.image)  # really another gradient path
+
+
+def test_mixed_resolutions_of_one_aspect_share_a_batch(extractor, codec, small_photos):
+    """A photo and its 2x enlargement are one batch for the network, and each comes out as if alone."""
+    small = small_photos[0]
+    large = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    activator = Activator(extractor, codec, dataclasses.replace(FAST, iterations=3, precision="float32"))
+    assert activator._batches([small, large, small_photos[1]]) == [[0, 1], [2]]
+    together = activator.activate([small, large])
+    alone = activator.optimize([to_tensor(large)], torch.from_numpy(codec.targets(
+        extractor.encode_arrays([large]), "index")), seeds=[1])[0]
+    assert together[1].image.shape == large.shape
+    assert np.abs(together[1].image.astype(int) - alone).max() <= 1

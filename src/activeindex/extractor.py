@@ -22,7 +22,7 @@ from .imageio import ImageLimits, decode_image, load_image, sha256_file
 from .onnx_torch import TORCH_MODES
 from .progress import progress_bar
 
-__all__ = ["PreprocessConfig", "preprocess", "resolve_device", "Extractor", "DescriptorModel",
+__all__ = ["PreprocessConfig", "preprocess", "preprocessed_size", "resolve_device", "Extractor", "DescriptorModel",
            "register_model", "list_models", "to_tensor", "ImageSource"]
 
 logger = logging.getLogger(__name__)
@@ -61,14 +61,19 @@ def preprocess(images: torch.Tensor, config: PreprocessConfig = PreprocessConfig
     Returns:
         (B, 3, h, w) float in [0, 1] on the 1/255 grid, min(h, w) == config.short_side.
     """
-    h, w = images.shape[-2:]
-    scale = config.short_side / min(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size != (h, w):
+    size = preprocessed_size(images.shape[-2:], config)
+    if size != tuple(images.shape[-2:]):
         images = F.interpolate(images, size=size, mode=config.interpolation, antialias=config.antialias,
                                align_corners=False)
     levels = (images * 255.0).round().clamp(0.0, 255.0) / 255.0
     return images + (levels - images).detach()
+
+
+def preprocessed_size(size: Sequence[int], config: PreprocessConfig = PreprocessConfig()) -> tuple[int, int]:
+    """(h, w) that `preprocess` gives an image of ``size`` (H, W): the size the network sees."""
+    h, w = size
+    scale = config.short_side / min(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -199,8 +204,6 @@ class Extractor:
         model: ``"sscd"`` (default) or the path of a TorchScript SSCD file.
         device: ``None``/``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         preprocessing: the preprocessing (keep the default: SSCD was trained with it).
-        torch_mode: how the int8 graph is differentiated during activation: ``"ste"`` (exact forward) or
-            ``"relu"`` (approximate, faster; see onnx_torch). Descriptors always use the exact function.
         limits: image decoding limits.
 
     Example:
@@ -209,12 +212,8 @@ class Extractor:
     """
 
     def __init__(self, model: str | os.PathLike = "sscd", device: str | torch.device | None = None,
-                 preprocessing: PreprocessConfig = PreprocessConfig(), torch_mode: str = "ste",
-                 limits: ImageLimits = ImageLimits()):
-        if torch_mode not in TORCH_MODES:
-            raise InvalidInputError(f"unknown torch mode {torch_mode!r}; expected one of {TORCH_MODES}")
+                 preprocessing: PreprocessConfig = PreprocessConfig(), limits: ImageLimits = ImageLimits()):
         self.model = _create_model(model)
-        self.torch_mode = torch_mode
         self.device = resolve_device(device)
         self.preprocessing = preprocessing
         self.limits = limits
@@ -240,22 +239,40 @@ class Extractor:
             self._sha256 = sha256_file(self.model.path)
         return {"name": self.model.name, "sha256": self._sha256}
 
-    @property
-    def module(self) -> torch.nn.Module:
-        """The network differentiated during activation, on ``self.device`` (built on first use)."""
-        return self._module(self.torch_mode)
+    def differentiable(self, mode: str = "ste") -> torch.nn.Module:
+        """The network as a torch module on ``self.device``, channels-last (built once per mode).
 
-    def _module(self, mode: str) -> torch.nn.Module:
+        Args:
+            mode: how the int8 graph is differentiated: ``"ste"`` (exact forward) or ``"relu"`` (approximate,
+                2x faster on CPU; see onnx_torch).
+        """
+        if mode not in TORCH_MODES:
+            raise InvalidInputError(f"unknown torch mode {mode!r}; expected one of {TORCH_MODES}")
         if mode not in self._modules:
-            module = self.model.differentiable(self.device, mode).eval()
+            # channels-last: oneDNN's and cuDNN's convolutions run 10-15 % faster on it
+            module = self.model.differentiable(self.device, mode).eval().to(memory_format=torch.channels_last)
             for p in module.parameters():
                 p.requires_grad_(False)
             self._modules[mode] = module
         return self._modules[mode]
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Differentiable descriptors: (B, 3, H, W) float [0, 1] at any size -> (B, d), L2-normalised."""
-        return F.normalize(self.module(preprocess(images, self.preprocessing)), dim=1)
+    def embed(self, images: torch.Tensor | Sequence[torch.Tensor], mode: str = "ste",
+              precision: torch.dtype = torch.float32) -> torch.Tensor:
+        """Differentiable descriptors: (B, 3, H, W) float [0, 1] at any size -> (B, d) float32, L2-normalised.
+
+        Args:
+            images: the batch on ``self.device``, or a list of (1, 3, H_i, W_i) images whose
+                `preprocessed_size` is one (resized one by one, then run as one batch).
+            mode: the differentiable graph (`differentiable`).
+            precision: the network's compute type; ``torch.bfloat16`` runs it under autocast (the
+                preprocessing stays float32: bfloat16 cannot hold the 8-bit levels it rounds to).
+        """
+        batch = [images] if isinstance(images, torch.Tensor) else images
+        inputs = torch.cat([preprocess(b, self.preprocessing) for b in batch])
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=precision, enabled=precision != torch.float32):
+            features = self.differentiable(mode)(inputs)
+        return F.normalize(features.float(), dim=1)
 
     def load(self, source: ImageSource) -> np.ndarray:
         """A path or an array -> (H, W, 3) uint8 RGB (validated)."""
@@ -326,5 +343,5 @@ class Extractor:
             fast = self.model.fast(np.ascontiguousarray(as_uint8))
             if fast is not None:
                 return fast / np.linalg.norm(fast, axis=1, keepdims=True)
-        return F.normalize(self._module("ste")(batch.to(self.device)), dim=1).cpu().numpy()
+        return self.embed(batch.to(self.device)).cpu().numpy()
 
