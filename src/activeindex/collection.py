@@ -20,12 +20,14 @@ was registered (by sha256) and resumes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +47,7 @@ from .errors import (
     ModelMismatchError,
 )
 from .extractor import Extractor, ImageSource, PreprocessConfig
-from .imageio import ImageLimits, decode_image, list_images, read_file, save_png, sha256_bytes, sha256_file
+from .imageio import ImageLimits, decode_image, list_images, read_ahead, read_file, save_png, sha256_bytes, sha256_file
 from .progress import progress_bar
 
 BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
@@ -99,6 +101,13 @@ class Prepared:
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
     staged: str | None = None  # the activated PNG under its staging name; the commit renames it
     error: str | None = None  # one line: why this file is not registered
+    writing: Future | None = field(default=None, repr=False, compare=False)  # the staged PNG, being written
+
+    def written(self) -> None:
+        """Wait until the staged PNG is on disk (a write error is raised here, as if written in line)."""
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
 
 
 def read_and_decode(path: str, sha256: str, data: bytes | None = None,
@@ -108,6 +117,11 @@ def read_and_decode(path: str, sha256: str, data: bytes | None = None,
         return Prepared(path, sha256, image=decode_image(read_file(path) if data is None else data, path, limits))
     except ActiveIndexError as e:
         return Prepared(path, sha256, error=str(e))
+
+
+def _read_planned(file: tuple[str, str, bytes | None], limits: ImageLimits) -> Prepared:
+    """`read_and_decode` of one planned (path, sha256, bytes) file."""
+    return read_and_decode(*file, limits=limits)
 
 
 class Preparer:
@@ -123,8 +137,8 @@ class Preparer:
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
-                 out_dir: str | os.PathLike | None = None):
-        self.extractor, self.config = extractor, config
+                 out_dir: str | os.PathLike | None = None, writer: Executor | None = None):
+        self.extractor, self.config, self.writer = extractor, config, writer
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.activator = Activator(extractor, codec, config) if config is not None else None
 
@@ -134,21 +148,28 @@ class Preparer:
             return batch
         images = [p.image for p in ready]
         if self.activator is None:
-            descriptors, metrics = self.extractor.encode_arrays(images), [{}] * len(ready)
+            descriptors, results = self.extractor.encode_arrays(images), [None] * len(ready)
         else:
             results = self.activator.activate(images, progress=False)
-            descriptors, metrics = np.stack([r.descriptor for r in results]), [r.metrics() for r in results]
-            for item, result in zip(ready, results):
-                item.staged = str(save_png(self.out_dir / f".{item.sha256}.staged.png", result.image))
-        for item, descriptor, values in zip(ready, descriptors, metrics):
-            kind = "passive" if self.activator is None else "active"
-            item.record = Record(id=None, kind=kind, original_path=str(Path(item.path).resolve()),
-                                 original_sha256=item.sha256, width=item.image.shape[1],
-                                 height=item.image.shape[0], **values)
-            if item.staged:
-                item.record.activated_sha256 = sha256_file(item.staged)
+            descriptors = np.stack([r.descriptor for r in results])
+        for item, descriptor, result in zip(ready, descriptors, results):
+            item.record = Record(id=None, kind="passive" if result is None else "active",
+                                 original_path=str(Path(item.path).resolve()), original_sha256=item.sha256,
+                                 width=item.image.shape[1], height=item.image.shape[0],
+                                 **(result.metrics() if result is not None else {}))
             item.descriptor, item.image = descriptor, None
+            if result is not None:
+                item.staged = str(self.out_dir / f".{item.sha256}.staged.png")
+                if self.writer is None:
+                    _write_staged(item, result.image)
+                else:  # PNG encoding is CPU-heavy: done while the next batch is activated
+                    item.writing = self.writer.submit(_write_staged, item, result.image)
         return batch
+
+
+def _write_staged(item: Prepared, image: np.ndarray) -> None:
+    save_png(item.staged, image)
+    item.record.activated_sha256 = sha256_file(item.staged)
 
 
 class Collection:
@@ -383,19 +404,34 @@ class Collection:
         report, paths = BatchReport(), list_images(list(images))
         bar = progress_bar(len(paths), "images", progress)
         batches = self._new_files(paths, batch_size, report, keep_bytes=ray is None)
-        if ray is None:
-            preparer = Preparer(self.extractor, self.codec, config, out_dir)
-            done = (preparer([read_and_decode(*file) for file in batch]) for batch in batches)
-        else:
-            from .pipeline import prepare_on_ray  # Ray is imported only when asked for
-            done = prepare_on_ray(ray, self, list(batches), config, out_dir, workers)
         handled = 0
-        for prepared in done:
+
+        def commit(prepared: list[Prepared]) -> None:
+            nonlocal handled
             self.commit(prepared, out_dir, report)
             handled = len(report.records) + len(report.skipped) + len(report.failed)
             bar.update(handled - bar.n)
             if on_batch is not None:
                 on_batch(handled, len(paths))
+
+        # in-process, two threads decode the next batch and write this one's PNGs while the model runs
+        with ThreadPoolExecutor(2) as pool:
+            if ray is None:
+                preparer = Preparer(self.extractor, self.codec, config, out_dir, writer=pool)
+                done = map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=self.extractor.limits),
+                                                pool))
+            else:
+                from .pipeline import prepare_on_ray  # Ray is imported only when asked for
+                done = prepare_on_ray(ray, self, list(batches), config, out_dir, workers)
+            previous = None
+            try:
+                for prepared in done:  # batch k is committed once k+1 is prepared: its PNGs were written meanwhile
+                    if previous is not None:
+                        commit(previous)
+                    previous = prepared
+            finally:  # an error in a later batch loses nothing prepared before it
+                if previous is not None:
+                    commit(previous)
         self._snapshot_if_due(end_of_run=True)
         order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
         report.failed.sort(key=lambda failure: order[failure[0]])
@@ -455,6 +491,8 @@ class Collection:
             ``report`` (a new one if not given) with this batch's records, skips and failures added.
         """
         report = report if report is not None else BatchReport()
+        for item in prepared:
+            item.written()
         with self._writing():
             known = self.catalog.find_sha256s([item.sha256 for item in prepared if item.error is None])
             keep = []

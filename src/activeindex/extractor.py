@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, UnknownNameError
-from .imageio import ImageLimits, decode_image, load_image, sha256_file
+from .imageio import ImageLimits, decode_image, load_image, read_ahead, sha256_file
 from .onnx_torch import TORCH_MODES
 from .progress import progress_bar
 
@@ -287,13 +288,14 @@ class Extractor:
         return decode_image(data, name, self.limits)
 
     def encode(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
-               progress: bool | None = None) -> np.ndarray:
+               progress: bool | None = None, readers: int = 2) -> np.ndarray:
         """Descriptors by the fast no-grad path.
 
         Args:
             images: one image (path or (H, W, 3) uint8 array) or a sequence of them.
             batch_size: images per forward pass (same-shape images are batched together).
             progress: show a progress bar; ``None`` follows the log level.
+            readers: threads that decode and resize the next batch while the network runs this one.
 
         Returns:
             (n, d) float32, L2-normalised; (d,) for a single image.
@@ -305,12 +307,18 @@ class Extractor:
         items = [images] if single else list(images)
         out = np.zeros((len(items), self.dim), np.float32)
         bar = progress_bar(len(items), "embed", progress)
-        for start in range(0, len(items), batch_size):
-            chunk = [self._preprocessed(self.load(s)) for s in items[start:start + batch_size]]
-            out[start:start + len(chunk)] = self._encode_preprocessed(chunk)
-            bar.update(len(chunk))
+        done, chunks = 0, [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+        with ThreadPoolExecutor(max(1, readers)) as pool:
+            for chunk in read_ahead(chunks, self._read, pool):
+                out[done:done + len(chunk)] = self._encode_preprocessed(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
         bar.close()
         return out[0] if single else out
+
+    def _read(self, source: ImageSource) -> torch.Tensor:
+        """Decoded and preprocessed: what `read_ahead` does in its threads."""
+        return self._preprocessed(self.load(source))
 
     def encode_arrays(self, images: Iterable[np.ndarray]) -> np.ndarray:
         """(H, W, 3) uint8 arrays -> (n, d) float32, silently (a helper for internal batches)."""

@@ -12,20 +12,28 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
 __all__ = ["ImageLimits", "load_image", "read_file", "decode_image", "image_size", "save_png", "sha256_file",
-           "sha256_bytes", "list_images", "IMAGE_SUFFIXES"]
+           "sha256_bytes", "list_images", "read_ahead", "IMAGE_SUFFIXES", "PNG_COMPRESS_LEVEL"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# zlib level of written PNGs: 1 encodes 4.5x faster than PIL's default 6 for files ~15 % bigger (activated
+# photos, 512x768: 32 vs 144 ms, 0.67 vs 0.58 MB; README, "Speed"); encoding was 10 % of an activation
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="PNG", compress_level=6)
+            Image.fromarray(image).save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _new_file_mode())
@@ -213,3 +221,21 @@ def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
         else:
             paths.append(item)
     return paths
+
+
+def read_ahead(chunks: Iterable[Sequence[Item]], read: Callable[[Item], Result],
+               pool: Executor) -> Iterator[list[Result]]:
+    """``[read(x) for x in chunk]`` for each chunk, in order, while ``pool`` already reads the next chunk: decoding
+    overlaps the model's work on the current one (PIL, torch and onnxruntime release the GIL). At most two
+    chunks are in memory; an error is raised when its chunk is reached."""
+    pending: deque[list[Future]] = deque()
+    try:
+        for chunk in chunks:
+            pending.append([pool.submit(read, item) for item in chunk])
+            if len(pending) == 2:
+                yield [f.result() for f in pending.popleft()]
+        while pending:
+            yield [f.result() for f in pending.popleft()]
+    finally:
+        for future in (f for chunk in pending for f in chunk):
+            future.cancel()
