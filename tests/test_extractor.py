@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from activeindex import Extractor, PreprocessConfig
-from activeindex.errors import InvalidInputError, UnknownNameError
+from activeindex.errors import ImageDecodeError, InvalidInputError, UnknownNameError
 from activeindex.extractor import preprocess, to_tensor
 from activeindex.imageio import load_image
 
@@ -104,3 +104,16 @@ def test_gradient_graphs_approximate_the_exact_one(extractor, small_photos):
     assert 0.95 < float((relu_bf16 * exact).sum()) < 0.9985 and not torch.equal(relu_bf16, relu)
     with pytest.raises(InvalidInputError, match="unknown torch mode 'fp16'"):
         extractor.differentiable("fp16")
+
+
+def test_reading_ahead_gives_the_same_descriptors(extractor, photo_paths, tmp_path):
+    """Decoding the next batch in threads changes nothing: identical vectors, and a corrupt file among the
+    photos is still a one-line error that names it."""
+    in_line = extractor.encode(photo_paths, batch_size=2, readers=0)
+    ahead = extractor.encode(photo_paths, batch_size=2, readers=2)
+    np.testing.assert_array_equal(ahead, in_line)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageDecodeError, match=r"broken\.jpg") as info:
+        extractor.encode([*photo_paths[:3], broken, *photo_paths[3:]], batch_size=2)
+    assert "\n" not in str(info.value)

@@ -199,3 +199,32 @@ def test_list_images_walks_folders_and_keeps_named_files(tmp_path, photo):
     named = tmp_path / "named.txt"
     named.write_text("x")
     assert list_images([tmp_path / "a", named]) == [tmp_path / "a" / "b" / "one.jpg", named]
+
+
+def test_read_ahead_keeps_order_and_raises_at_the_failing_chunk():
+    """Chunks come back in input order whatever thread read them; an error surfaces when its chunk is reached,
+    after every chunk before it, and ``pool=None`` reads the same in line."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(x: int) -> int:
+        if x == 7:
+            raise ImageDecodeError("item 7: corrupt")
+        return x * x
+
+    chunks = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    with ThreadPoolExecutor(2) as pool:
+        got = []
+        with pytest.raises(ImageDecodeError, match="item 7"):
+            for chunk in imageio.read_ahead(chunks, read, pool):
+                got.append(chunk)
+        assert got == [[0, 1, 4], [9, 16, 25]]
+        assert list(imageio.read_ahead(chunks[:2], read, pool)) == list(imageio.read_ahead(chunks[:2], read, None))
+
+
+def test_png_is_written_at_the_fast_zlib_level(tmp_path, photo):
+    """Level 1 (README, "Speed"): lossless all the same, and a level-1 stream in the file."""
+    pixels = np.asarray(photo)
+    path = save_png(tmp_path / "out.png", pixels)
+    np.testing.assert_array_equal(load_image(path), pixels)
+    zlib_header = path.read_bytes().split(b"IDAT", 1)[1][:2]
+    assert imageio.PNG_COMPRESS_LEVEL == 1 and zlib_header[1] >> 6 == 0  # FLEVEL 0: the fastest compressor

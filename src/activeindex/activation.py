@@ -189,13 +189,15 @@ class Activator:
         budgets = [cfg.scaling * jnd_heatmap(image, cfg.jnd_padding) * alpha * std for image in originals]
         deltas = [_init_delta(image.shape[1:], cfg.seed + int(s)).to(device).requires_grad_(True)
                   for image, s in zip(originals, seeds or range(len(originals)))]
-        optimizer = torch.optim.Adam(deltas, lr=cfg.lr)  # elementwise: each image's steps are its own
+        # elementwise, so each image's steps are its own; fused: one pass over full-resolution tensors, not ten
+        optimizer = torch.optim.Adam(deltas, lr=cfg.lr, fused=True)
         for _ in range(cfg.iterations):
             optimizer.zero_grad()
-            activated = [o + b * torch.tanh(d) for o, b, d in zip(originals, budgets, deltas)]
-            descriptors = self.extractor.embed(activated, cfg.gradient, self._precision)
+            changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
+            descriptors = self.extractor.embed([o + c for o, c in zip(originals, changes)], cfg.gradient,
+                                               self._precision)
             cosine = F.cosine_similarity(descriptors, targets, dim=1)
-            mse = torch.stack([(((a - o) / std) ** 2).mean() for a, o in zip(activated, originals)])
+            mse = torch.stack([(c / std).square().mean() for c in changes])
             loss = (-cosine + cfg.lambda_mse * mse).sum()  # a sum: each image's gradient is its own
             loss.backward()
             optimizer.step()

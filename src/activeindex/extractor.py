@@ -295,7 +295,8 @@ class Extractor:
             images: one image (path or (H, W, 3) uint8 array) or a sequence of them.
             batch_size: images per forward pass (same-shape images are batched together).
             progress: show a progress bar; ``None`` follows the log level.
-            readers: threads that decode and resize the next batch while the network runs this one.
+            readers: threads that decode and resize the next batch while the network runs this one (0: none,
+                the images are read in line between the network's batches).
 
         Returns:
             (n, d) float32, L2-normalised; (d,) for a single image.
@@ -309,7 +310,7 @@ class Extractor:
         bar = progress_bar(len(items), "embed", progress)
         done, chunks = 0, [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
         with ThreadPoolExecutor(max(1, readers)) as pool:
-            for chunk in read_ahead(chunks, self._read, pool):
+            for chunk in read_ahead(chunks, self._read, pool if readers > 0 else None):
                 out[done:done + len(chunk)] = self._encode_preprocessed(chunk)
                 done += len(chunk)
                 bar.update(len(chunk))

@@ -224,10 +224,13 @@ def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
 
 
 def read_ahead(chunks: Iterable[Sequence[Item]], read: Callable[[Item], Result],
-               pool: Executor) -> Iterator[list[Result]]:
+               pool: Executor | None) -> Iterator[list[Result]]:
     """``[read(x) for x in chunk]`` for each chunk, in order, while ``pool`` already reads the next chunk: decoding
     overlaps the model's work on the current one (PIL, torch and onnxruntime release the GIL). At most two
-    chunks are in memory; an error is raised when its chunk is reached."""
+    chunks are in memory; an error is raised when its chunk is reached. ``pool=None`` reads in line."""
+    if pool is None:
+        yield from ([read(item) for item in chunk] for chunk in chunks)
+        return
     pending: deque[list[Future]] = deque()
     try:
         for chunk in chunks:
