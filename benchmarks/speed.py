@@ -11,6 +11,7 @@
 Photos are seeded random draws (one file per wallpaper, its largest), never a file-order prefix. Usage:
 
     python benchmarks/speed.py --baseline [--device auto|cpu|cuda] [--activate 12] [--full-size 4]
+        [--photos GLOB] [--wallpapers GLOB ...]   # elsewhere than Debian with the photo packages
 """
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ EDITS = ["contrast_0.5", "contrast_2.0", "brightness_0.5", "brightness_2.0", "hu
          "rotation_25", "center_crop_0.5"]
 
 
-def wallpapers(n: int, seed: int) -> list[str]:
+def wallpapers(n: int, seed: int, patterns: list[str]) -> list[str]:
     """n distinct wallpapers, seeded random; each is its largest file (a wallpaper ships in several sizes)."""
     by_picture = collections.defaultdict(list)
-    for pattern in WALLPAPERS:
+    for pattern in patterns:
         for path in glob.glob(pattern, recursive=True):
             by_picture[path.split("/contents/")[0] if "/contents/" in path else path].append(path)
     pictures = sorted(max(files, key=os.path.getsize) for files in by_picture.values())
@@ -53,16 +54,18 @@ def wallpapers(n: int, seed: int) -> list[str]:
     return [pictures[i] for i in np.random.default_rng(seed).choice(len(pictures), n, replace=False)]
 
 
-def nebula_jpegs(n: int, cache: Path) -> list[str]:
-    """n telescope photos (seeded random) saved once as JPEG q90: realistic query uploads of ~512 px."""
-    paths = sorted(glob.glob(NEBULAE))
+def query_jpegs(n: int, cache: Path, pattern: str) -> list[str]:
+    """n photos (seeded random) saved once as JPEG q90: realistic query uploads of ~512 px."""
+    paths = sorted(glob.glob(pattern))
     if len(paths) < n:
-        raise SystemExit(f"found {len(paths)} photos matching {NEBULAE}, need {n}: install stellarium-data")
+        raise SystemExit(f"found {len(paths)} photos matching {pattern}, need {n}: install stellarium-data")
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for i in np.random.default_rng(0).choice(len(paths), n, replace=False):
         jpeg = cache / (Path(paths[i]).stem + ".jpg")
-        if not jpeg.exists():
+        if paths[i].lower().endswith((".jpg", ".jpeg")):
+            jpeg = Path(paths[i])
+        elif not jpeg.exists():
             Image.open(paths[i]).convert("RGB").save(jpeg, quality=90)
         out.append(str(jpeg))
     return out
@@ -97,7 +100,8 @@ def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], lab
     h, w = images[0].shape[:2] if len({im.shape for im in images}) == 1 else (0, 0)
     megapixels = np.median([im.shape[0] * im.shape[1] for im in images]) / 1e6
     size = f"{h}x{w}" if h else f"full size, median {megapixels:.1f} MP"
-    print(f"activation  {label}: {len(images)} photos ({size}), codec IVF{codec.nlist},PQ8x8, edits for cells: {len(EDITS)}")
+    print(f"activation  {label}: {len(images)} photos ({size}), codec IVF{codec.nlist},PQ8x8, {len(EDITS)} edits "
+          "per photo for the cell agreement")
     results, rates = {}, {}
     for name, config in configs.items():
         activator = Activator(extractor, codec, replace(config, batch_size=len(images)))
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument("--iterations", default="4,6", help="extra iteration counts of the current path (gain per "
                                                              "iteration), on the 512x768 photos")
     parser.add_argument("--cache", default=str(Path.home() / ".cache/activeindex/speed"))
+    parser.add_argument("--photos", default=NEBULAE, help="glob of the 512-px query photos (JPEGs are used as they "
+                                                          "are, others saved as JPEG q90 once)")
+    parser.add_argument("--wallpapers", nargs="+", default=WALLPAPERS, help="globs of the full-size photos")
     args = parser.parse_args()
 
     extractor = Extractor(device=args.device)
@@ -166,19 +173,19 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    queries = embedding(extractor, nebula_jpegs(args.embed, Path(args.cache)), "512-px photos")
-    embedding(extractor, wallpapers(24, seed=1), "full-size wallpapers")
+    queries = embedding(extractor, query_jpegs(args.embed, Path(args.cache), args.photos), "512-px photos")
+    embedding(extractor, wallpapers(24, 1, args.wallpapers), "full-size wallpapers")
     codec = Codec.create("IVF32,PQ8x8", extractor.dim)  # 300 real vectors: coarse, enough to compare two paths
     codec.train(queries)
 
     configs = {"baseline": BASELINE} if args.baseline else {}
     configs["now"] = ActivationConfig()
     crops = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (768, 512), Image.BICUBIC))
-             for p in wallpapers(args.activate, seed=2)]
+             for p in wallpapers(args.activate, 2, args.wallpapers)]
     extra = {f"now, {n} iterations": replace(ActivationConfig(), iterations=int(n))
              for n in args.iterations.split(",") if n}
     results = activation(extractor, codec, crops, "512x768", configs | extra)
-    full = [np.asarray(Image.open(p).convert("RGB")) for p in wallpapers(args.full_size, seed=3)]
+    full = [np.asarray(Image.open(p).convert("RGB")) for p in wallpapers(args.full_size, 3, args.wallpapers)]
     full_results = activation(extractor, codec, full, "full size", configs)
     png_levels([r.image for r in results["now"]], "512x768")
     png_levels([r.image for r in full_results["now"]], "full size")
