@@ -313,7 +313,7 @@ def test_openapi_schema_holds_under_property_based_testing(served, tmp_path):
 def test_a_killed_activation_worker_is_a_503_and_the_next_activation_works(served, small_photos):
     root, url, _ = served
     server = next(c for c in psutil.Process().children() if str(root) in " ".join(c.cmdline()))
-    photo = np.asarray(Image.fromarray(small_photos[3][:, ::-1]).resize((960, 640)))  # new bytes, ~10 s to activate
+    photo = np.asarray(Image.fromarray(small_photos[3][:, ::-1]).resize((1920, 1280)))  # new bytes, ~8 s to activate
     upload = {"image": ("big-new.png", _png(photo))}
     token = {"Authorization": f"Bearer {TOKEN}"}
     with ThreadPoolExecutor(1) as pool:
