@@ -43,7 +43,7 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True)
 class ActivationConfig:
     """Activation settings. The paper's values but for ``scaling`` and the gradient pass's speed-ups
-    (``iterations``, ``gradient``, ``precision``: same gain and PSNR at 4x the speed on CPU, README "Speed");
+    (``iterations``, ``gradient``, ``precision``: same gain and PSNR at 4x the speed on CPU, README "Benchmarks");
     `PRESETS["paper"]` is the paper's optimisation itself."""
 
     scaling: float = 2.0  # s; the paper's 3.0 gives ~38.5 dB on textured photos (README, "Default scaling")
