@@ -135,6 +135,7 @@ USAGE_ERRORS = [  # (arguments, the flag argparse names): refused with a usage l
     (["activate", "col", "q.png", "--out", "out", "--scaling", "nan"], "--scaling"),
     (["activate", "col", "q.png", "--out", "out", "--lr", "0"], "--lr"),
     (["activate", "col", "q.png", "--out", "out", "--lambda-mse", "-1"], "--lambda-mse"),
+    (["activate", "col", "q.png", "--out", "out", "--gradient", "fp16"], "--gradient"),
     (["init", "col", "--factory", "Flat", "--train", "x.npy", "--nprobe", "0"], "--nprobe"),
     (["serve", "col", "--port", "99999"], "--port"),
     (["serve", "col", "--threshold", "1.5"], "--threshold"),
@@ -143,6 +144,13 @@ USAGE_ERRORS = [  # (arguments, the flag argparse names): refused with a usage l
     (["data", "fetch", "--nonmatching", "-1"], "--nonmatching"),
     (["info", "col", "--device", "tpu"], "--device"),
 ]
+
+
+def test_gradient_flags_override_the_preset():
+    args = cli.build_parser().parse_args(["activate", "col", "q.png", "--out", "out", "--preset", "paper",
+                                          "--gradient", "relu", "--precision", "bfloat16"])
+    config = cli._activation_config(args)
+    assert (config.scaling, config.iterations, config.gradient, config.precision) == (3.0, 10, "relu", "bfloat16")
 
 
 @pytest.mark.parametrize("args, flag", USAGE_ERRORS, ids=[" ".join(a[-2:]) for a, _ in USAGE_ERRORS])
