@@ -269,13 +269,10 @@ class Extractor:
                 preprocessing stays float32: bfloat16 cannot hold the 8-bit levels it rounds to).
         """
         batch = [images] if isinstance(images, torch.Tensor) else images
-        return self.embed_preprocessed(torch.cat([preprocess(b, self.preprocessing) for b in batch]), mode, precision)
-
-    def embed_preprocessed(self, inputs: torch.Tensor, mode: str = "ste",
-                           precision: torch.dtype = torch.float32) -> torch.Tensor:
-        """`embed` of a batch already through `preprocess` (what the network sees)."""
+        inputs = torch.cat([preprocess(b, self.preprocessing) for b in batch])
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=precision, enabled=precision != torch.float32):
-            features = self.differentiable(mode)(inputs.contiguous(memory_format=torch.channels_last))
+            features = self.differentiable(mode)(inputs)
         return F.normalize(features.float(), dim=1)
 
     def load(self, source: ImageSource) -> np.ndarray:
