@@ -423,15 +423,16 @@ class Collection:
             else:
                 from .pipeline import prepare_on_ray  # Ray is imported only when asked for
                 done = prepare_on_ray(ray, self, list(batches), config, out_dir, workers)
-            previous = None
+            pending = None  # prepared, not committed yet
             try:
                 for prepared in done:  # batch k is committed once k+1 is prepared: its PNGs were written meanwhile
-                    if previous is not None:
-                        commit(previous)
-                    previous = prepared
-            finally:  # an error in a later batch loses nothing prepared before it
-                if previous is not None:
-                    commit(previous)
+                    if pending is not None:
+                        batch, pending = pending, None  # a commit that fails is not tried again below
+                        commit(batch)
+                    pending = prepared
+            finally:  # an error while preparing a later batch loses nothing prepared before it
+                if pending is not None:
+                    commit(pending)
         self._snapshot_if_due(end_of_run=True)
         order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
         report.failed.sort(key=lambda failure: order[failure[0]])

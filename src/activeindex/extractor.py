@@ -6,6 +6,7 @@ path is the same graph converted to torch in memory (`onnx_torch`), used by acti
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -269,10 +270,12 @@ class Extractor:
                 preprocessing stays float32: bfloat16 cannot hold the 8-bit levels it rounds to).
         """
         batch = [images] if isinstance(images, torch.Tensor) else images
-        inputs = torch.cat([preprocess(b, self.preprocessing) for b in batch])
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self._network(torch.cat([preprocess(b, self.preprocessing) for b in batch]), mode, precision)
+
+    def _network(self, inputs: torch.Tensor, mode: str = "ste", precision: torch.dtype = torch.float32) -> torch.Tensor:
+        """Preprocessed (B, 3, h, w) -> (B, d) float32, L2-normalised, through the torch graph."""
         with torch.autocast(self.device.type, dtype=precision, enabled=precision != torch.float32):
-            features = self.differentiable(mode)(inputs)
+            features = self.differentiable(mode)(inputs.contiguous(memory_format=torch.channels_last))
         return F.normalize(features.float(), dim=1)
 
     def load(self, source: ImageSource) -> np.ndarray:
@@ -309,8 +312,9 @@ class Extractor:
         out = np.zeros((len(items), self.dim), np.float32)
         bar = progress_bar(len(items), "embed", progress)
         done, chunks = 0, [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
-        with ThreadPoolExecutor(max(1, readers)) as pool:
-            for chunk in read_ahead(chunks, self._read, pool if readers > 0 else None):
+        readers = readers if len(chunks) > 1 else 0  # one batch (a service query): nothing to read ahead
+        with ThreadPoolExecutor(readers) if readers > 0 else contextlib.nullcontext() as pool:
+            for chunk in read_ahead(chunks, self._read, pool):
                 out[done:done + len(chunk)] = self._encode_preprocessed(chunk)
                 done += len(chunk)
                 bar.update(len(chunk))
@@ -352,5 +356,5 @@ class Extractor:
             fast = self.model.fast(np.ascontiguousarray(as_uint8))
             if fast is not None:
                 return fast / np.linalg.norm(fast, axis=1, keepdims=True)
-        return self.embed(batch.to(self.device)).cpu().numpy()
+        return self._network(batch.to(self.device)).cpu().numpy()  # already preprocessed
 
