@@ -53,7 +53,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench-speed: install photos
-	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed.py --baseline
 
 clean:
 	rm -rf $(VENV) $(PHOTOS) $(BROWSER) demo-output data bench-output

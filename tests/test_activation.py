@@ -10,6 +10,7 @@ import torch
 from activeindex import ActivationConfig, Activator, get_preset
 from activeindex.errors import InvalidInputError, UnknownNameError
 from activeindex.extractor import to_tensor
+from activeindex.transforms import EDIT_FAMILIES
 
 FAST = ActivationConfig(iterations=5)  # fewer iterations keep the suite fast; defaults otherwise
 
@@ -72,6 +73,7 @@ def test_metrics_dict_has_no_arrays(activated):
     ("lr", float("nan")), ("lambda_mse", -0.01), ("lambda_mse", float("inf")), ("iterations", 0),
     ("iterations", 2.5), ("batch_size", 0), ("jnd_padding", "reflect"), ("alpha_c", (0.2, 0.1)),
     ("alpha_c", (0.2, 0.1, float("nan"))), ("gradient", "fp16"), ("precision", "float16"),
+    ("psnr", 10.0), ("psnr", float("nan")), ("edits", ("crop", "warp")), ("edit_draws", 0),
 ])
 def test_config_refuses_unusable_values(field, value):
     with pytest.raises(InvalidInputError, match=rf"^ActivationConfig\.{field} must be [^\n]*, got ") as raised:
@@ -112,3 +114,29 @@ def test_mixed_resolutions_of_one_aspect_share_a_batch(extractor, codec, small_p
         extractor.encode_arrays([large]), "index")), seeds=[1])[0]
     assert together[1].image.shape == large.shape
     assert np.abs(together[1].image.astype(int) - alone).max() <= 1
+
+
+def test_a_psnr_floor_sets_each_images_scaling_and_every_result_meets_it(extractor, codec, small_photos):
+    """Photos of different texture get different scalings; each 8-bit result is at or just above the floor,
+    where one scaling for all lands anywhere from the floor's -3 dB to +4 dB."""
+    floor = 42.0
+    results = Activator(extractor, codec, dataclasses.replace(FAST, psnr=floor)).activate(small_photos[:4])
+    assert all(floor <= r.psnr < floor + 1.5 for r in results), [r.psnr for r in results]
+    assert max(r.scaling for r in results) > 1.2 * min(r.scaling for r in results)
+    assert all(r.cos_after > r.cos_before for r in results)
+    fixed = Activator(extractor, codec, FAST).activate(small_photos[:4])
+    assert all(r.scaling == FAST.scaling for r in fixed)
+
+
+def test_the_floor_holds_where_rounding_alone_would_break_it(extractor, codec, small_photos):
+    """A floor so high that the budget is below half a level: rounding decides, and the change shrinks."""
+    [result] = Activator(extractor, codec, dataclasses.replace(FAST, iterations=2, psnr=60.0)).activate(
+        small_photos[:1])
+    assert result.psnr >= 60.0 and result.scaling < 0.5
+
+
+def test_robust_preset_is_the_default_with_every_edit_family():
+    robust = get_preset("robust")
+    assert robust.edits == EDIT_FAMILIES and robust.edit_draws == 2
+    assert dataclasses.replace(robust, edits=()) == ActivationConfig()
+    assert ActivationConfig.from_dict(robust.to_dict()) == robust  # a JSON round trip keeps the tuple

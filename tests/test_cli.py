@@ -64,6 +64,18 @@ def test_activate_then_search_an_edited_copy(cli_collection, photo_dir, tmp_path
     assert text.splitlines()[1].lstrip().startswith(f"1. id {report['records'][1]['id']} ")
 
 
+def test_activate_to_a_psnr_floor(cli_collection, photo_dir, tmp_path):
+    """--psnr 42: the written PNG, read back, is at least 42 dB from its original; the scaling is reported."""
+    original = tmp_path / "mirrored.png"
+    Image.fromarray(np.ascontiguousarray(load_image(photo_dir / "photo3.png")[:, ::-1])).save(original)
+    result = run("activate", cli_collection, original, "--out", tmp_path / "out", "--iterations", "2",
+                 "--psnr", "42", "--json", "-q")
+    [record] = json.loads(result.stdout)["records"]
+    written = load_image(record["activated_path"]).astype(float)
+    mse = np.mean((written - load_image(original).astype(float)) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) >= 42.0 and record["psnr"] >= 42.0 and record["scaling"] > 0
+
+
 def test_info_and_add(cli_collection, photo_dir):
     run("add", cli_collection, photo_dir / "photo5.png", "-q")
     text = run("info", cli_collection).stdout
@@ -136,6 +148,8 @@ USAGE_ERRORS = [  # (arguments, the flag argparse names): refused with a usage l
     (["activate", "col", "q.png", "--out", "out", "--lr", "0"], "--lr"),
     (["activate", "col", "q.png", "--out", "out", "--lambda-mse", "-1"], "--lambda-mse"),
     (["activate", "col", "q.png", "--out", "out", "--gradient", "fp16"], "--gradient"),
+    (["activate", "col", "q.png", "--out", "out", "--psnr", "90"], "--psnr"),
+    (["activate", "col", "q.png", "--out", "out", "--edits", "crop,warp"], "--edits"),
     (["init", "col", "--factory", "Flat", "--train", "x.npy", "--nprobe", "0"], "--nprobe"),
     (["serve", "col", "--port", "99999"], "--port"),
     (["serve", "col", "--threshold", "1.5"], "--threshold"),
@@ -151,6 +165,9 @@ def test_gradient_flags_override_the_preset():
                                           "--gradient", "relu", "--precision", "bfloat16"])
     config = cli._activation_config(args)
     assert (config.scaling, config.iterations, config.gradient, config.precision) == (3.0, 10, "relu", "bfloat16")
+    robust = cli._activation_config(cli.build_parser().parse_args(
+        ["activate", "col", "q.png", "--out", "out", "--preset", "robust", "--edits", "rotate,crop"]))
+    assert robust.edits == ("rotate", "crop") and robust.edit_draws == 2
 
 
 @pytest.mark.parametrize("args, flag", USAGE_ERRORS, ids=[" ".join(a[-2:]) for a, _ in USAGE_ERRORS])

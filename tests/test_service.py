@@ -84,6 +84,21 @@ def test_activate_round_trip_and_records(served, small_photos):
     assert status["active"] == 3 and status["factory"] == TEST_FACTORY and len(status["codec_fingerprint"]) == 64
 
 
+def test_activation_settings_per_request(served, small_photos):
+    """A preset and a PSNR floor as form fields: the floor is met and the scaling it chose is reported."""
+    _, url, _ = served
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    upload = {"image": ("floor.png", _png(np.ascontiguousarray(small_photos[2][::-1])))}
+    response = httpx.post(f"{url}/v1/activate", files=upload, data={"preset": "default", "psnr": "45"},
+                          headers=token, timeout=300)
+    assert response.status_code == 200, response.text
+    assert float(response.headers["X-PSNR"]) >= 45 and float(response.headers["X-Scaling"]) > 0
+    for field, value in [("preset", "fastest"), ("psnr", "5"), ("psnr", "loud")]:
+        refused = httpx.post(f"{url}/v1/jobs", files={"images": upload["image"]}, data={field: value},
+                             headers=token, timeout=60)
+        assert refused.status_code == 422 and field in refused.json()["detail"]
+
+
 def test_bad_input_gets_clear_json_errors(served):
     _, url, _ = served
     bad = httpx.post(f"{url}/v1/search", files={"images": ("cat.jpg", b"this is not a jpeg")}, timeout=30)

@@ -149,10 +149,13 @@ def test_wrong_token_then_right_token_with_the_same_file(served, small_photos, t
         assert chooser.get_attribute("value") == ""  # reset, so choosing the same file fires "change" again
         driver.find_element(By.ID, "token").clear()
         driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "psnr").send_keys("46")  # the quality floor field
         chooser.send_keys(str(photo))
         WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "activated"))
         result = driver.find_element(By.ID, "activated")
         assert "PSNR" in result.text and "dB" in result.text and not error.is_displayed()
+        psnr = float(result.text.split("PSNR ")[1].split(" dB")[0])
+        assert psnr >= 46.0, result.text
         link = driver.find_element(By.ID, "download")
         assert link.get_attribute("href").startswith("blob:") and link.get_attribute("download").endswith(".png")
         WebDriverWait(driver, 30).until(lambda d: _status_loaded(d) == before + 1)

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 from .codec import TARGET_KINDS, Codec
 from .errors import InvalidInputError, UnknownNameError
-from .extractor import IMAGENET_STD, Extractor, preprocessed_size, to_tensor
+from .extractor import IMAGENET_STD, Extractor, preprocess, preprocessed_size, to_tensor
 from .onnx_torch import TORCH_MODES
 from .perceptual import jnd_heatmap, quality
 from .progress import progress_bar
+from .transforms import EDIT_FAMILIES, random_edit
 
 __all__ = ["ActivationConfig", "ActivatedImage", "Activator", "PRESETS", "get_preset"]
 
@@ -59,6 +60,13 @@ class ActivationConfig:
     # paper differentiates its float model exactly: here "ste" is the exact int8 forward, "relu" 2x faster
     gradient: str = "relu"
     precision: str = "auto"  # of the gradient pass: "auto" is bfloat16 where the hardware has it
+    # a quality floor in dB instead of one scaling for all: each image gets the scaling whose full budget
+    # costs exactly this PSNR (the tanh saturates, so the result lands just above), checked on the 8-bit result
+    psnr: float | None = None
+    # edit-aware activation: the loss also averages the cosine of `edit_draws` edited copies per iteration,
+    # each of a family drawn from `edits` (transforms.EDIT_FAMILIES); () is the paper's unedited-only loss
+    edits: tuple[str, ...] = ()
+    edit_draws: int = 2
 
     def __post_init__(self) -> None:
         """Refuse values the optimiser cannot use (a NaN scaling would silently destroy the images).
@@ -78,6 +86,11 @@ class ActivationConfig:
             "target": (self.target in TARGET_KINDS, f"one of {list(TARGET_KINDS)}"),
             "gradient": (self.gradient in TORCH_MODES, f"one of {list(TORCH_MODES)}"),
             "precision": (self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
+            "edits": (isinstance(self.edits, (tuple, list)) and set(self.edits) <= set(EDIT_FAMILIES),
+                      f"a list of edit families from {list(EDIT_FAMILIES)}"),
+            "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
+            "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),
+                     "None or a number of dB from 20 to 80"),
         }
         for name, (valid, rule) in rules.items():
             if not valid:
@@ -88,18 +101,21 @@ class ActivationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ActivationConfig:
-        return cls(**{**data, "alpha_c": tuple(data.get("alpha_c", cls.alpha_c))})
+        tuples = {"alpha_c": tuple(data.get("alpha_c", cls.alpha_c)), "edits": tuple(data.get("edits", ()))}
+        return cls(**(data | tuples))
 
 
 PRESETS: dict[str, ActivationConfig] = {
     "default": ActivationConfig(),
     # Fernandez et al. 2023 (correct Gy, replicate padding): exact float32 gradients, 10 iterations
     "paper": ActivationConfig(scaling=3.0, iterations=10, gradient="ste", precision="float32"),
+    # beyond the paper: robust to the crops, rotations and re-encodings copies go through (3x the work)
+    "robust": ActivationConfig(edits=EDIT_FAMILIES),
 }
 
 
 def get_preset(name: str) -> ActivationConfig:
-    """A named configuration: ``"default"`` or ``"paper"``."""
+    """A named configuration: ``"default"``, ``"paper"`` or ``"robust"``."""
     if name not in PRESETS:
         raise UnknownNameError(f"unknown activation preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
@@ -117,6 +133,7 @@ class ActivatedImage:
     cos_after: float  # cosine of the activated 8-bit image's descriptor to the same target
     same_cell: bool | None  # activated descriptor in the original's IVF cell (None: no IVF)
     same_code: bool  # activated descriptor encodes to the original's code
+    scaling: float  # the budget's scaling this image got (``config.scaling`` unless a PSNR floor set it)
     descriptor: np.ndarray = field(repr=False)  # (d,) float32, the ORIGINAL's descriptor (what is indexed)
 
     def metrics(self) -> dict:
@@ -152,12 +169,12 @@ class Activator:
         """
         descriptors = self.extractor.encode_arrays(images)
         targets = self.codec.targets(descriptors, self.config.target)
-        out: list[np.ndarray | None] = [None] * len(images)
+        out: list[tuple[np.ndarray, float] | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):
             activated = self.optimize([to_tensor(images[i]) for i in idx], torch.from_numpy(targets[idx]), seeds=idx)
-            for i, image in zip(idx, activated):
-                out[i] = image
+            for i, result in zip(idx, activated):
+                out[i] = result
             bar.update(len(idx))
         bar.close()
         return self._assess(images, out, descriptors, targets)
@@ -172,7 +189,7 @@ class Activator:
         return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
 
     def optimize(self, images: Sequence[torch.Tensor], targets: torch.Tensor,
-                 seeds: Sequence[int] = ()) -> list[np.ndarray]:
+                 seeds: Sequence[int] = ()) -> list[tuple[np.ndarray, float]]:
         """Run the optimisation on images that the network sees at one size.
 
         Args:
@@ -181,39 +198,48 @@ class Activator:
             seeds: one extra seed per image (its position), so results do not depend on batching.
 
         Returns:
-            B activated images, (H_i, W_i, 3) uint8.
+            B (activated image (H_i, W_i, 3) uint8, the scaling it got).
         """
         cfg, device = self.config, self.extractor.device
         originals, targets = [image.to(device) for image in images], targets.to(device)
         std, alpha = self._std.to(device), self._alpha.to(device)
-        budgets = [cfg.scaling * jnd_heatmap(image, cfg.jnd_padding) * alpha * std for image in originals]
+        units = [jnd_heatmap(image, cfg.jnd_padding) * alpha * std for image in originals]  # budget at scaling 1
+        scalings = [cfg.scaling if cfg.psnr is None else _scaling_for(unit, cfg.psnr) for unit in units]
+        budgets = [s * unit for s, unit in zip(scalings, units)]
         deltas = [_init_delta(image.shape[1:], cfg.seed + int(s)).to(device).requires_grad_(True)
                   for image, s in zip(originals, seeds or range(len(originals)))]
+        edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         # elementwise, so each image's steps are its own; fused: one pass over full-resolution tensors, not ten
         optimizer = torch.optim.Adam(deltas, lr=cfg.lr, fused=True)
         for _ in range(cfg.iterations):
             optimizer.zero_grad()
             changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
-            descriptors = self.extractor.embed([o + c for o, c in zip(originals, changes)], cfg.gradient,
-                                               self._precision)
-            cosine = F.cosine_similarity(descriptors, targets, dim=1)
+            inputs = torch.cat([preprocess(o + c, self.extractor.preprocessing) for o, c in zip(originals, changes)])
+            views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
+                                for _ in range(cfg.edit_draws if cfg.edits else 0)]
+            cosine = torch.stack([F.cosine_similarity(
+                self.extractor.embed_preprocessed(view, cfg.gradient, self._precision), targets, dim=1)
+                for view in views]).mean(0)
             mse = torch.stack([(c / std).square().mean() for c in changes])
             loss = (-cosine + cfg.lambda_mse * mse).sum()  # a sum: each image's gradient is its own
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            return [_to_uint8(o + b * torch.tanh(d)) for o, b, d in zip(originals, budgets, deltas)]
+            changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
+            if cfg.psnr is None:
+                return [(_to_uint8(o + c), s) for o, c, s in zip(originals, changes, scalings)]
+            return [_meet_floor(o, c, s, cfg.psnr) for o, c, s in zip(originals, changes, scalings)]
 
     def _assess(self, images, activated, descriptors, targets) -> list[ActivatedImage]:
         """Measure quality and whether the 8-bit result reaches the original's cell and code."""
-        after = self.extractor.encode_arrays(activated)
+        after = self.extractor.encode_arrays([image for image, _ in activated])
         same_cell = self.codec.cells(after) == self.codec.cells(descriptors)
         same_code = (self.codec.codes(after) == self.codec.codes(descriptors)).all(axis=1)
         has_ivf = self.codec.nlist > 0
         results = []
-        for i, image in enumerate(activated):
+        for i, (image, scaling) in enumerate(activated):
             results.append(ActivatedImage(
-                image=image, **quality(images[i], image),
+                image=image, **quality(images[i], image), scaling=scaling,
                 cos_before=_cosine(descriptors[i], targets[i]), cos_after=_cosine(after[i], targets[i]),
                 same_cell=bool(same_cell[i]) if has_ivf else None, same_code=bool(same_code[i]),
                 descriptor=descriptors[i]))
@@ -228,6 +254,26 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
                   else torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         precision = "bfloat16" if native else "float32"
     return getattr(torch, precision)
+
+
+def _scaling_for(unit_budget: torch.Tensor, psnr: float) -> float:
+    """The scaling whose whole budget (tanh = +-1 everywhere) changes the image by exactly ``psnr`` dB."""
+    full_mse = float((unit_budget * 255.0).square().mean())  # 8-bit levels, over pixels and channels
+    return 255.0 / math.sqrt(full_mse * 10 ** (psnr / 10))
+
+
+def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, psnr: float) -> tuple[np.ndarray, float]:
+    """The 8-bit result, with the change shrunk until its PSNR is at least ``psnr`` (8-bit rounding can cost
+    ~0.1 dB below the budget's bound; one step usually does it, and a zero change always would)."""
+    factor = 1.0
+    while True:
+        image = _to_uint8(original + factor * change)
+        error = image.astype(np.float64) - _to_uint8(original).astype(np.float64)
+        mse = float(np.mean(error ** 2))
+        achieved = float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+        if achieved >= psnr:
+            return image, scaling * factor
+        factor *= 10 ** ((achieved - psnr) / 20) * 0.99
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -40,9 +40,11 @@ CREATE TABLE IF NOT EXISTS images (
     psnr REAL, ssim REAL, linf INTEGER,
     cos_before REAL, cos_after REAL, same_cell INTEGER, same_code INTEGER,
     created_at TEXT NOT NULL,
-    descriptor BLOB NOT NULL
+    descriptor BLOB NOT NULL,
+    scaling REAL
 )
 """
+_ADDED_COLUMNS = {"scaling": "REAL"}  # columns that catalogs made by earlier versions lack
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Record:
     same_cell: bool | None = None
     same_code: bool | None = None
     created_at: str = ""
+    scaling: float | None = None  # the activation budget's scaling (set per image by a PSNR floor)
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +116,18 @@ class Catalog:
             # log). FULL would fsync each batch: 4 ms, a third of registering 256 images at 1M (scale.py).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog written by an earlier version up to the schema (another process may race us)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(images)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                try:
+                    self._db.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as e:
+                    if "duplicate column" not in str(e):
+                        raise
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from .errors import ActiveIndexError, InvalidInputError
 from .extractor import Extractor, resolve_device
 from .imageio import ImageLimits, list_images
 from .onnx_torch import TORCH_MODES
+from .transforms import EDIT_FAMILIES
 
 __all__ = ["main", "build_parser", "int_in", "positive_int", "finite_float"]
 
@@ -91,8 +92,17 @@ def finite_float(above: float | None = None, at_least: float | None = None,
 
 _ACTIVATION_TYPES: dict[str, Callable[[str], int | float]] = {  # one per numeric ActivationConfig field
     "scaling": finite_float(above=0), "lambda_mse": finite_float(at_least=0), "lr": finite_float(above=0),
-    "iterations": positive_int, "batch_size": positive_int, "seed": _seed,
+    "iterations": positive_int, "batch_size": positive_int, "seed": _seed, "edit_draws": positive_int,
 }
+
+
+def _edit_families(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated edit families, or 'none'."""
+    families = () if text == "none" else tuple(f.strip() for f in text.split(","))
+    unknown = set(families) - set(EDIT_FAMILIES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown edit families {sorted(unknown)}; choose from {list(EDIT_FAMILIES)}")
+    return families
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,12 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the activated PNGs")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default' (scaling 2: about 41-45 dB PSNR on large photos, lower on small or textured "
-                        "ones) or 'paper' (Fernandez et al.: scaling 3, about 3 dB lower; exact float32 gradients "
-                        "and 10 iterations, about 4x slower on CPU)")
+                        "ones), 'paper' (Fernandez et al.: scaling 3, about 3 dB lower; exact float32 gradients "
+                        "and 10 iterations, about 4x slower on CPU) or 'robust' (the default, edit-aware: also "
+                        "optimised for crops, rotations, colour, blur and JPEG of the image; 3x slower)")
+    p.add_argument("--edits", type=_edit_families, default=None, metavar="FAMILY,...",
+                   help=f"override the preset's edit families ({','.join(EDIT_FAMILIES)}; 'none': unedited only)")
     p.add_argument("--gradient", choices=TORCH_MODES, default=None,
                    help="override the preset's gradient graph: relu (fast) or ste (exact)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="override the preset's precision of the gradient pass (auto: bfloat16 where native)")
+    p.add_argument("--psnr", type=finite_float(at_least=20, at_most=80), default=None, metavar="DB",
+                   help="a quality floor: each image gets the scaling that spends exactly this PSNR, and every "
+                        "written PNG meets it (replaces --scaling)")
     for f in dataclasses.fields(ActivationConfig):
         if f.type in ("float", "int"):
             parse = _ACTIVATION_TYPES[f.name]
@@ -430,7 +446,8 @@ def _print_report(report: BatchReport) -> None:
         if r.kind == "active":
             cell = "" if r.same_cell is None else f"  cell {'yes' if r.same_cell else 'no '}"
             print(f"{r.id:>6}  {r.activated_path}  PSNR {r.psnr:5.2f} dB  SSIM {r.ssim:.4f}  L-inf {r.linf:3d}  "
-                  f"cos {r.cos_before:.3f} -> {r.cos_after:.3f}{cell}  code {'yes' if r.same_code else 'no'}")
+                  f"scaling {r.scaling:.2f}  cos {r.cos_before:.3f} -> {r.cos_after:.3f}{cell}  "
+                  f"code {'yes' if r.same_code else 'no'}")
         else:
             print(f"{r.id:>6}  {r.original_path}")
 

@@ -270,10 +270,11 @@ class Extractor:
                 preprocessing stays float32: bfloat16 cannot hold the 8-bit levels it rounds to).
         """
         batch = [images] if isinstance(images, torch.Tensor) else images
-        return self._network(torch.cat([preprocess(b, self.preprocessing) for b in batch]), mode, precision)
+        return self.embed_preprocessed(torch.cat([preprocess(b, self.preprocessing) for b in batch]), mode, precision)
 
-    def _network(self, inputs: torch.Tensor, mode: str = "ste", precision: torch.dtype = torch.float32) -> torch.Tensor:
-        """Preprocessed (B, 3, h, w) -> (B, d) float32, L2-normalised, through the torch graph."""
+    def embed_preprocessed(self, inputs: torch.Tensor, mode: str = "ste",
+                           precision: torch.dtype = torch.float32) -> torch.Tensor:
+        """`embed` of a batch already through `preprocess` (what the network sees)."""
         with torch.autocast(self.device.type, dtype=precision, enabled=precision != torch.float32):
             features = self.differentiable(mode)(inputs.contiguous(memory_format=torch.channels_last))
         return F.normalize(features.float(), dim=1)
@@ -356,5 +357,5 @@ class Extractor:
             fast = self.model.fast(np.ascontiguousarray(as_uint8))
             if fast is not None:
                 return fast / np.linalg.norm(fast, axis=1, keepdims=True)
-        return self._network(batch.to(self.device)).cpu().numpy()  # already preprocessed
+        return self.embed_preprocessed(batch.to(self.device)).cpu().numpy()  # already preprocessed
 

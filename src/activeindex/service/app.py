@@ -14,6 +14,7 @@ from a request ever reaches the filesystem: uploads get names the server makes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import io
 import logging
@@ -40,10 +41,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
-from ..activation import ActivationConfig
+from ..activation import PRESETS, ActivationConfig, get_preset
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
-from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError
+from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError
 from ..imageio import image_size, load_image, sha256_bytes, sha256_file
 from ..jobs import ActivationWorker, Job, JobQueue, UnknownJobError, WorkerBusy, WorkerFailed
 
@@ -108,6 +109,11 @@ class JobStatus(JobAccepted):
 
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
+SETTINGS_FIELDS = {  # optional form fields of the activation requests
+    "preset": {"type": "string", "enum": sorted(PRESETS),
+               "description": "activation settings (default: the server's); robust: also for crops, rotations..."},
+    "psnr": {"type": "number", "minimum": 20, "maximum": 80,
+             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"}}
 JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
                 "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
 
@@ -199,18 +205,19 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                          202: JOB_RESPONSE, **_errors(400, 401, 403, 409, 413, 422, 500, 503)},
               max_body_size=config.max_upload_bytes + 64 * 1024,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                  "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY}}}}}})
+                  "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY, **SETTINGS_FIELDS}}}}}})
     async def activate(request: Request) -> Response:
-        name, data = await _one_image(request, config.max_upload_bytes)
+        (name, data), settings = await _one_image(request, config.max_upload_bytes, config.activation)
         [(path, pixels)] = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
                                               config.max_request_pixels)
-        job = await submit([path])
+        job = await submit([path], settings)
         if pixels > config.sync_max_pixels:
             return _accepted(job)
         job = await worker.wait(job.id)
         record = await anyio.to_thread.run_sync(_activation_record, collection, job, data)
         return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(name).stem}.png",
-                            headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}"})
+                            headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}",
+                                     "X-Scaling": f"{record.scaling:.3f}"})
 
     @app.post("/v1/jobs", dependencies=[Depends(require_token)], status_code=202,
               responses={202: JOB_RESPONSE, **_errors(400, 401, 403, 413, 422, 500, 503)},
@@ -218,20 +225,20 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["images"], "properties": {"images": {
                       "type": "array", "items": IMAGE_BODY, "minItems": 1,
-                      "description": f"at most {config.max_files} images (413 beyond)"}}}}}}})
+                      "description": f"at most {config.max_files} images (413 beyond)"}, **SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
-        named = await _images(request, config.max_files, config.max_upload_bytes)
+        named, settings = await _images(request, config.max_files, config.max_upload_bytes, config.activation)
         stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)
-        return _accepted(await submit([path for path, _ in stored]))
+        return _accepted(await submit([path for path, _ in stored], settings))
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404, 422))
     async def job_status(job_id: int = PathParam(ge=1, le=MAX_ID, description="a job id from POST /v1/jobs")) -> dict:
         return _public_job(await anyio.to_thread.run_sync(worker.queue.get, job_id))
 
-    async def submit(paths: list[Path]) -> Job:
+    async def submit(paths: list[Path], settings: ActivationConfig) -> Job:
         """Queue an activation job of stored uploads (discarded again when it cannot be queued)."""
         try:
-            return await worker.submit(paths, activated_dir, config.activation)
+            return await worker.submit(paths, activated_dir, settings)
         except BaseException:
             await anyio.to_thread.run_sync(discard, paths)
             raise
@@ -313,24 +320,43 @@ def _add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
-async def _one_image(request: Request, max_bytes: int) -> tuple[str, bytes]:
-    """The single ``image`` file part of a multipart request (read only after the token was checked)."""
-    form = await request.form(max_files=2, max_fields=2)  # 2: a second image part gets our 422; Starlette: 400
+async def _one_image(request: Request, max_bytes: int,
+                     default: ActivationConfig) -> tuple[tuple[str, bytes], ActivationConfig]:
+    """The single ``image`` file part of a multipart request (read only after the token was checked), and
+    the activation settings its optional fields ask for."""
+    # a second image part gets our 422 (Starlette's own limit answers 400); + the settings fields
+    form = await request.form(max_files=2, max_fields=2 + len(SETTINGS_FIELDS))
     image = form.get("image")
     if not hasattr(image, "read") or len(form.getlist("image")) != 1:
         raise HTTPException(422, "image: send exactly one file in the field 'image'")
-    return await _read_upload(image, max_bytes)
+    return await _read_upload(image, max_bytes), _activation_settings(form, default)
 
 
-async def _images(request: Request, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
-    """The ``images`` file parts of a multipart request (read only after the token was checked)."""
-    form = await request.form(max_files=max_files + 1, max_fields=max_files + 1)
+async def _images(request: Request, max_files: int, max_bytes: int,
+                  default: ActivationConfig) -> tuple[list[tuple[str, bytes]], ActivationConfig]:
+    """The ``images`` file parts of a multipart request (read only after the token was checked), and the
+    activation settings its optional fields ask for."""
+    form = await request.form(max_files=max_files + 1, max_fields=max_files + 1 + len(SETTINGS_FIELDS))
     images = form.getlist("images")
     if not images or not all(hasattr(image, "read") for image in images):
         raise HTTPException(422, "images: send one or more files in the field 'images'")
     if len(images) > max_files:
         raise HTTPException(413, f"at most {max_files} images per request")
-    return [await _read_upload(image, max_bytes) for image in images]
+    return [await _read_upload(image, max_bytes) for image in images], _activation_settings(form, default)
+
+
+def _activation_settings(form, default: ActivationConfig) -> ActivationConfig:
+    """The server's settings, or the ``preset`` asked for, with a ``psnr`` floor if one is given; 422 otherwise."""
+    preset, psnr = form.get("preset"), form.get("psnr")
+    if preset is not None and preset not in PRESETS:
+        raise HTTPException(422, f"preset: one of {sorted(PRESETS)}")
+    settings = default if preset in (None, "") else get_preset(preset)
+    if psnr in (None, ""):
+        return settings
+    try:
+        return dataclasses.replace(settings, psnr=float(psnr))
+    except (ValueError, InvalidInputError):
+        raise HTTPException(422, "psnr: a number of dB from 20 to 80") from None
 
 
 async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
