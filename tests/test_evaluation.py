@@ -11,7 +11,7 @@ import pytest
 from activeindex import Activator, Codec
 from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
 from activeindex.bench.edits import apply_edit
-from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, run_benchmark, sample, seeds
+from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, _crops, prepare, run_benchmark, sample, seeds
 from activeindex.errors import InvalidInputError
 
 
@@ -114,11 +114,23 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
         "IVF4,PQ8x4", "index", "IVF4,Flat", "ivf_cluster_half")
     assert lsh["nlist"] == 0 and all(r["cell"] is None for r in lsh["edits"])
     labels = 3 + 8  # three edits, eight JPEG qualities
+    baselines = results["baselines"]
+    assert baselines["pdq"]["threshold"] == 31
+    for name in ("pdq", "exact_sscd"):
+        assert baselines[name]["references"] == setup["references"]["total"] + 6  # the indexes' references
+        assert len(baselines[name]["edits"]) == labels and baselines[name]["r1_paper_average"]["edits"] == 3
+        assert baselines[name]["edits"]["none"]["r1"] == 1.0  # an unedited copy is found, hashed or exact
+        for r in baselines[name]["edits"].values():
+            assert r["n"] == 6 and r["r1_ci"][0] - 1e-9 <= r["r1"] <= r["r1_ci"][1] + 1e-9
+    assert baselines["exact_sscd"]["edits"]["brightness_2.0"]["r10"] >= baselines["exact_sscd"]["edits"][
+        "brightness_2.0"]["r1"] and baselines["pdq"]["edits"]["none"]["r10"] is None
     for index in results["indexes"]:
-        assert len(index["edits"]) == 3 * labels  # passive, active, active-passive
+        assert len(index["edits"]) == 5 * labels  # pdq, exact_sscd, passive, active, active-passive
+        assert [r["mode"] for r in index["edits"][:5]] == ["pdq", "exact_sscd", "passive", "active", "active-passive"]
+        assert {r["edit"] for r in index["edits"][:5]} == {"none"}
         for r in index["edits"]:
             assert r["r1_ci"][0] <= r["r1"] + 1e-9 and r["r1"] <= r["r1_ci"][1] + 1e-9
-            if r["mode"] != "active-passive":
+            if r["mode"] not in ("active-passive", "pdq"):  # PDQ answers one reference or none: no R@10
                 assert 0 <= r["r1"] <= r["r10"] <= 1
         avg = index["r1_paper_average"]
         assert avg["edits"] == 3 and avg["active-passive"] == pytest.approx(avg["active"] - avg["passive"])
@@ -136,17 +148,28 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * (3 * labels + 3 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
+    assert len(rows) == 3 * (5 * labels + 5 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
+    pdq_none = [r for r in rows if r["edit"] == "none" and r["mode"] == "pdq"]
+    assert len(pdq_none) == 3 and pdq_none[0]["r1"] == "1.0000"  # the baselines' rows in every index's table
     assert rows[0]["factory"] == "IVF4,PQ8x4" and rows[0]["r1_low"] <= rows[0]["r1"] <= rows[0]["r1_high"]
     report = (out / "report.html").read_text()
     # bars, scaling curve, robustness curves, precision-recall, quality histograms, thumbnails
     assert report.count("<img src=\"data:image/png;base64,") == 6 and "SIMULATED" not in report
+    assert report.count("<th>edit</th><th>PDQ</th><th>exact SSCD</th><th>passive</th><th>active</th>") == 3
+    assert "<th>R@1 PDQ</th><th>R@1 exact SSCD</th><th>R@1 passive</th>" in report
     assert "tuxpaint-stamps-default" in report and "deviations" in report
     assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
     summary = (out / "summary.md").read_text()
     assert [summary.count(f"\n| {name} |") for name in ("IVF4,PQ8x4", "IVF4,Flat (ivf_cluster_half)", "PCA16,LSH")] == [
         1, 1, 1]  # one summary row per index
     assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
+    assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active - passive |") == 3
+    assert summary.count("<= 31 bits") == 3
+
+    # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw
+    data, _, extractor = prepare(config, progress=False)
+    crops = [c for photo in _crops(data.distractors, 40, config.seed, "distractor_crops", "", False) for c in photo]
+    np.testing.assert_allclose(extractor.encode_arrays(crops), data.x_refs[len(data.distractors):], atol=1e-4)
 
     activated = sorted((out / "cache" / "activated").rglob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in activated]

@@ -8,8 +8,9 @@ references and the ORIGINAL descriptors of the images to activate, activate them
 fingerprint and settings), then query edited copies of the originals (passive) and of the activated files
 (active). Results: R@1 / R@10 and IVF cell agreement per edit, robustness curves per sweep, copy-detection
 uAP (plain and normalised) with non-matching queries, quality, and a 95 % bootstrap interval (queries
-resampled) for every figure and every active-minus-passive difference. Optionally, R@1 under edits against
-PSNR at several activation scalings.
+resampled) for every figure and every active-minus-passive difference. Once per run, on the same passive
+queries and references, two baselines (`baselines`): PDQ hashes and exact search over the uncompressed
+descriptors. Optionally, R@1 under edits against PSNR at several activation scalings.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import logging
 import os
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -36,6 +37,7 @@ from ..extractor import Extractor
 from ..imageio import load_image, save_png
 from ..perceptual import quality
 from ..progress import progress_bar
+from .baselines import BASELINES, PDQ_MATCH_THRESHOLD, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
 from .corpus import open_corpus, save_atomic
 from .edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
 from .metrics import (
@@ -149,7 +151,8 @@ class BenchmarkData:
     originals: list[Path]
     x_orig: np.ndarray
     x_train: np.ndarray
-    x_refs: np.ndarray
+    x_refs: np.ndarray  # the distractor photos' descriptors, then their crops'
+    distractors: list[Path]  # the distractor photos (their crops are drawn again for PDQ, `_crops`)
     labels: list[tuple[str, str, float | None]]
     passive: dict[str, np.ndarray]  # label -> (n, d) descriptors of the edited originals
     negatives: np.ndarray  # (m, d) non-matching queries
@@ -166,11 +169,12 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
     data, setup, extractor = prepare(config, progress)
     cache_root = _cache_root(config)
     cache = _Cache(cache_root / "arrays")  # the same folder as prepare's
-    results = {"setup": setup, "indexes": []}
+    results = {"setup": setup, "baselines": _baselines(config, data, cache, progress), "indexes": []}
     runs, setup["skipped"] = _runs(config, len(data.x_train))
     for spec, factory, target in runs:
-        results["indexes"].append(_run_index(spec, factory, target, config, extractor, cache, cache_root, data,
-                                             progress))
+        index = _run_index(spec, factory, target, config, extractor, cache, cache_root, data, progress)
+        index["edits"] = _with_baselines(index["edits"], results["baselines"])
+        results["indexes"].append(index)
         _write_results(out, results)
     if config.scalings and runs:
         results["scaling_curve"] = _scaling_curve(runs, config, extractor, cache, cache_root, data, progress)
@@ -227,7 +231,9 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
     else:
         negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
                                   stream="nonmatching_edits")
-    return BenchmarkData(originals, x_orig, x_train, x_refs, labels, passive, negatives), setup, extractor
+    data = BenchmarkData(originals=originals, x_orig=x_orig, x_train=x_train, x_refs=x_refs, distractors=dist_paths,
+                         labels=labels, passive=passive, negatives=negatives)
+    return data, setup, extractor
 
 
 def _count(packages: list[str], chosen: Iterable[int] | None = None) -> dict[str, int]:
@@ -265,24 +271,32 @@ def _bar(items: list, desc: str, progress: bool | None):
     bar.close()
 
 
-def _crop_vectors(cache: _Cache, extractor: Extractor, paths: list[Path], n: int, seed: int, stream: str,
-                  progress: bool | None) -> np.ndarray:
-    """Descriptors of n random crops (`edits.random_resized_crop`) spread evenly over the photos, seeded."""
+def _crops(paths: list[Path], n: int, seed: int, stream: str, desc: str,
+           progress: bool | None) -> Iterator[list[np.ndarray]]:
+    """n random crops (`edits.random_resized_crop`) spread evenly over the photos, seeded, one photo's crops at
+    a time (they need not fit in memory): the one draw that the descriptors and the PDQ hashes both use."""
     if n == 0 or not paths:
-        return np.zeros((0, extractor.dim), np.float32)
+        return
     per_photo = np.full(len(paths), n // len(paths))
     per_photo[sample(len(paths), n % len(paths), seed, stream)] += 1
     crop = random_resized_crop()
+    bar = progress_bar(n, desc, progress)
+    for path, count, photo_seed in zip(paths, per_photo, seeds(seed, stream, len(paths))):
+        if count:
+            image, rng = load_image(path), np.random.default_rng(photo_seed)
+            yield [crop(image, rng) for _ in range(count)]
+            bar.update(int(count))
+    bar.close()
+
+
+def _crop_vectors(cache: _Cache, extractor: Extractor, paths: list[Path], n: int, seed: int, stream: str,
+                  progress: bool | None) -> np.ndarray:
+    """Descriptors of the n seeded random crops of the photos (`_crops`)."""
 
     def compute() -> np.ndarray:
-        vectors, bar = [], progress_bar(n, stream.replace("_", " "), progress)
-        for path, count, photo_seed in zip(paths, per_photo, seeds(seed, stream, len(paths))):
-            if count:  # one photo at a time: the crops need not fit in memory
-                image, rng = load_image(path), np.random.default_rng(photo_seed)
-                vectors.append(extractor.encode_arrays([crop(image, rng) for _ in range(count)]))
-                bar.update(int(count))
-        bar.close()
-        return np.concatenate(vectors)
+        empty = np.zeros((0, extractor.dim), np.float32)
+        crops = _crops(paths, n, seed, stream, stream.replace("_", " "), progress)
+        return np.concatenate([empty, *map(extractor.encode_arrays, crops)])
 
     return cache.get(stream, _key(paths, n, seed, extractor.model_id), compute)
 
@@ -296,18 +310,23 @@ def _queries(name: str) -> list[tuple[str, str, float | None]]:
 
 def _encode_edits(cache: _Cache, extractor: Extractor, paths: list[Path], kind: str, label: str, edit: str,
                   value: float | None, seed: int, stream: str = "matching_edits") -> np.ndarray:
-    """Descriptors of one edit of each file; file i draws from seed i of ``stream`` (so the passive and the
-    active copy of an image get the same edit, and matching and non-matching queries never share draws)."""
+    """Descriptors of one edit of each file (`_edited`)."""
 
     def compute() -> np.ndarray:
-        images = []
-        for path, item_seed in zip(paths, seeds(seed, stream, len(paths))):
-            image = load_image(path)
-            images.append(apply_edit(edit, image, item_seed) if value is None
-                          else dict(sweep(edit))[value](image, np.random.default_rng(item_seed)))
-        return extractor.encode_arrays(images)
+        return extractor.encode_arrays(_edited(paths, edit, value, seed, stream))
 
     return cache.get(f"{kind}-{label}", _key(paths, label, seed, stream, extractor.model_id), compute)
+
+
+def _edited(paths: list[Path], edit: str, value: float | None, seed: int,
+            stream: str = "matching_edits") -> Iterator[np.ndarray]:
+    """One edit of each file; file i draws from seed i of ``stream`` (so the passive and the active copy of an
+    image get the same edit, PDQ hashes the copies SSCD encodes, and matching and non-matching queries never
+    share draws)."""
+    for path, item_seed in zip(paths, seeds(seed, stream, len(paths))):
+        image = load_image(path)
+        yield (apply_edit(edit, image, item_seed) if value is None
+               else dict(sweep(edit))[value](image, np.random.default_rng(item_seed)))
 
 
 def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, extractor: Extractor, cache: _Cache,
@@ -338,6 +357,80 @@ def build_index(factory: str, data: BenchmarkData, config: BenchmarkConfig) -> t
     index.add_with_ids(data.x_refs, DISTRACTOR_IDS + np.arange(len(data.x_refs)))
     index.add_with_ids(data.x_orig, np.arange(len(data.x_orig)))
     return codec, index
+
+
+def _reference_ids(data: BenchmarkData) -> np.ndarray:
+    """The ids `build_index` gives the references and then the originals, in that order."""
+    return np.concatenate([DISTRACTOR_IDS + np.arange(len(data.x_refs)), np.arange(len(data.x_orig))])
+
+
+# ---------------------------------------------------------------- baselines (independent of the index)
+
+
+def _baselines(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache, progress: bool | None) -> dict:
+    """PDQ and exact SSCD search of the passive queries among the same references and originals: R@1 per
+    edit and over the paper's edits, with 95 % intervals."""
+    gt, ids = np.arange(len(data.originals)), _reference_ids(data)
+    references = _pdq_references(config, data, cache, progress)
+    pdq = {label: pdq_nearest(_pdq_queries(config, data, cache, label, edit, value), references, ids)
+           for label, edit, value in _bar(data.labels, "pdq queries", progress)}
+    exact = exact_index(np.concatenate([data.x_refs, data.x_orig]), ids)
+    found = {"pdq": pdq, "exact_sscd": {label: search(exact, q, 10)[1] for label, q in data.passive.items()}}
+    baselines = {name: _baseline(found[name], gt, config) | {"references": len(ids)} for name in BASELINES}
+    baselines["pdq"]["threshold"] = PDQ_MATCH_THRESHOLD
+    for name in BASELINES:
+        logger.info("%s: R@1 over the paper's edits %s", name, baselines[name]["r1_paper_average"])
+    return baselines
+
+
+def _pdq_references(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache,
+                    progress: bool | None) -> np.ndarray:
+    """PDQ hashes in `_reference_ids` order: the distractor photos, their crops (drawn again), the originals."""
+    photos = cache.get("pdq-distractors", _key(data.distractors, PDQ_VERSION),
+                       lambda: pdq_hashes(map(load_image, data.distractors)))
+    crops = cache.get("pdq-distractor_crops", _key(data.distractors, config.distractor_crops, config.seed,
+                                                   PDQ_VERSION), lambda: _pdq_crops(config, data, progress))
+    originals = cache.get("pdq-originals", _key(data.originals, PDQ_VERSION),
+                          lambda: pdq_hashes(map(load_image, data.originals)))
+    return np.concatenate([photos, crops, originals])
+
+
+def _pdq_crops(config: BenchmarkConfig, data: BenchmarkData, progress: bool | None) -> np.ndarray:
+    """PDQ hashes of the distractor crops: the very crops `_crop_vectors` encodes (same stream and seeds)."""
+    crops = _crops(data.distractors, config.distractor_crops, config.seed, "distractor_crops", "pdq distractor crops",
+                   progress)
+    return np.concatenate([pdq_hashes([]), *map(pdq_hashes, crops)])
+
+
+def _pdq_queries(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache, label: str, edit: str,
+                 value: float | None) -> np.ndarray:
+    """PDQ hashes of one label's passive queries: the copies `_encode_edits` encodes."""
+    return cache.get(f"pdq-passive-{label}", _key(data.originals, label, config.seed, "matching_edits", PDQ_VERSION),
+                     lambda: pdq_hashes(_edited(data.originals, edit, value, config.seed)))
+
+
+def _baseline(found: dict[str, np.ndarray], gt: np.ndarray, config: BenchmarkConfig) -> dict:
+    """Per edit: R@1 with its interval (R@10 where 10 results were ranked); and R@1 over the paper's edits,
+    images resampled with all their edits (as `_paired`)."""
+    hits = {label: hits_at_k(I, gt, 1).astype(float) for label, I in found.items()}
+    edits = {label: {"n": len(gt), "r1": float(h.mean()), "r1_ci": mean_interval(h, config.bootstrap, config.seed),
+                     "r10": recall_at_k(found[label], gt, 10) if found[label].shape[1] >= 10 else None}
+             for label, h in hits.items()}
+    paper = np.stack([hits[label] for label in PAPER_EDITS if label in hits], 1)
+    average = {"r1": float(paper.mean()), "ci": mean_interval(paper, config.bootstrap, config.seed),
+               "edits": paper.shape[1]}
+    return {"edits": edits, "r1_paper_average": average}
+
+
+def _with_baselines(rows: list[dict], baselines: dict) -> list[dict]:
+    """An index's per-edit rows, each edit's preceded by the baselines' rows for it (`BASELINES` order)."""
+    merged: list[dict] = []
+    for row in rows:
+        if not merged or merged[-1]["edit"] != row["edit"]:
+            merged += [{"edit": row["edit"], "mode": name, **baselines[name]["edits"][row["edit"]], "cell": None}
+                       for name in BASELINES]
+        merged.append(row)
+    return merged
 
 
 class _Found(NamedTuple):
@@ -472,15 +565,19 @@ def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, ex
 
 
 def _write_results(out: Path, results: dict) -> None:
-    """results.json (everything) and results.csv (one row per index, edit and mode, with 95 % intervals)."""
+    """results.json (everything) and results.csv (one row per index, edit and mode or baseline, with 95 %
+    intervals; the baselines' rows, the same for every index, repeated in each index's table)."""
     (out / "results.json").write_text(json.dumps(results, indent=1))
     rows = []
     for index in results["indexes"]:
         head = [index["factory"], index["target"], index["nlist"]]
         for r in index["edits"]:
             rows.append([*head, r["edit"], r["mode"], r["n"], r["r1"], *r["r1_ci"], r["r10"], r["cell"]])
-        avg = index["r1_paper_average"]
-        rows += [[*head, "paper_average", mode, len(index["originals"]), avg[mode], *avg["ci"][mode], None, None]
+        n, avg = len(index["originals"]), index["r1_paper_average"]
+        for name in BASELINES:
+            base = results["baselines"][name]["r1_paper_average"]
+            rows.append([*head, "paper_average", name, n, base["r1"], *base["ci"], None, None])
+        rows += [[*head, "paper_average", mode, n, avg[mode], *avg["ci"][mode], None, None]
                  for mode in (*MODES, "active-passive")]
         n_icd = results["setup"]["activated"] + results["setup"]["nonmatching"]
         for name in ("plain", "normalized") if index["icd"] else ():

@@ -14,14 +14,22 @@ import numpy as np
 from PIL import Image
 
 from ..imageio import load_image
+from .baselines import BASELINES, PDQ_MATCH_THRESHOLD
 from .edits import SWEEPS, apply_edit
 
-__all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "PAPER_R1"]
+__all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "per_edit_rows", "PAPER_R1"]
 
 # METHOD.md section 6: the authors' 1M-image DISC21 run, R@1 averaged over 14 edits
 PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + LSH": (0.78, 0.86),
             "OPQ + PQ": (0.92, 0.94)}
-COLOURS = {"passive": "#9aa5b1", "active": "#d1495b"}
+COLOURS = {"pdq": "#edae49", "exact_sscd": "#00798c", "passive": "#9aa5b1", "active": "#d1495b"}
+NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active",
+         "active-passive": "active - passive"}
+R1_MODES = (*BASELINES, "passive", "active")  # the columns of every per-edit table, in order
+BASELINES_NOTE = (f"PDQ: a hit when the nearest reference by Hamming distance is the original, at <= "
+                  f"{PDQ_MATCH_THRESHOLD} bits (Meta's matching threshold; a tie is a miss). Exact SSCD: exhaustive "
+                  "search over the uncompressed descriptors. Both on the passive queries, among the same references "
+                  "and originals as the indexes.")
 
 
 def _png(fig) -> bytes:
@@ -40,16 +48,18 @@ def _label(index: dict) -> str:
 
 
 def _bars(indexes: list[dict]) -> bytes:
-    """R@1 per edit, passive and active, with 95 % intervals."""
+    """R@1 per edit, the baselines, passive and active, with 95 % intervals."""
     fig, axes = plt.subplots(len(indexes), 1, figsize=(12, 2.6 * len(indexes)), squeeze=False)
+    width = 0.8 / len(R1_MODES)
     for ax, index in zip(axes[:, 0], indexes):
         rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
-        edits = [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
+        edits = _fixed_edits(index)
         x = np.arange(len(edits))
-        for shift, mode in ((-0.2, "passive"), (0.2, "active")):
+        for i, mode in enumerate(R1_MODES):
             r1 = np.array([rows[e, mode]["r1"] for e in edits])
             ci = np.array([rows[e, mode]["r1_ci"] for e in edits]).T
-            ax.bar(x + shift, r1, 0.4, label=mode, color=COLOURS[mode], yerr=np.abs(ci - r1), capsize=2)
+            ax.bar(x + (i - (len(R1_MODES) - 1) / 2) * width, r1, width, label=NAMES[mode], color=COLOURS[mode],
+                   yerr=np.abs(ci - r1), capsize=2)
         ax.set_xticks(x, edits, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("R@1")
@@ -59,8 +69,9 @@ def _bars(indexes: list[dict]) -> bytes:
     return _png(fig)
 
 
-def _nlist_curve(indexes: list[dict]) -> bytes | None:
-    """R@1 over the paper's edits against the number of cells, per factory: the paper's message."""
+def _nlist_curve(indexes: list[dict], baselines: dict) -> bytes | None:
+    """R@1 over the paper's edits against the number of cells, per factory: the paper's message; the baselines,
+    which have no cells, as horizontal lines."""
     families: dict[str, list[dict]] = {}
     for index in indexes:
         if index["nlist"]:
@@ -75,6 +86,8 @@ def _nlist_curve(indexes: list[dict]) -> bytes | None:
             ci = np.array([r["r1_paper_average"]["ci"][mode] for r in runs]).T
             ax.errorbar(nlists, mean, yerr=np.abs(ci - mean), fmt=style, marker="o", capsize=3,
                         label=f"{spec.replace('{nlist}', 'N')} {mode}")
+    for name in BASELINES:
+        ax.axhline(baselines[name]["r1_paper_average"]["r1"], color=COLOURS[name], linestyle=":", label=NAMES[name])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("nlist (IVF cells)")
     ax.set_ylabel("R@1, mean of the paper's 14 edits")
@@ -84,16 +97,19 @@ def _nlist_curve(indexes: list[dict]) -> bytes | None:
 
 
 def _curves(indexes: list[dict], sweeps: list[str]) -> bytes | None:
+    """R@1 along each sweep, passive and active per index; the baselines (the same in every index) once."""
     if not sweeps:
         return None
+    lines = [(indexes[0], name, ":", NAMES[name], COLOURS[name]) for name in BASELINES]
+    lines += [(index, mode, style, f"{_label(index)} {mode}", None) for index in indexes
+              for mode, style in (("passive", "--"), ("active", "-"))]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.5 * len(sweeps), 3.4), squeeze=False)
     for ax, family in zip(axes[0], sweeps):
-        for index in indexes:
-            for mode, style in (("passive", "--"), ("active", "-")):
-                points = [(float(r["edit"].split("@")[1]), r["r1"]) for r in index["edits"]
-                          if r["edit"].startswith(f"{family}@") and r["mode"] == mode]
-                if points:
-                    ax.plot(*zip(*points), style, marker=".", label=f"{_label(index)} {mode}")
+        for index, mode, style, label, colour in lines:
+            points = [(float(r["edit"].split("@")[1]), r["r1"]) for r in index["edits"]
+                      if r["edit"].startswith(f"{family}@") and r["mode"] == mode]
+            if points:
+                ax.plot(*zip(*points), style, marker=".", label=label, color=colour)
         ax.set_xlabel(SWEEPS[family][0])
         ax.set_ylabel("R@1")
         ax.set_title(family, fontsize=10)
@@ -180,13 +196,16 @@ def _with_ci(value: float, ci, spec: str = ".3f") -> str:
 
 
 def summary_rows(results: dict) -> list[dict[str, str]]:
-    """One row of formatted figures per index (shared by the HTML and Markdown tables)."""
+    """One row of formatted figures per index (shared by the HTML and Markdown tables); the baselines' R@1, the
+    same for every index, next to the index's."""
     rows = []
+    baselines = {NAMES[name]: results["baselines"][name]["r1_paper_average"] for name in BASELINES}
     for index in results["indexes"]:
         avg, q = index["r1_paper_average"], index["quality"]
         cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
-        row = {"index": _label(index), "vectors / cell": _fmt(index["vectors_per_cell"], ".1f"),
-               "R@1 passive": _with_ci(avg["passive"], avg["ci"]["passive"]),
+        row = {"index": _label(index), "vectors / cell": _fmt(index["vectors_per_cell"], ".1f")}
+        row |= {f"R@1 {name}": _with_ci(b["r1"], b["ci"]) for name, b in baselines.items()}
+        row |= {"R@1 passive": _with_ci(avg["passive"], avg["ci"]["passive"]),
                "R@1 active": _with_ci(avg["active"], avg["ci"]["active"]),
                "R@1 active - passive": _with_ci(avg["active-passive"], avg["ci"]["active-passive"], "+.3f")}
         if index["icd"]:
@@ -202,22 +221,34 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
     return rows
 
 
-def _summary_table(results: dict) -> str:
-    rows = summary_rows(results)
+def _html_table(rows: list[dict[str, str]]) -> str:
+    """Rows of formatted figures (one dict each, the same keys) as an HTML table."""
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0]) if rows else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _markdown_table(rows: list[dict[str, str]]) -> str:
+    """Rows of formatted figures (one dict each, the same keys) as a Markdown table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(row.values()) + " |" for row in rows]) + "\n"
+
+
+def _summary_table(results: dict) -> str:
+    rows = summary_rows(results)
     setup = results["setup"]
     lengths = "; ".join(f"{_label(i)}: {i['icd']['list_length']['passive']['mean']:.0f} (min "
                         f"{i['icd']['list_length']['passive']['min']}, max {i['icd']['list_length']['passive']['max']})"
                         for i in results["indexes"] if i["icd"])
     paper = "".join(f"<tr><td>{k}</td><td>{p:.2f}</td><td>{a:.2f}</td></tr>" for k, (p, a) in PAPER_R1.items())
-    return (f"<table><tr>{head}</tr>{body}</table>"
+    return (_html_table(rows) +
             f"<p>R@1: mean over the paper's 14 edits of {setup['activated']} activated images, 95 % bootstrap "
             f"intervals in brackets ({setup['bootstrap']} resamples of images, paired for the difference). uAP: "
             f"'auto' copies of the activated images pooled with {setup['nonmatching']} non-matching queries; plain "
             "= -distance, normalized = d<sub>j+1</sub> - d<sub>j</sub> (the authors'), ties share one threshold; "
             f"interval of the difference in brackets. Result-list lengths (k {setup['k']}, nprobe "
-            f"{setup['nprobe']}): {html.escape(lengths)}; lists shorter than k favour the normalized score.</p>"
+            f"{setup['nprobe']}): {html.escape(lengths)}; lists shorter than k favour the normalized score. "
+            f"{html.escape(BASELINES_NOTE)}</p>"
             "<h3>The paper (1M DISC21 images, SSCD, nprobe 1)</h3><table><tr><th>index</th><th>passive</th>"
             "<th>active</th></tr>" + paper + "</table>")
 
@@ -225,25 +256,37 @@ def _summary_table(results: dict) -> str:
 def summary_markdown(results: dict) -> str:
     """The summary as a Markdown table (for READMEs)."""
     rows = summary_rows(results)
-    if not rows:
-        return ""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return _markdown_table(rows) if rows else ""
+
+
+def _fixed_edits(index: dict) -> list[str]:
+    """The index's fixed edits (not the sweeps' points), in order."""
+    return [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
+
+
+def per_edit_rows(index: dict) -> list[dict[str, str]]:
+    """One index's R@1 per fixed edit: PDQ, exact SSCD, passive, active and active - passive, each with its 95 %
+    interval, and cell agreement (shared by the HTML and Markdown tables)."""
+    rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
+    table = []
+    for edit in _fixed_edits(index):
+        row = {"edit": edit}
+        for mode in (*R1_MODES, "active-passive"):
+            r, spec = rows[edit, mode], "+.2f" if mode == "active-passive" else ".2f"
+            row[NAMES[mode]] = _with_ci(r["r1"], r["r1_ci"], spec)
+        row["in its cell, passive -> active"] = (f"{_fmt(rows[edit, 'passive']['cell'], '.2f')} -> "
+                                                 f"{_fmt(rows[edit, 'active']['cell'], '.2f')}")
+        table.append(row)
+    return table
+
+
+def _per_edit_title(index: dict) -> str:
+    return f"{_label(index)}, R@1 per edit ({len(index['originals'])} images, 95 % intervals)"
 
 
 def per_edit_markdown(index: dict) -> str:
-    """One index's R@1 per fixed edit (passive, active, difference, each with its 95 % interval), as Markdown."""
-    rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
-    edits = [r["edit"] for r in index["edits"] if r["mode"] == "passive" and "@" not in r["edit"]]
-    lines = [f"{_label(index)}, R@1 per edit ({len(index['originals'])} images, 95 % intervals):", "",
-             "| edit | passive | active | active - passive | in its cell, passive -> active |", "|---|---|---|---|---|"]
-    for edit in edits:
-        p, a, d = (rows[edit, m] for m in ("passive", "active", "active-passive"))
-        cells = f"{_fmt(p['cell'], '.2f')} -> {_fmt(a['cell'], '.2f')}"
-        lines.append(f"| {edit} | {_with_ci(p['r1'], p['r1_ci'], '.2f')} | {_with_ci(a['r1'], a['r1_ci'], '.2f')} | "
-                     f"{_with_ci(d['r1'], d['r1_ci'], '+.2f')} | {cells} |")
-    return "\n".join(lines) + "\n"
+    """One index's R@1 per fixed edit (`per_edit_rows`), as Markdown."""
+    return f"{_per_edit_title(index)}:\n\n{_markdown_table(per_edit_rows(index))}\n{BASELINES_NOTE}\n"
 
 
 def _setup_html(setup: dict) -> str:
@@ -271,7 +314,7 @@ def write_report(results: dict, out: Path) -> Path:
     """Write ``out/report.html`` (self-contained), ``out/summary.md`` and ``out/r1-per-edit.png``."""
     setup, indexes = results["setup"], results["indexes"]
     bars = _bars(indexes) if indexes else None
-    nlists, curves = _nlist_curve(indexes), _curves(indexes, setup["config"]["sweeps"])
+    nlists, curves = _nlist_curve(indexes, results["baselines"]), _curves(indexes, setup["config"]["sweeps"])
     if bars:
         (out / "r1-per-edit.png").write_bytes(bars)
     if nlists:
@@ -286,8 +329,9 @@ def write_report(results: dict, out: Path) -> Path:
         (out / "r1-vs-psnr.png").write_bytes(scaling)
         body += ["<h2>R@1 under edits against PSNR (activation scaling)</h2>", _img(scaling)]
     if indexes:
-        body += ["<h2>R@1 per edit (95 % intervals)</h2>", _img(bars),
-                 "<h2>Robustness curves</h2>", _img(curves) if curves else ""]
+        body += ["<h2>R@1 per edit (95 % intervals)</h2>", _img(bars), f"<p>{html.escape(BASELINES_NOTE)}</p>"]
+        body += [f"<h3>{html.escape(_per_edit_title(i))}</h3>{_html_table(per_edit_rows(i))}" for i in indexes]
+        body += ["<h2>Robustness curves</h2>", _img(curves) if curves else ""]
         with_icd = [i for i in indexes if i["icd"]]
         if with_icd:
             body += ["<h2>Copy detection: precision-recall</h2>", _img(_precision_recall(with_icd))]
