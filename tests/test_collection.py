@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from dataclasses import replace
 
 import faiss
 import numpy as np
@@ -61,6 +62,20 @@ def test_create_train_activate_search_round_trip(collection, photo_files, tmp_pa
     assert 0.5 < best.similarity <= 1  # the exact cosine to the stored original descriptor
     info = Collection.open(collection.root).info()
     assert (info["images"], info["active"], info["passive"], info["ntotal"]) == (6, 3, 3, 6)
+
+
+def test_scaling_is_stored_per_record_and_older_catalogs_gain_the_column(collection, photo_files, tmp_path):
+    """A PSNR floor gives each image its own scaling: it is what the catalog gives back (beside a real
+    timestamp); a catalog written before the column existed opens, its rows without a scaling."""
+    collection.add(photo_files[3:4])
+    with sqlite3.connect(collection.root / "catalog.sqlite") as db:
+        db.execute("ALTER TABLE images DROP COLUMN scaling")  # as an earlier version wrote it
+    reopened = Collection.open(collection.root)
+    record = reopened.activate(photo_files[:1], tmp_path / "out", config=replace(FAST, psnr=45.0)).records[0]
+    stored = Collection.open(collection.root).catalog.get([1, record.id])
+    assert stored[1].scaling is None and stored[1].created_at.startswith("20")
+    assert stored[record.id].scaling == pytest.approx(record.scaling) and 0 < record.scaling != FAST.scaling
+    assert stored[record.id].created_at == record.created_at and record.psnr >= 45.0
 
 
 def test_manifest_records_model_preprocessing_and_codec(collection):

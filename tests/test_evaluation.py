@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
 from activeindex.bench.edits import apply_edit
 from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, _crops, prepare, run_benchmark, sample, seeds
 from activeindex.errors import InvalidInputError
+from activeindex.imageio import load_image
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,20 @@ def test_seed_streams_are_independent():
     assert again == draws["matching_edits"]
 
 
+def test_config_compares_presets_at_one_psnr():
+    """`psnr` puts every preset at one quality floor; a preset compared with itself, an unknown one, or a PSNR
+    floor beside a scaling curve is refused before any work."""
+    settings = BenchmarkConfig(psnr=42.0, compare=["robust", "paper"]).activations()
+    assert list(settings) == ["active", "robust", "paper"]
+    assert {s.psnr for s in settings.values()} == {42.0}
+    assert settings["robust"].edits and not settings["active"].edits and settings["paper"].gradient == "ste"
+    for bad, match in (({"compare": ["default"]}, "distinct presets"), ({"compare": ["passive"]}, "distinct presets"),
+                       ({"compare": ["strong"]}, "unknown activation preset 'strong'"),
+                       ({"psnr": 42.0, "scalings": [1.0]}, "cannot be combined"), ({"psnr": 5.0}, "psnr must be")):
+        with pytest.raises(InvalidInputError, match=match):
+            BenchmarkConfig(**bad)
+
+
 def test_config_refuses_unknown_targets_and_keys(tmp_path):
     with pytest.raises(InvalidInputError, match="unknown target 'centroid'"):
         BenchmarkConfig(factories=["IVF{nlist},Flat:centroid"])
@@ -99,6 +115,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     config = BenchmarkConfig(corpus=str(corpus.root), out=str(tmp_path / "bench"), nlists=[4, 1024],
                              factories=["IVF{nlist},PQ8x4", "IVF{nlist},Flat:ivf_cluster_half", "PCA16,LSH"],
                              edits=["none", "brightness_2.0", "auto"], sweeps=["jpeg"], iterations=2, n_activate=6,
+                             compare=["robust"],
                              train_vectors=300, distractor_crops=40, scalings=[1.0], bootstrap=200, device="cpu")
     results = run_benchmark(config)
     out = tmp_path / "bench"
@@ -125,15 +142,22 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert baselines["exact_sscd"]["edits"]["brightness_2.0"]["r10"] >= baselines["exact_sscd"]["edits"][
         "brightness_2.0"]["r1"] and baselines["pdq"]["edits"]["none"]["r10"] is None
     for index in results["indexes"]:
-        assert len(index["edits"]) == 5 * labels  # pdq, exact_sscd, passive, active, active-passive
-        assert [r["mode"] for r in index["edits"][:5]] == ["pdq", "exact_sscd", "passive", "active", "active-passive"]
-        assert {r["edit"] for r in index["edits"][:5]} == {"none"}
+        modes = ["pdq", "exact_sscd", "passive", "active", "robust", "active-passive", "robust-active"]
+        assert len(index["edits"]) == len(modes) * labels
+        assert [r["mode"] for r in index["edits"][:len(modes)]] == modes
+        assert {r["edit"] for r in index["edits"][:len(modes)]} == {"none"}
         for r in index["edits"]:
             assert r["r1_ci"][0] <= r["r1"] + 1e-9 and r["r1"] <= r["r1_ci"][1] + 1e-9
-            if r["mode"] not in ("active-passive", "pdq"):  # PDQ answers one reference or none: no R@10
+            if "-" not in r["mode"] and r["mode"] != "pdq":  # PDQ answers one reference or none: no R@10
                 assert 0 <= r["r1"] <= r["r10"] <= 1
         avg = index["r1_paper_average"]
         assert avg["edits"] == 3 and avg["active-passive"] == pytest.approx(avg["active"] - avg["passive"])
+        assert avg["robust-active"] == pytest.approx(avg["robust"] - avg["active"])
+        robust = index["compared"]["robust"]
+        assert robust["activated_dir"] != index["activated_dir"] and min(robust["quality"]["psnr"]) > 35
+        first = Path(index["originals"][0]).stem + ".png"  # the edit-aware loss changes the written image
+        assert not np.array_equal(load_image(Path(robust["activated_dir"]) / first),
+                                  load_image(Path(index["activated_dir"]) / first))
         for name in ("plain", "normalized"):
             entry = index["icd"][name]
             assert 0 <= entry["active"]["uap"] <= 1 and entry["active"]["ci"][0] <= entry["active"]["ci"][1]
@@ -148,22 +172,24 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * (5 * labels + 5 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
+    assert len(rows) == 3 * (7 * labels + 7 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
     pdq_none = [r for r in rows if r["edit"] == "none" and r["mode"] == "pdq"]
     assert len(pdq_none) == 3 and pdq_none[0]["r1"] == "1.0000"  # the baselines' rows in every index's table
     assert rows[0]["factory"] == "IVF4,PQ8x4" and rows[0]["r1_low"] <= rows[0]["r1"] <= rows[0]["r1_high"]
     report = (out / "report.html").read_text()
-    # bars, scaling curve, robustness curves, precision-recall, quality histograms, thumbnails
-    assert report.count("<img src=\"data:image/png;base64,") == 6 and "SIMULATED" not in report
-    assert report.count("<th>edit</th><th>PDQ</th><th>exact SSCD</th><th>passive</th><th>active</th>") == 3
+    # bars, scaling curve, robustness curves, precision-recall, quality histograms, thumbnails, activations
+    assert report.count("<img src=\"data:image/png;base64,") == 7 and "SIMULATED" not in report
+    assert report.count("<th>edit</th><th>PDQ</th><th>exact SSCD</th><th>passive</th><th>active</th>"
+                        "<th>active (robust)</th><th>active - passive</th><th>active (robust) - active</th>") == 3
     assert "<th>R@1 PDQ</th><th>R@1 exact SSCD</th><th>R@1 passive</th>" in report
     assert "tuxpaint-stamps-default" in report and "deviations" in report
     assert (out / "r1-per-edit.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "activations.png").read_bytes().startswith(b"\x89PNG")
     summary = (out / "summary.md").read_text()
     assert [summary.count(f"\n| {name} |") for name in ("IVF4,PQ8x4", "IVF4,Flat (ivf_cluster_half)", "PCA16,LSH")] == [
         1, 1, 1]  # one summary row per index
     assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
-    assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active - passive |") == 3
+    assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active (robust) | active - passive |") == 3
     assert summary.count("<= 31 bits") == 3
 
     # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw

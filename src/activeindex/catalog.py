@@ -66,8 +66,8 @@ class Record:
     cos_after: float | None = None
     same_cell: bool | None = None
     same_code: bool | None = None
-    created_at: str = ""
     scaling: float | None = None  # the activation budget's scaling (set per image by a PSNR floor)
+    created_at: str = ""  # set by `Catalog.insert`: the last column
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

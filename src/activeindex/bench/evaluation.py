@@ -10,7 +10,9 @@ fingerprint and settings), then query edited copies of the originals (passive) a
 uAP (plain and normalised) with non-matching queries, quality, and a 95 % bootstrap interval (queries
 resampled) for every figure and every active-minus-passive difference. Once per run, on the same passive
 queries and references, two baselines (`baselines`): PDQ hashes and exact search over the uncompressed
-descriptors. Optionally, R@1 under edits against PSNR at several activation scalings.
+descriptors. Optionally: other presets activated beside the main one (``compare``, e.g. the edit-aware
+"robust"; each its own rows and its paired difference with "active"), every preset to one PSNR floor
+(``psnr``, so they are compared at equal quality), and R@1 under edits against PSNR at several scalings.
 """
 from __future__ import annotations
 
@@ -79,7 +81,9 @@ class BenchmarkConfig:
     edits: list[str] = field(default_factory=lambda: list(FIXED_EDITS))
     sweeps: list[str] = field(default_factory=lambda: ["rotation", "center_crop", "jpeg"])
     preset: str = "default"
-    iterations: int | None = None  # override the preset's
+    compare: list[str] = field(default_factory=list)  # presets activated beside `preset`, rows named after them
+    psnr: float | None = None  # every preset activated to this PSNR floor (equal quality) instead of its scaling
+    iterations: int | None = None  # override the presets'
     scalings: list[float] = field(default_factory=list)  # extra scalings for the R@1-vs-PSNR curve
     n_activate: int = 64  # a seeded random subset of the activate split
     n_nonmatching: int | None = None  # None: the whole non-matching split
@@ -96,6 +100,14 @@ class BenchmarkConfig:
                 raise InvalidInputError(f"factory {spec!r}: unknown target {target!r}; choose one of {TARGET_KINDS}")
         if self.n_activate < 1 or self.train_vectors < 0 or self.distractor_crops < 0 or self.bootstrap < 1:
             raise InvalidInputError("n_activate and bootstrap must be >= 1, train_vectors and distractor_crops >= 0")
+        clashes = {self.preset, *MODES} & set(self.compare)
+        if clashes or len(set(self.compare)) < len(self.compare):
+            raise InvalidInputError(f"compare: {self.compare} must name distinct presets other than {self.preset!r}")
+        if self.psnr is not None and self.scalings:
+            raise InvalidInputError("psnr sets every image's scaling: it cannot be combined with scalings")
+        self.activation()  # an unknown preset or an invalid psnr fails here, before any work
+        for preset in self.compare:
+            self.activation(preset=preset)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> BenchmarkConfig:
@@ -108,11 +120,18 @@ class BenchmarkConfig:
             raise InvalidInputError(f"{path}: unknown keys {sorted(unknown)}")
         return cls(**data)
 
-    def activation(self, scaling: float | None = None, target: str = "index") -> ActivationConfig:
-        config = dataclasses.replace(get_preset(self.preset), target=target)
+    def activation(self, scaling: float | None = None, target: str = "index",
+                   preset: str | None = None) -> ActivationConfig:
+        """``preset`` (default: the main one) with this run's target, iterations, PSNR floor or scaling."""
+        config = dataclasses.replace(get_preset(preset or self.preset), target=target, psnr=self.psnr)
         if self.iterations:
             config = dataclasses.replace(config, iterations=self.iterations)
         return dataclasses.replace(config, scaling=scaling) if scaling else config
+
+    def activations(self, target: str = "index") -> dict[str, ActivationConfig]:
+        """Mode -> settings: "active" (the main preset), then each compared preset under its own name."""
+        return {"active": self.activation(target=target)} | {p: self.activation(target=target, preset=p)
+                                                             for p in self.compare}
 
 
 def seeds(seed: int, stream: str, n: int) -> list[np.random.SeedSequence]:
@@ -218,7 +237,9 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
              "references": {"photos": len(dist_paths), "crops": config.distractor_crops, "total": len(x_refs)},
              "activated": len(originals), "nonmatching": len(nonmatching),
              "nonmatching_edited": corpus.nonmatching_edited, "nprobe": config.nprobe, "k": config.k,
-             "preset": config.preset, "activation": config.activation().to_dict(), "bootstrap": config.bootstrap,
+             "preset": config.preset, "activation": config.activation().to_dict(), "compare": config.compare,
+             "compared_activation": {p: config.activation(preset=p).to_dict() for p in config.compare},
+             "bootstrap": config.bootstrap,
              "auto_deviations": AUTO_DEVIATIONS, "config": dataclasses.asdict(config)}
     for split, counts in sources.items():
         logger.info("%s: %d images, %s", split, sum(counts.values()), counts)
@@ -334,18 +355,25 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
     """One index type: train, activate (cached files), query passive and active copies, measure."""
     logger.info("index %s (target %s)", factory, target)
     codec, index = build_index(factory, data, config)
-    activated, results = _activate_and_query(codec, index, config.activation(target=target), config, extractor,
+    activated, results = _activate_and_query(codec, index, config.activations(target), config, extractor,
                                              cache, cache_root, data, data.labels, progress)
     gt = np.arange(len(data.originals))
     rows = _edit_rows(results, gt, codec, data.x_orig, config)
     hits = _paper_hits(results, gt)
-    qualities = [quality(load_image(o), load_image(a)) for o, a in zip(data.originals, activated)]
     return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),
             "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None,
             "fingerprint": codec.fingerprint()[:12], "r1_paper_average": _paired(hits, config),
             "edits": rows, "icd": _copy_detection(index, results, data, config) if "auto" in results else None,
-            "activated_dir": str(activated[0].parent), "originals": [str(p) for p in data.originals],
-            "quality": {k: [q[k] for q in qualities] for k in ("psnr", "ssim", "linf")}}
+            "activated_dir": str(activated["active"][0].parent), "originals": [str(p) for p in data.originals],
+            "quality": _qualities(data.originals, activated["active"]),
+            "compared": {mode: {"activated_dir": str(files[0].parent), "quality": _qualities(data.originals, files)}
+                         for mode, files in activated.items() if mode != "active"}}
+
+
+def _qualities(originals: list[Path], activated: list[Path]) -> dict[str, list[float]]:
+    """PSNR, SSIM and L-inf of each activated file against its original."""
+    qualities = [quality(load_image(o), load_image(a)) for o, a in zip(originals, activated)]
+    return {k: [q[k] for q in qualities] for k in ("psnr", "ssim", "linf")}
 
 
 def build_index(factory: str, data: BenchmarkData, config: BenchmarkConfig) -> tuple[Codec, faiss.Index]:
@@ -441,19 +469,26 @@ class _Found(NamedTuple):
     I: np.ndarray  # (n, k) ids
 
 
-def _activate_and_query(codec, index, settings: ActivationConfig, config: BenchmarkConfig, extractor, cache,
-                        cache_root, data: BenchmarkData, labels,
-                        progress) -> tuple[list[Path], dict[str, dict[str, _Found]]]:
-    """Activate with ``settings`` (files cached), then search each label's passive and active queries."""
-    activated = _activate(codec, extractor, settings, data.originals, cache_root, progress)
-    key = _activation_key(codec, settings)
+def _activate_and_query(codec, index, settings: dict[str, ActivationConfig], config: BenchmarkConfig, extractor,
+                        cache, cache_root, data: BenchmarkData, labels,
+                        progress) -> tuple[dict[str, list[Path]], dict[str, dict[str, _Found]]]:
+    """Activate with each mode's settings (files cached), then search each label's passive queries and each
+    mode's queries."""
+    activated = {mode: _activate(codec, extractor, s, data.originals, cache_root, progress)
+                 for mode, s in settings.items()}
+    keys = {mode: _activation_key(codec, s) for mode, s in settings.items()}
     results = {}
-    for label, edit, value in _bar(labels, f"queries, {settings.target} target", progress):
-        active = _encode_edits(cache, extractor, activated, f"active-{key}", label, edit, value, config.seed)
-        results[label] = {}
-        for mode, queries in (("passive", data.passive[label]), ("active", active)):
-            results[label][mode] = _Found(queries, *search(index, queries, config.k))
+    for label, edit, value in _bar(labels, f"queries, {settings['active'].target} target", progress):
+        queries = {"passive": data.passive[label]}
+        queries |= {mode: _encode_edits(cache, extractor, files, f"active-{keys[mode]}", label, edit, value,
+                                        config.seed) for mode, files in activated.items()}
+        results[label] = {mode: _Found(q, *search(index, q, config.k)) for mode, q in queries.items()}
     return activated, results
+
+
+def _differences(modes: Iterable[str]) -> list[tuple[str, str]]:
+    """The paired differences reported: active - passive, and each compared preset - active."""
+    return [("active", "passive")] + [(mode, "active") for mode in modes if mode not in MODES]
 
 
 def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, config: BenchmarkConfig) -> list:
@@ -462,25 +497,26 @@ def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, 
     cells = codec.cells(x_orig) if codec.nlist else None
     rows = []
     for label, by_mode in results.items():
-        top1 = {m: hits_at_k(by_mode[m].I, gt, 1).astype(float) for m in MODES}
-        r10 = {m: recall_at_k(by_mode[m].I, gt, 10) for m in MODES}
-        cell = {m: cell_agreement(codec.cells(by_mode[m].queries), cells) if codec.nlist else None for m in MODES}
-        for mode in MODES:
+        top1 = {m: hits_at_k(found.I, gt, 1).astype(float) for m, found in by_mode.items()}
+        r10 = {m: recall_at_k(found.I, gt, 10) for m, found in by_mode.items()}
+        cell = {m: cell_agreement(codec.cells(found.queries), cells) if codec.nlist else None
+                for m, found in by_mode.items()}
+        for mode in by_mode:
             rows.append({"edit": label, "mode": mode, "n": len(gt), "r1": float(top1[mode].mean()),
                          "r1_ci": mean_interval(top1[mode], config.bootstrap, config.seed), "r10": r10[mode],
                          "cell": cell[mode]})
-        diff = top1["active"] - top1["passive"]
-        rows.append({"edit": label, "mode": "active-passive", "n": len(gt), "r1": float(diff.mean()),
-                     "r1_ci": mean_interval(diff, config.bootstrap, config.seed),
-                     "r10": r10["active"] - r10["passive"],
-                     "cell": cell["active"] - cell["passive"] if codec.nlist else None})
+        for a, b in _differences(by_mode):
+            diff = top1[a] - top1[b]
+            rows.append({"edit": label, "mode": f"{a}-{b}", "n": len(gt), "r1": float(diff.mean()),
+                         "r1_ci": mean_interval(diff, config.bootstrap, config.seed), "r10": r10[a] - r10[b],
+                         "cell": cell[a] - cell[b] if codec.nlist else None})
     return rows
 
 
 def _paper_hits(results: dict[str, dict[str, _Found]], gt: np.ndarray) -> dict[str, np.ndarray]:
     """Per mode, the (images, edits) top-1 hits over the paper's edits that were queried."""
     edits = [label for label in PAPER_EDITS if label in results]
-    return {m: np.stack([hits_at_k(results[label][m].I, gt, 1) for label in edits], 1) for m in MODES}
+    return {m: np.stack([hits_at_k(results[label][m].I, gt, 1) for label in edits], 1) for m in results[edits[0]]}
 
 
 def _activation_key(codec: Codec, settings: ActivationConfig) -> str:
@@ -489,12 +525,12 @@ def _activation_key(codec: Codec, settings: ActivationConfig) -> str:
 
 
 def _paired(hits: dict[str, np.ndarray], config: BenchmarkConfig) -> dict:
-    """Mean of per-image hit matrices per mode and their paired difference, each with a 95 % interval
-    (images resampled, all their edits together)."""
-    diff = hits["active"].astype(float) - hits["passive"]
-    summary = {m: float(hits[m].mean()) for m in MODES} | {"active-passive": float(diff.mean())}
-    summary["ci"] = {m: mean_interval(hits[m].astype(float), config.bootstrap, config.seed) for m in MODES}
-    summary["ci"]["active-passive"] = mean_interval(diff, config.bootstrap, config.seed)
+    """Mean of per-image hit matrices per mode and their paired differences (`_differences`), each with a 95 %
+    interval (images resampled, all their edits together)."""
+    means = {m: h.astype(float) for m, h in hits.items()} | {f"{a}-{b}": hits[a].astype(float) - hits[b]
+                                                              for a, b in _differences(hits)}
+    summary: dict = {m: float(v.mean()) for m, v in means.items()}
+    summary["ci"] = {m: mean_interval(v, config.bootstrap, config.seed) for m, v in means.items()}
     summary["edits"] = hits["passive"].shape[1]
     return summary
 
@@ -555,10 +591,10 @@ def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, ex
     default = config.activation().scaling
     points = []
     for scaling in sorted(set(config.scalings) | {default}):
-        activated, results = _activate_and_query(codec, index, config.activation(scaling, target), config,
-                                                 extractor, cache, cache_root, data, labels, progress)
+        activated, results = _activate_and_query(codec, index, {"active": config.activation(scaling, target)},
+                                                 config, extractor, cache, cache_root, data, labels, progress)
         hits = _paper_hits(results, gt)
-        psnr = [quality(load_image(o), load_image(a))["psnr"] for o, a in zip(data.originals, activated)]
+        psnr = _qualities(data.originals, activated["active"])["psnr"]
         points.append({"scaling": scaling, "default": scaling == default, "psnr": float(np.mean(psnr)),
                        "r1": _paired(hits, config)})
     return {"factory": factory, "target": target, "points": points}
@@ -577,8 +613,7 @@ def _write_results(out: Path, results: dict) -> None:
         for name in BASELINES:
             base = results["baselines"][name]["r1_paper_average"]
             rows.append([*head, "paper_average", name, n, base["r1"], *base["ci"], None, None])
-        rows += [[*head, "paper_average", mode, n, avg[mode], *avg["ci"][mode], None, None]
-                 for mode in (*MODES, "active-passive")]
+        rows += [[*head, "paper_average", mode, n, avg[mode], *avg["ci"][mode], None, None] for mode in avg["ci"]]
         n_icd = results["setup"]["activated"] + results["setup"]["nonmatching"]
         for name in ("plain", "normalized") if index["icd"] else ():
             entry = index["icd"][name]

@@ -17,14 +17,15 @@ from ..imageio import load_image
 from .baselines import BASELINES, PDQ_MATCH_THRESHOLD
 from .edits import SWEEPS, apply_edit
 
-__all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "per_edit_rows", "PAPER_R1"]
+__all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "per_edit_rows",
+           "activations_figure", "PAPER_R1"]
 
 # METHOD.md section 6: the authors' 1M-image DISC21 run, R@1 averaged over 14 edits
 PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + LSH": (0.78, 0.86),
             "OPQ + PQ": (0.92, 0.94)}
 COLOURS = {"pdq": "#edae49", "exact_sscd": "#00798c", "passive": "#9aa5b1", "active": "#d1495b"}
-NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active",
-         "active-passive": "active - passive"}
+COMPARED_COLOURS = ("#30638e", "#66a182", "#8d6a9f")  # the compared presets', in order
+NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active"}
 R1_MODES = (*BASELINES, "passive", "active")  # the columns of every per-edit table, in order
 BASELINES_NOTE = (f"PDQ: a hit when the nearest reference by Hamming distance is the original, at <= "
                   f"{PDQ_MATCH_THRESHOLD} bits (Meta's matching threshold; a tie is a miss). Exact SSCD: exhaustive "
@@ -47,18 +48,38 @@ def _label(index: dict) -> str:
     return index["factory"] + ("" if index["target"] == "index" else f" ({index['target']})")
 
 
+def _name(mode: str) -> str:
+    """A column's name: "active (robust)" for a compared preset, "robust - active" for a difference."""
+    if "-" in mode:
+        return " - ".join(map(_name, mode.split("-")))
+    return NAMES.get(mode, f"active ({mode})")
+
+
+def _modes(index: dict) -> list[str]:
+    """The R@1 columns of an index: the baselines, passive, active, then the compared presets."""
+    return [*R1_MODES, *index.get("compared", {})]
+
+
+def _differences(index: dict) -> list[str]:
+    """The paired differences of an index: active - passive, then each compared preset - active."""
+    return ["active-passive", *(f"{mode}-active" for mode in index.get("compared", {}))]
+
+
+def _colour(index: dict, mode: str) -> str:
+    return COLOURS.get(mode) or COMPARED_COLOURS[list(index["compared"]).index(mode) % len(COMPARED_COLOURS)]
+
+
 def _bars(indexes: list[dict]) -> bytes:
     """R@1 per edit, the baselines, passive and active, with 95 % intervals."""
     fig, axes = plt.subplots(len(indexes), 1, figsize=(12, 2.6 * len(indexes)), squeeze=False)
-    width = 0.8 / len(R1_MODES)
     for ax, index in zip(axes[:, 0], indexes):
         rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
-        edits = _fixed_edits(index)
-        x = np.arange(len(edits))
-        for i, mode in enumerate(R1_MODES):
+        edits, modes = _fixed_edits(index), _modes(index)
+        x, width = np.arange(len(edits)), 0.8 / len(modes)
+        for i, mode in enumerate(modes):
             r1 = np.array([rows[e, mode]["r1"] for e in edits])
             ci = np.array([rows[e, mode]["r1_ci"] for e in edits]).T
-            ax.bar(x + (i - (len(R1_MODES) - 1) / 2) * width, r1, width, label=NAMES[mode], color=COLOURS[mode],
+            ax.bar(x + (i - (len(modes) - 1) / 2) * width, r1, width, label=_name(mode), color=_colour(index, mode),
                    yerr=np.abs(ci - r1), capsize=2)
         ax.set_xticks(x, edits, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 1.05)
@@ -161,6 +182,8 @@ def _quality(indexes: list[dict]) -> bytes:
     for key, ax in zip(("psnr", "ssim"), axes):
         for index in indexes:
             ax.hist(index["quality"][key], bins=20, alpha=0.5, label=_label(index))
+            for mode, compared in index.get("compared", {}).items():
+                ax.hist(compared["quality"][key], bins=20, alpha=0.5, label=f"{_label(index)}, {_name(mode)}")
         ax.set_xlabel(key.upper() + (" (dB)" if key == "psnr" else ""))
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -185,6 +208,28 @@ def _thumbnails(index: dict, n: int = 3) -> bytes:
     return _png(fig)
 
 
+def activations_figure(index: dict, image: int = 0) -> bytes:
+    """One original, then each activation of it (the main preset's, the compared presets') and its change
+    amplified 10 times, with the PSNR: where each spends its budget."""
+    original = Path(index["originals"][image])
+    o = load_image(original)
+    modes = {"active": index["activated_dir"]} | {m: c["activated_dir"] for m, c in index.get("compared", {}).items()}
+    fig, axes = plt.subplots(1, 1 + 2 * len(modes), figsize=(3 * (1 + 2 * len(modes)), 3.2))
+    axes[0].imshow(o)
+    axes[0].set_title("original", fontsize=9)
+    for (mode, folder), (ax_image, ax_diff) in zip(modes.items(), zip(axes[1::2], axes[2::2])):
+        a = load_image(Path(folder) / f"{original.stem}.png")
+        psnr = (index["quality"] if mode == "active" else index["compared"][mode]["quality"])["psnr"][image]
+        ax_image.imshow(a)
+        ax_image.set_title(f"{_name(mode)}, {psnr:.1f} dB", fontsize=9)
+        ax_diff.imshow(np.clip(np.abs(a.astype(int) - o.astype(int)) * 10, 0, 255).astype(np.uint8))
+        ax_diff.set_title("|change| x 10", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _fmt(value, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -205,9 +250,8 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
         cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
         row = {"index": _label(index), "vectors / cell": _fmt(index["vectors_per_cell"], ".1f")}
         row |= {f"R@1 {name}": _with_ci(b["r1"], b["ci"]) for name, b in baselines.items()}
-        row |= {"R@1 passive": _with_ci(avg["passive"], avg["ci"]["passive"]),
-               "R@1 active": _with_ci(avg["active"], avg["ci"]["active"]),
-               "R@1 active - passive": _with_ci(avg["active-passive"], avg["ci"]["active-passive"], "+.3f")}
+        row |= {f"R@1 {_name(mode)}": _with_ci(avg[mode], avg["ci"][mode]) for mode in _modes(index)[2:]}
+        row |= {f"R@1 {_name(diff)}": _with_ci(avg[diff], avg["ci"][diff], "+.3f") for diff in _differences(index)}
         if index["icd"]:
             for name in ("plain", "normalized"):
                 entry = index["icd"][name]
@@ -217,6 +261,8 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
             row["auto in its cell"] = f"{_fmt(cell.get('passive'), '.2f')} -> {_fmt(cell.get('active'), '.2f')}"
         row["PSNR dB"] = f"{np.mean(q['psnr']):.2f}"
         row["SSIM"] = f"{np.mean(q['ssim']):.4f}"
+        for mode, compared in index.get("compared", {}).items():
+            row[f"PSNR dB, {_name(mode)}"] = f"{np.mean(compared['quality']['psnr']):.2f}"
         rows.append(row)
     return rows
 
@@ -265,17 +311,18 @@ def _fixed_edits(index: dict) -> list[str]:
 
 
 def per_edit_rows(index: dict) -> list[dict[str, str]]:
-    """One index's R@1 per fixed edit: PDQ, exact SSCD, passive, active and active - passive, each with its 95 %
-    interval, and cell agreement (shared by the HTML and Markdown tables)."""
+    """One index's R@1 per fixed edit: PDQ, exact SSCD, passive, active, the compared presets, and the paired
+    differences, each with its 95 % interval; and cell agreement (shared by the HTML and Markdown tables)."""
     rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
+    activated = _modes(index)[3:]  # active and the compared presets
     table = []
     for edit in _fixed_edits(index):
         row = {"edit": edit}
-        for mode in (*R1_MODES, "active-passive"):
-            r, spec = rows[edit, mode], "+.2f" if mode == "active-passive" else ".2f"
-            row[NAMES[mode]] = _with_ci(r["r1"], r["r1_ci"], spec)
-        row["in its cell, passive -> active"] = (f"{_fmt(rows[edit, 'passive']['cell'], '.2f')} -> "
-                                                 f"{_fmt(rows[edit, 'active']['cell'], '.2f')}")
+        for mode in _modes(index) + _differences(index):
+            r, spec = rows[edit, mode], "+.2f" if "-" in mode else ".2f"
+            row[_name(mode)] = _with_ci(r["r1"], r["r1_ci"], spec)
+        cells = " -> ".join(_fmt(rows[edit, mode]["cell"], ".2f") for mode in ["passive", *activated])
+        row["in its cell, " + " -> ".join(_name(mode) for mode in ["passive", *activated])] = cells
         table.append(row)
     return table
 
@@ -337,6 +384,9 @@ def write_report(results: dict, out: Path) -> Path:
             body += ["<h2>Copy detection: precision-recall</h2>", _img(_precision_recall(with_icd))]
         body += ["<h2>Image quality of the activated files</h2>", _img(_quality(indexes)),
                  f"<h2>Examples ({html.escape(_label(indexes[0]))})</h2>", _img(_thumbnails(indexes[0]))]
+        activations = activations_figure(indexes[0])
+        (out / "activations.png").write_bytes(activations)
+        body += ["<h3>Where each activation spends its budget</h3>", _img(activations)]
     page = ("<!doctype html><meta charset=utf-8><title>activeindex benchmark</title><style>body{font-family:"
             "sans-serif;max-width:1300px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid "
             "#ccc;padding:3px 8px;text-align:right}</style>" + "\n".join(body))
