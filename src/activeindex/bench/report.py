@@ -209,21 +209,24 @@ def _thumbnails(index: dict, n: int = 3) -> bytes:
 
 
 def activations_figure(index: dict, image: int = 0) -> bytes:
-    """One original, then each activation of it (the main preset's, the compared presets') and its change
-    amplified 10 times, with the PSNR: where each spends its budget."""
+    """One original, then each activation of it (the main preset's, the compared presets') and its change,
+    amplified by one factor for all (the 99.5th percentile of the largest change becomes white), with the PSNR:
+    where each spends its budget."""
     original = Path(index["originals"][image])
-    o = load_image(original)
+    o = load_image(original).astype(int)
     modes = {"active": index["activated_dir"]} | {m: c["activated_dir"] for m, c in index.get("compared", {}).items()}
+    activated = {mode: load_image(Path(folder) / f"{original.stem}.png") for mode, folder in modes.items()}
+    changes = {mode: np.abs(a.astype(int) - o) for mode, a in activated.items()}
+    gain = 255 / max(1.0, max(float(np.percentile(c, 99.5)) for c in changes.values()))
     fig, axes = plt.subplots(1, 1 + 2 * len(modes), figsize=(3 * (1 + 2 * len(modes)), 3.2))
-    axes[0].imshow(o)
+    axes[0].imshow(o.astype(np.uint8))
     axes[0].set_title("original", fontsize=9)
-    for (mode, folder), (ax_image, ax_diff) in zip(modes.items(), zip(axes[1::2], axes[2::2])):
-        a = load_image(Path(folder) / f"{original.stem}.png")
+    for mode, ax_image, ax_change in zip(modes, axes[1::2], axes[2::2]):
         psnr = (index["quality"] if mode == "active" else index["compared"][mode]["quality"])["psnr"][image]
-        ax_image.imshow(a)
+        ax_image.imshow(activated[mode])
         ax_image.set_title(f"{_name(mode)}, {psnr:.1f} dB", fontsize=9)
-        ax_diff.imshow(np.clip(np.abs(a.astype(int) - o.astype(int)) * 10, 0, 255).astype(np.uint8))
-        ax_diff.set_title("|change| x 10", fontsize=9)
+        ax_change.imshow(np.clip(changes[mode] * gain, 0, 255).astype(np.uint8))
+        ax_change.set_title(f"|change| x {gain:.0f}", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
