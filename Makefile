@@ -15,6 +15,9 @@ DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.txt
+	# pdqhash (the benchmark's PDQ baseline) compiles at install: a C++ compiler
+	command -v g++ >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends g++; }
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -r requirements.txt
 	$(PIP) install --no-deps onnx2torch==1.5.15
