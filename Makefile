@@ -14,8 +14,8 @@ DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1
 
 install: $(STAMP)
 
+# g++: pdqhash (the benchmark's PDQ baseline) compiles at install
 $(STAMP): pyproject.toml requirements.txt
-	# pdqhash (the benchmark's PDQ baseline) compiles at install: a C++ compiler
 	command -v g++ >/dev/null || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends g++; }
 	test -x $(PY) || python3 -m venv $(VENV)
