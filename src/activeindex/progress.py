@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total: int | None, desc: str, progress: bool | None) -> tqdm:
+def progress_bar(total: int | None, desc: str, progress: bool | None, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr; with ``progress=None`` it shows when activeindex logs at INFO or below."""
     if progress is None:
         progress = logging.getLogger("activeindex").isEnabledFor(logging.INFO)
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, leave=False)

@@ -284,8 +284,8 @@ def _runs(config: BenchmarkConfig, n_train: int) -> tuple[list[tuple[str, str, s
 
 
 def _bar(items: list, desc: str, progress: bool | None):
-    """Iterate with a progress bar (one step per item)."""
-    bar = progress_bar(len(items), desc, progress)
+    """Iterate over edit labels with a progress bar (one step per label)."""
+    bar = progress_bar(len(items), desc, progress, unit="edit")
     for item in items:
         yield item
         bar.update(1)
