@@ -166,8 +166,8 @@ def test_gradient_flags_override_the_preset():
     config = cli._activation_config(args)
     assert (config.scaling, config.iterations, config.gradient, config.precision) == (3.0, 10, "relu", "bfloat16")
     robust = cli._activation_config(cli.build_parser().parse_args(
-        ["activate", "col", "q.png", "--out", "out", "--preset", "robust", "--edits", "rotate,crop"]))
-    assert robust.edits == ("rotate", "crop") and robust.edit_draws == 2
+        ["activate", "col", "q.png", "--out", "out", "--preset", "robust", "--edits", "rotate,jpeg"]))
+    assert robust.edits == ("rotate", "jpeg") and (robust.edit_draws, robust.lr) == (2, 0.3)
 
 
 @pytest.mark.parametrize("args, flag", USAGE_ERRORS, ids=[" ".join(a[-2:]) for a, _ in USAGE_ERRORS])

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'default' (scaling 2: about 41-45 dB PSNR on large photos, lower on small or textured "
                         "ones), 'paper' (Fernandez et al.: scaling 3, about 3 dB lower; exact float32 gradients "
                         "and 10 iterations, about 4x slower on CPU) or 'robust' (edit-aware: also optimised for "
-                        "crops, rotations, colour, blur and JPEG of the image, in 12 smaller steps; 4.5x slower)")
+                        "crops and rotations of the image, in 12 smaller steps; 4.5x slower)")
     p.add_argument("--edits", type=_edit_families, default=None, metavar="FAMILY,...",
                    help=f"override the preset's edit families ({','.join(EDIT_FAMILIES)}; 'none': unedited only)")
     p.add_argument("--gradient", choices=TORCH_MODES, default=None,
