@@ -19,7 +19,7 @@ from .codec import TARGET_KINDS, Codec
 from .errors import InvalidInputError, UnknownNameError
 from .extractor import IMAGENET_STD, Extractor, preprocess, preprocessed_size, to_tensor
 from .onnx_torch import TORCH_MODES
-from .perceptual import jnd_heatmap, quality
+from .perceptual import jnd_heatmap, psnr, quality
 from .progress import progress_bar
 from .transforms import EDIT_FAMILIES, random_edit
 
@@ -259,26 +259,25 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def _scaling_for(unit_budget: torch.Tensor, psnr: float) -> float:
-    """The scaling whose whole budget (tanh = +-1 everywhere) changes the image by exactly ``psnr`` dB."""
-    full_mse = float((unit_budget * 255.0).square().mean())  # 8-bit levels, over pixels and channels
-    return 255.0 / math.sqrt(full_mse * 10 ** (psnr / 10))
+def _scaling_for(change: torch.Tensor, floor: float) -> float:
+    """The factor that makes ``change`` cost exactly ``floor`` dB; for the unit budget (tanh = +-1 everywhere),
+    the scaling whose whole budget does."""
+    mse = float((change * 255.0).square().mean())  # 8-bit levels, over pixels and channels
+    return 255.0 / math.sqrt(mse * 10 ** (floor / 10))
 
 
-def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, psnr: float) -> tuple[np.ndarray, float]:
-    """The 8-bit result whose change costs ``psnr`` dB and no more: the change is scaled to spend exactly the
+def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, floor: float) -> tuple[np.ndarray, float]:
+    """The 8-bit result whose change costs ``floor`` dB and no more: the change is scaled to spend exactly the
     floor (up to `MAX_FILL` times when the optimiser left part of the budget unused, as it does at lr < 1),
     then shrunk until the 8-bit result meets the floor (rounding can cost ~0.1 dB)."""
-    mse = float((change * 255.0).square().mean())
-    factor = min(MAX_FILL, 255.0 / math.sqrt(mse * 10 ** (psnr / 10))) if mse > 0 else 1.0
-    reference = _to_uint8(original).astype(np.float64)
+    factor = min(MAX_FILL, _scaling_for(change, floor)) if bool(change.any()) else 1.0
+    reference = _to_uint8(original)
     while True:
         image = _to_uint8(original + factor * change)
-        error = float(np.mean((image.astype(np.float64) - reference) ** 2))
-        achieved = float("inf") if error == 0 else 10 * math.log10(255.0 ** 2 / error)
-        if achieved >= psnr:
+        achieved = psnr(image, reference)
+        if achieved >= floor:
             return image, scaling * factor
-        factor *= 10 ** ((achieved - psnr) / 20) * 0.99
+        factor *= 10 ** ((achieved - floor) / 20) * 0.99
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -26,7 +26,6 @@ PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + 
 COLOURS = {"pdq": "#edae49", "exact_sscd": "#00798c", "passive": "#9aa5b1", "active": "#d1495b"}
 COMPARED_COLOURS = ("#30638e", "#66a182", "#8d6a9f")  # the compared presets', in order
 NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active"}
-R1_MODES = (*BASELINES, "passive", "active")  # the columns of every per-edit table, in order
 BASELINES_NOTE = (f"PDQ: a hit when the nearest reference by Hamming distance is the original, at <= "
                   f"{PDQ_MATCH_THRESHOLD} bits (Meta's matching threshold; a tie is a miss). Exact SSCD: exhaustive "
                   "search over the uncompressed descriptors. Both on the passive queries, among the same references "
@@ -55,14 +54,19 @@ def _name(mode: str) -> str:
     return NAMES.get(mode, f"active ({mode})")
 
 
+def _activated(index: dict) -> list[str]:
+    """The modes of an index that query activated files: active, then the compared presets."""
+    return ["active", *index.get("compared", {})]
+
+
 def _modes(index: dict) -> list[str]:
-    """The R@1 columns of an index: the baselines, passive, active, then the compared presets."""
-    return [*R1_MODES, *index.get("compared", {})]
+    """The R@1 columns of an index: the baselines, passive, then `_activated`."""
+    return [*BASELINES, "passive", *_activated(index)]
 
 
 def _differences(index: dict) -> list[str]:
-    """The paired differences of an index: active - passive, then each compared preset - active."""
-    return ["active-passive", *(f"{mode}-active" for mode in index.get("compared", {}))]
+    """The paired differences the evaluation computed for an index ("a-b"), in its order."""
+    return [mode for mode in index["r1_paper_average"]["ci"] if "-" in mode]
 
 
 def _colour(index: dict, mode: str) -> str:
@@ -253,7 +257,7 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
         cell = {r["mode"]: r["cell"] for r in index["edits"] if r["edit"] == "auto"}
         row = {"index": _label(index), "vectors / cell": _fmt(index["vectors_per_cell"], ".1f")}
         row |= {f"R@1 {name}": _with_ci(b["r1"], b["ci"]) for name, b in baselines.items()}
-        row |= {f"R@1 {_name(mode)}": _with_ci(avg[mode], avg["ci"][mode]) for mode in _modes(index)[2:]}
+        row |= {f"R@1 {_name(mode)}": _with_ci(avg[mode], avg["ci"][mode]) for mode in ["passive", *_activated(index)]}
         row |= {f"R@1 {_name(diff)}": _with_ci(avg[diff], avg["ci"][diff], "+.3f") for diff in _differences(index)}
         if index["icd"]:
             for name in ("plain", "normalized"):
@@ -317,15 +321,15 @@ def per_edit_rows(index: dict) -> list[dict[str, str]]:
     """One index's R@1 per fixed edit: PDQ, exact SSCD, passive, active, the compared presets, and the paired
     differences, each with its 95 % interval; and cell agreement (shared by the HTML and Markdown tables)."""
     rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
-    activated = _modes(index)[3:]  # active and the compared presets
+    compared = ["passive", *_activated(index)]
     table = []
     for edit in _fixed_edits(index):
         row = {"edit": edit}
         for mode in _modes(index) + _differences(index):
             r, spec = rows[edit, mode], "+.2f" if "-" in mode else ".2f"
             row[_name(mode)] = _with_ci(r["r1"], r["r1_ci"], spec)
-        cells = " -> ".join(_fmt(rows[edit, mode]["cell"], ".2f") for mode in ["passive", *activated])
-        row["in its cell, " + " -> ".join(_name(mode) for mode in ["passive", *activated])] = cells
+        cells = " -> ".join(_fmt(rows[edit, mode]["cell"], ".2f") for mode in compared)
+        row["in its cell, " + " -> ".join(map(_name, compared))] = cells
         table.append(row)
     return table
 
