@@ -2,7 +2,7 @@
 
 For each scaling: mean PSNR / SSIM / L-inf of the 8-bit results, the mean cosine gain towards the
 target, and the share of activated images whose descriptor lands in the original's cell and code.
-The product default was chosen from this table (README, "Choosing the default scaling"). Usage:
+The product default was chosen from this table (docs/method.md, "Default scaling"). Usage:
 
     python benchmarks/scaling.py [--scalings 1.5,2,2.5,3] [--device auto]
 """

@@ -28,7 +28,7 @@ import numpy as np
 import skimage
 from PIL import Image
 
-from activeindex.bench.edits import apply_edit
+from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]

@@ -30,8 +30,8 @@ import torch
 from PIL import Image, ImageOps
 
 from activeindex import ActivationConfig, Activator, Codec, Extractor
-from activeindex.bench.edits import apply_edit
 from activeindex.bench.metrics import mean_interval
+from activeindex.edits import apply_edit
 from activeindex.imageio import PNG_COMPRESS_LEVEL
 
 NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"

@@ -13,10 +13,10 @@ import argparse
 
 import numpy as np
 
-from activeindex.bench.edits import PAPER_EDITS
 from activeindex.bench.evaluation import BenchmarkConfig, build_index, prepare
 from activeindex.bench.metrics import mean_interval
 from activeindex.codec import search
+from activeindex.edits import PAPER_EDITS
 
 
 def gaussian(real: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from activeindex import Collection, get_preset
-from activeindex.bench.edits import apply_edit, random_resized_crop
 from activeindex.bench.metrics import mean_interval
+from activeindex.edits import apply_edit, random_resized_crop
 from activeindex.imageio import load_image
 
 PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))[:10]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from activeindex import ActivationConfig, Activator, get_preset
-from activeindex.bench.edits import apply_edit
+from activeindex.edits import apply_edit
 from activeindex.errors import InvalidInputError, UnknownNameError
 from activeindex.extractor import to_tensor
 from activeindex.transforms import EDIT_FAMILIES

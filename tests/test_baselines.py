@@ -12,8 +12,8 @@ from activeindex.bench.baselines import (
     pdq_hashes,
     pdq_nearest,
 )
-from activeindex.bench.edits import apply_edit, random_resized_crop
 from activeindex.codec import search
+from activeindex.edits import apply_edit, random_resized_crop
 
 
 @pytest.fixture(scope="module")

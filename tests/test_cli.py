@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from activeindex import Collection, cli
-from activeindex.bench.edits import apply_edit
 from activeindex.cli import finite_float, int_in
+from activeindex.edits import apply_edit
 from activeindex.imageio import load_image, sha256_file
 
 from .conftest import TEST_FACTORY

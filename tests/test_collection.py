@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
-from activeindex.bench.edits import apply_edit
 from activeindex.codec import index_ids, save_index
+from activeindex.edits import apply_edit
 from activeindex.errors import (
     CodecMismatchError,
     CollectionLockedError,
@@ -288,7 +288,7 @@ def test_searches_share_the_index_and_a_writer_excludes_them():
     a waiting writer holds back new readers; the writer may re-enter and read its own index."""
     import threading
 
-    from activeindex.collection import ReadWriteLock
+    from activeindex.locking import ReadWriteLock
 
     lock, inside, order = ReadWriteLock(), threading.Barrier(2, timeout=10), []
     reader_may_leave = threading.Event()
@@ -335,7 +335,7 @@ def test_concurrent_searches_overlap_in_the_index(collection, photo_files, monke
     """Two searches are inside faiss at the same time (each waits there for the other): no global lock."""
     import threading
 
-    from activeindex import collection as collection_module
+    from activeindex import live_index as collection_module
 
     collection.add(photo_files[:3])
     both_inside, real_search = threading.Barrier(2, timeout=10), collection_module.search

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeindex.bench.edits import (
+from activeindex.edits import (
     AUTO_DEVIATIONS,
     AUTO_FAMILIES,
     PAPER_EDITS,
@@ -157,7 +157,7 @@ def test_text_draws_pick_fonts_and_lengths_at_random():
 
 def test_text_skips_characters_the_layout_cannot_draw(thumb):
     # these fonts' charsets hold NUL or U+2029, which made Pillow's raqm layout fail
-    import activeindex.bench.edits as edits
+    import activeindex.edits as edits
 
     fonts = [f for f in edits._font_paths() if f.name in ("OstrichSans-Light.ttf", "PlayfairDisplay-Regular.ttf",
                                                            "NotoSerif-Regular.ttf")]

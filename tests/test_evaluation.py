@@ -11,8 +11,8 @@ import pytest
 
 from activeindex import Activator, Codec
 from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
-from activeindex.bench.edits import apply_edit
 from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, _crops, prepare, run_benchmark, sample, seeds
+from activeindex.edits import apply_edit
 from activeindex.errors import InvalidInputError
 from activeindex.imageio import load_image
 

@@ -222,7 +222,7 @@ def test_read_ahead_keeps_order_and_raises_at_the_failing_chunk():
 
 
 def test_png_is_written_at_the_fast_zlib_level(tmp_path, photo):
-    """Level 1 (README, "Benchmarks"): lossless all the same, and a level-1 stream in the file."""
+    """Level 1 (docs/performance.md, "Speed"): lossless all the same, and a level-1 stream in the file."""
     pixels = np.asarray(photo)
     path = save_png(tmp_path / "out.png", pixels)
     np.testing.assert_array_equal(load_image(path), pixels)

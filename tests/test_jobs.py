@@ -17,7 +17,7 @@ from PIL import Image
 from activeindex import ActivationConfig, Collection
 from activeindex.catalog import Catalog
 from activeindex.errors import CorruptCollectionError, InvalidInputError
-from activeindex.jobs import JobQueue, UnknownJobError, WorkerBusy
+from activeindex.service.jobs import JobQueue, UnknownJobError, WorkerBusy
 
 from .conftest import TEST_FACTORY, TOKEN, free_port, serving
 

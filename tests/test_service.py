@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from activeindex import Collection
-from activeindex.bench.edits import apply_edit
+from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
 from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server
@@ -209,7 +209,7 @@ def test_memory_is_bounded_by_the_request_pixel_limit(served):
     assert response.status_code == 200
     growth = (peak - baseline) / 2**20
     print(f"one 64 MP query: server peak RSS +{growth:.0f} MB over {baseline / 2**20:.0f} MB")
-    assert growth < 900, f"one 64 MP query grew the server by {growth:.0f} MB (README states < 0.9 GB)"
+    assert growth < 900, f"one 64 MP query grew the server by {growth:.0f} MB (docs/service.md states < 0.9 GB)"
 
 
 def test_requests_are_limited_before_work(served):

@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from activeindex.bench.edits import apply_edit
+from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 
 from .conftest import TOKEN, free_port, served_collection, start_server, stop_server

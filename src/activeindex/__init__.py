@@ -1,11 +1,10 @@
 """activeindex: image copy detection with active indexing (Fernandez et al., ICLR 2023)."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .activation import ActivatedImage, ActivationConfig, Activator, get_preset
 from .codec import Codec
-from .collection import BatchReport, Collection, Match
+from .collection import Collection, Match
 from .errors import (
                      ActiveIndexError,
                      CodecMismatchError,
@@ -17,6 +16,7 @@ from .errors import (
                      UnknownNameError,
 )
 from .extractor import Extractor, PreprocessConfig, list_models
+from .ingest import BatchReport
 
 __all__ = ["__version__", "Collection", "Match", "BatchReport", "Extractor", "PreprocessConfig", "list_models",
            "Codec", "Activator", "ActivationConfig", "ActivatedImage", "get_preset", "ActiveIndexError",

@@ -45,10 +45,10 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True)
 class ActivationConfig:
     """Activation settings. The paper's values but for ``scaling`` and the gradient pass's speed-ups
-    (``iterations``, ``gradient``, ``precision``: same gain and PSNR at 4x the speed on CPU, README "Benchmarks");
+    (``iterations``, ``gradient``, ``precision``: same gain and PSNR at 4x the speed on CPU, docs/performance.md);
     `PRESETS["paper"]` is the paper's optimisation itself."""
 
-    scaling: float = 2.0  # s; the paper's 3.0 gives ~38.5 dB on textured photos (README, "Default scaling")
+    scaling: float = 2.0  # s; the paper's 3.0 gives ~38.5 dB on textured photos (docs/method.md, "Default scaling")
     alpha_c: tuple[float, float, float] = (0.072 / 0.299, 0.072 / 0.587, 0.072 / 0.114)  # R, G, B weights
     lambda_mse: float = 0.01  # weight of the MSE term (normalised space)
     lr: float = 1.0  # Adam learning rate
@@ -111,8 +111,9 @@ PRESETS: dict[str, ActivationConfig] = {
     # Fernandez et al. 2023 (correct Gy, replicate padding): exact float32 gradients, 10 iterations
     "paper": ActivationConfig(scaling=3.0, iterations=10, gradient="ste", precision="float32"),
     # beyond the paper: also for the crops and rotations copies go through, where the unedited-only loss barely
-    # helps (photometric edits it already covers; drawing them too dilutes the geometric draws: README). Smaller
-    # steps (lr 0.3), more of them: the direction averages many drawn edits before the tanh saturates. 4.5x the work
+    # helps (photometric edits it already covers; drawing them too dilutes the geometric draws:
+    # docs/benchmark.md). Smaller steps (lr 0.3), more of them: the direction averages many drawn edits before
+    # the tanh saturates. 4.5x the work
     "robust": ActivationConfig(edits=("crop", "rotate"), lr=0.3, iterations=12),
 }
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench.edits import apply_edit
 from .collection import Collection
+from .edits import apply_edit
 from .errors import ActiveIndexError, InvalidInputError
 from .imageio import list_images, load_image
 from .progress import progress_bar
@@ -76,7 +76,7 @@ def calibrate(collection: Collection, nonmatching: Sequence[str | Path], target_
             registered ones); at least ``1 / target_fpr`` of them, so the rate can be measured.
         target_fpr: the share of non-matching queries that may be called copies.
         n_matching: registered images (a seeded random sample) turned into matching queries.
-        edits: edit names (`activeindex.bench.edits`), one drawn per query for both kinds.
+        edits: edit names (`activeindex.edits`), one drawn per query for both kinds.
         seed: draws of images and edits.
         progress: progress bar.
 

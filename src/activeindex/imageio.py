@@ -32,7 +32,7 @@ __all__ = ["ImageLimits", "load_image", "read_file", "decode_image", "image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # zlib level of written PNGs: 1 encodes 3.6-4.7x faster than PIL's default 6 for files 8-13 % bigger (activated
-# photos, 512x768: 32 vs 149 ms a photo; README, "Benchmarks"): at level 6 it was ~10 % of an activation
+# photos, 512x768: 32 vs 149 ms a photo; docs/performance.md, "Speed"): at level 6 it was ~10 % of an activation
 PNG_COMPRESS_LEVEL = 1
 
 

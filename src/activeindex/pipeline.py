@@ -1,13 +1,13 @@
-"""Ray Data plans for add / activate at scale (``--ray``); without it, everything runs in collection.py.
+"""Ray Data plans for add / activate at scale (``--ray``): the Ray executor of ingest.py's prepare step.
 
-The driver (collection.py) lists the files, hashes them, drops those already registered and forms the
-batches; Ray Data streams the batches through two stages: reading + decoding in CPU tasks, then embedding
-or activating in actors that each load the descriptor model and the frozen codec once (one GPU per actor
-where the cluster has GPUs; on a CPU-only cluster Ray fuses decoding into the actors, as there is no
+The driver plans the batches as in-process runs do (`ingest.plan_batches`: list the files, hash them, drop
+those already registered); Ray Data streams the batches through two stages: reading + decoding in CPU tasks,
+then embedding or activating in actors that each load the descriptor model and the frozen codec once (one GPU
+per actor where the cluster has GPUs; on a CPU-only cluster Ray fuses decoding into the actors, as there is no
 accelerator to overlap it with). The actors write activated PNGs under staging names into the output folder,
-which every node must see at the same path, and stream per-image results back; the driver commits them
-batch by batch, so a driver killed at any point leaves a consistent collection and re-running resumes.
-Ray restarts an actor that dies and retries its batch (Ray Data's default for actor pools).
+which every node must see at the same path, and stream per-image results back; the driver commits them batch
+by batch, so a driver killed at any point leaves a consistent collection and re-running resumes. Ray restarts
+an actor that dies and retries its batch (Ray Data's default for actor pools).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import ray
 
 from .activation import ActivationConfig
 from .codec import Codec
-from .collection import Collection, Prepared, Preparer, read_and_decode
 from .extractor import Extractor, PreprocessConfig
 from .imageio import ImageLimits
+from .ingest import PlannedFile, Prepared, Preparer, read_and_decode
 
 __all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
 
@@ -61,10 +61,10 @@ class WorkerSpec:
     threads: int  # torch threads on a CPU actor
 
     @classmethod
-    def of(cls, collection: Collection, config: ActivationConfig | None, out_dir: Path | None,
+    def of(cls, extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
            threads: int) -> WorkerSpec:
-        codec = faiss.serialize_index(collection.codec.trained).tobytes()
-        return cls(collection.extractor.model_source, collection.extractor.preprocessing.to_dict(), codec,
+        trained = faiss.serialize_index(codec.trained).tobytes()
+        return cls(extractor.model_source, extractor.preprocessing.to_dict(), trained,
                    config.to_dict() if config else None, str(out_dir) if out_dir else None, threads)
 
 
@@ -106,15 +106,15 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
     return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=workers)}, max(1, cpus // workers)
 
 
-def prepare_on_ray(address: str, collection: Collection, batches: list[list[tuple[str, str, None]]],
+def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: list[list[PlannedFile]],
                    config: ActivationConfig | None, out_dir: Path | None,
                    workers: int | None = None) -> Iterator[list[Prepared]]:
-    """Prepare the planned batches on Ray; yields each batch's results as it completes (any order).
+    """Prepare the planned batches on Ray; yields each batch's results in their planned order.
 
     Args:
         address: see `connect`.
-        collection: the trained collection (its model and codec are shipped to the actors).
-        batches: (path, sha256, None) per file, as `Collection._new_files` plans them.
+        extractor, codec: the collection's model and frozen codec (shipped to the actors).
+        batches: (path, sha256, None) per file, as `ingest.plan_batches` plans them.
         config: activation settings, or ``None`` to embed passive references.
         out_dir: the activated PNGs' folder (activation only).
         workers: actors (default: one per GPU, or one per `THREADS_PER_CPU_ACTOR` CPUs).
@@ -127,12 +127,12 @@ def prepare_on_ray(address: str, collection: Collection, batches: list[list[tupl
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
-    spec = WorkerSpec.of(collection, config, out_dir, threads)
+    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
                 options["compute"].min_size, threads)
     dataset = ray.data.from_items([{"files": pickle.dumps(batch)} for batch in batches],
                                   override_num_blocks=len(batches))
-    decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": collection.extractor.limits},
+    decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": extractor.limits},
                                   num_cpus=1)
     prepared = decoded.map_batches(_Worker, batch_size=1, fn_constructor_kwargs={"spec": spec}, **options)
     for row in prepared.iter_rows():

@@ -22,6 +22,9 @@ Every corpus answers the same four splits:
 For DISC21 and Copydays the descriptors are computed with the given `Extractor` on first use of a split and kept
 under a cache folder (never in the dataset), in chunks keyed by the files' names, sizes and modification times
 and the model (`cached_descriptors`): an interrupted run over a million references resumes at the last chunk.
+
+Above ~400 lines: three corpus layouts answering one interface; each is short, and they share the split
+and cache helpers that would otherwise be imported back and forth.
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ queries and references, two baselines (`baselines`): PDQ hashes and exact search
 descriptors. Optionally: other presets activated beside the main one (``compare``, e.g. the edit-aware
 "robust"; each its own rows and its paired difference with "active"), every preset to one PSNR floor
 (``psnr``, so they are compared at equal quality), and R@1 under edits against PSNR at several scalings.
+
+Above ~400 lines: the runner is one experiment whose steps (sample, train, index, activate, query,
+score) share the run's caches and seeds; each step is a short function, in the order it runs.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import numpy as np
 
 from ..activation import ActivationConfig, Activator, get_preset
 from ..codec import MIN_POINTS_PER_CENTROID, TARGET_KINDS, Codec, search, set_nprobe
+from ..edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
 from ..errors import InvalidInputError
 from ..extractor import Extractor
 from ..imageio import load_image, save_png
@@ -41,7 +45,6 @@ from ..perceptual import quality
 from ..progress import progress_bar
 from .baselines import BASELINES, PDQ_MATCH_THRESHOLD, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
 from .corpus import open_corpus, save_atomic
-from .edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
 from .metrics import (
     cell_agreement,
     hits_at_k,

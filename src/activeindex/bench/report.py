@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from ..edits import SWEEPS, apply_edit
 from ..imageio import load_image
 from .baselines import BASELINES, PDQ_MATCH_THRESHOLD
-from .edits import SWEEPS, apply_edit
 
 __all__ = ["write_report", "summary_markdown", "summary_rows", "per_edit_markdown", "per_edit_rows",
            "activations_figure", "PAPER_R1"]

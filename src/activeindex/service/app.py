@@ -2,7 +2,7 @@
 
 Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
 The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool, and
-activations are jobs (jobs.py) in the collection's durable queue, run one at a time by a background
+activations are jobs (service/jobs.py) in the collection's durable queue, run one at a time by a background
 worker process at the lowest CPU priority, so searches keep being answered while it activates. Both
 are bounded: 503 + Retry-After when full. ``POST /v1/jobs`` queues a job of one or more images and
 answers 202 at once (``GET /v1/jobs/{id}`` follows it); ``POST /v1/activate`` queues a job of one image
@@ -14,11 +14,9 @@ from a request ever reaches the filesystem: uploads get names the server makes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hmac
 import io
 import logging
-import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,26 +25,21 @@ from pathlib import Path
 
 import anyio
 import numpy as np
-import swagger_ui_bundle
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .. import __version__
-from ..activation import PRESETS, ActivationConfig, get_preset
+from .._version import __version__
+from ..activation import ActivationConfig
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
-from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError
-from ..imageio import image_size, load_image, sha256_bytes, sha256_file
-from ..jobs import ActivationWorker, Job, JobQueue, UnknownJobError, WorkerBusy, WorkerFailed
+from ..errors import ActiveIndexError
+from ..imageio import load_image, sha256_bytes, sha256_file
+from . import http
+from .jobs import ActivationWorker, Job, JobQueue
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -75,53 +68,6 @@ class ServiceConfig:
     activation: ActivationConfig = field(default_factory=ActivationConfig)  # the settings of every activation job
     ray: str | None = None  # where jobs activate: None in the worker process, else a Ray address ("local", "auto")
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
-
-
-class Error(BaseModel):
-    """Every error response: one line."""
-
-    detail: str
-
-
-def _errors(*codes: int) -> dict:
-    """OpenAPI entries for the error statuses an endpoint may answer."""
-    return {code: {"model": Error} for code in codes}
-
-
-class JobAccepted(BaseModel):
-    """A job just queued (202; its ``Location`` header is ``/v1/jobs/{id}``)."""
-
-    id: int
-    state: str  # queued, running, done or failed
-    total: int  # images in the job
-    done: int  # images handled so far
-
-
-class JobStatus(JobAccepted):
-    """A job and, once done, what it registered (file names only, never server paths)."""
-
-    created_at: str
-    updated_at: str
-    records: list[dict]  # the images it activated, as GET /v1/images/{id} shows them
-    skipped: list[dict]  # {"filename", "reason"}: already registered, or twice in the job
-    failed: list[dict]  # {"filename", "error"}
-    error: str | None  # why the job as a whole failed
-
-
-IMAGE_BODY = {"type": "string", "format": "binary"}
-SETTINGS_FIELDS = {  # optional form fields of the activation requests
-    "preset": {"type": "string", "enum": sorted(PRESETS),
-               "description": "activation settings (default: the server's); robust: also for crops, rotations..."},
-    "psnr": {"type": "number", "minimum": 20, "maximum": 80,
-             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"}}
-JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
-                "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
-
-
-def _safe_name(filename: str | None) -> str:
-    """A client's file name reduced to a harmless label (letters of any script kept; never used as a path)."""
-    stem = re.sub(r"[^\w.-]+", "_", Path(filename or "upload").name)[:64].strip("._")
-    return stem or "upload"
 
 
 class _Searches:
@@ -161,8 +107,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     app = FastAPI(title="activeindex", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Image copy detection with active indexing: search and activate images.")
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))
-    _add_error_handlers(app)
-    _add_docs(app)
+    http.add_error_handlers(app)
+    http.add_docs(app)
     searches = _Searches(config.search_threads, config.max_pending_searches)
     bearer = HTTPBearer(auto_error=False)
 
@@ -176,7 +122,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     async def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/v1/status", responses=_errors(500))
+    @app.get("/v1/status", responses=http.errors(500))
     def status() -> dict:
         info = collection.info()
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
@@ -186,28 +132,29 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
                        "max_request_pixels": config.max_request_pixels, "max_k": config.max_k}}
 
-    @app.post("/v1/search", responses=_errors(400, 413, 422, 503),
+    @app.post("/v1/search", responses=http.errors(400, 413, 422, 503),
               max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4})
     async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k)) -> dict:
         if not 1 <= k <= config.max_k:
             raise HTTPException(422, f"k must be between 1 and {config.max_k}")
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
-        named = [await _read_upload(u, config.max_upload_bytes) for u in images]
+        named = [await http.read_upload(u, config.max_upload_bytes) for u in images]
         results = await searches.run(_search, collection, named, k, config.max_request_pixels)
         return {"threshold": threshold, "results": [
             {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= threshold,
              "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
-              responses={200: {"content": {"image/png": {"schema": IMAGE_BODY}},
+              responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}},
                                "description": "the activated PNG; headers X-Image-Id and X-PSNR"},
-                         202: JOB_RESPONSE, **_errors(400, 401, 403, 409, 413, 422, 500, 503)},
+                         202: http.JOB_RESPONSE, **http.errors(400, 401, 403, 409, 413, 422, 500, 503)},
               max_body_size=config.max_upload_bytes + 64 * 1024,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                  "type": "object", "required": ["image"], "properties": {"image": IMAGE_BODY, **SETTINGS_FIELDS}}}}}})
+                  "type": "object", "required": ["image"],
+                  "properties": {"image": http.IMAGE_BODY, **http.SETTINGS_FIELDS}}}}}})
     async def activate(request: Request) -> Response:
-        (name, data), settings = await _one_image(request, config.max_upload_bytes, config.activation)
+        (name, data), settings = await http.one_image(request, config.max_upload_bytes, config.activation)
         [(path, pixels)] = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
                                               config.max_request_pixels)
         job = await submit([path], settings)
@@ -220,18 +167,18 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                                      "X-Scaling": f"{record.scaling:.3f}"})
 
     @app.post("/v1/jobs", dependencies=[Depends(require_token)], status_code=202,
-              responses={202: JOB_RESPONSE, **_errors(400, 401, 403, 413, 422, 500, 503)},
+              responses={202: http.JOB_RESPONSE, **http.errors(400, 401, 403, 413, 422, 500, 503)},
               max_body_size=config.max_request_bytes,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["images"], "properties": {"images": {
-                      "type": "array", "items": IMAGE_BODY, "minItems": 1,
-                      "description": f"at most {config.max_files} images (413 beyond)"}, **SETTINGS_FIELDS}}}}}})
+                      "type": "array", "items": http.IMAGE_BODY, "minItems": 1,
+                      "description": f"at most {config.max_files} images (413 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
-        named, settings = await _images(request, config.max_files, config.max_upload_bytes, config.activation)
+        named, settings = await http.image_files(request, config.max_files, config.max_upload_bytes, config.activation)
         stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)
         return _accepted(await submit([path for path, _ in stored], settings))
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=_errors(404, 422))
+    @app.get("/v1/jobs/{job_id}", response_model=http.JobStatus, responses=http.errors(404, 422))
     async def job_status(job_id: int = PathParam(ge=1, le=MAX_ID, description="a job id from POST /v1/jobs")) -> dict:
         return _public_job(await anyio.to_thread.run_sync(worker.queue.get, job_id))
 
@@ -245,12 +192,12 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
 
     image_id_param = PathParam(ge=1, le=MAX_ID, description="an image id from a search result")
 
-    @app.get("/v1/images/{image_id}", responses=_errors(404, 422))
+    @app.get("/v1/images/{image_id}", responses=http.errors(404, 422))
     def image_record(image_id: int = image_id_param) -> dict:
         return _public(_record(collection, image_id))
 
     @app.get("/v1/images/{image_id}/activated", response_class=Response,
-             responses={200: {"content": {"image/png": {"schema": IMAGE_BODY}}}, **_errors(404, 422)})
+             responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}}}, **http.errors(404, 422)})
     def activated_file(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         if record.activated_path is None:
@@ -258,7 +205,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         return FileResponse(_activated_file(record), media_type="image/png")
 
     @app.get("/v1/images/{image_id}/thumbnail", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {"schema": IMAGE_BODY}}}, **_errors(404, 422)})
+             responses={200: {"content": {"image/jpeg": {"schema": http.IMAGE_BODY}}}, **http.errors(404, 422)})
     def thumbnail(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         try:
@@ -277,111 +224,9 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error as JSON ``{"detail": one line}``; request data is never echoed back."""
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = ["/".join(str(p) for p in e.get("loc", ())[1:]) + f": {e.get('msg', 'invalid')}"
-                    for e in error.errors()[:3]]
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
-
-    @app.exception_handler(ActiveIndexError)
-    async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
-        if isinstance(error, UnknownJobError):
-            return JSONResponse({"detail": str(error)}, status_code=404)
-        if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
-            return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
-        if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
-            logger.error("%s", error)
-            return JSONResponse({"detail": "the collection is damaged on the server; see the server log"},
-                                status_code=500)
-        return JSONResponse({"detail": str(error)}, status_code=400)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
-
-
-def _add_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package: works without internet."""
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title="activeindex API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
-
-
-async def _one_image(request: Request, max_bytes: int,
-                     default: ActivationConfig) -> tuple[tuple[str, bytes], ActivationConfig]:
-    """The single ``image`` file part of a multipart request (read only after the token was checked), and
-    the activation settings its optional fields ask for."""
-    # a second image part gets our 422 (Starlette's own limit answers 400); + the settings fields
-    form = await request.form(max_files=2, max_fields=2 + len(SETTINGS_FIELDS))
-    image = form.get("image")
-    if not hasattr(image, "read") or len(form.getlist("image")) != 1:
-        raise HTTPException(422, "image: send exactly one file in the field 'image'")
-    return await _read_upload(image, max_bytes), _activation_settings(form, default)
-
-
-async def _images(request: Request, max_files: int, max_bytes: int,
-                  default: ActivationConfig) -> tuple[list[tuple[str, bytes]], ActivationConfig]:
-    """The ``images`` file parts of a multipart request (read only after the token was checked), and the
-    activation settings its optional fields ask for."""
-    form = await request.form(max_files=max_files + 1, max_fields=max_files + 1 + len(SETTINGS_FIELDS))
-    images = form.getlist("images")
-    if not images or not all(hasattr(image, "read") for image in images):
-        raise HTTPException(422, "images: send one or more files in the field 'images'")
-    if len(images) > max_files:
-        raise HTTPException(413, f"at most {max_files} images per request")
-    return [await _read_upload(image, max_bytes) for image in images], _activation_settings(form, default)
-
-
-def _activation_settings(form, default: ActivationConfig) -> ActivationConfig:
-    """The server's settings, or the ``preset`` asked for, with a ``psnr`` floor if one is given; 422 otherwise."""
-    preset, psnr = form.get("preset"), form.get("psnr")
-    if preset is not None and preset not in PRESETS:
-        raise HTTPException(422, f"preset: one of {sorted(PRESETS)}")
-    settings = default if preset in (None, "") else get_preset(preset)
-    if psnr in (None, ""):
-        return settings
-    try:
-        return dataclasses.replace(settings, psnr=float(psnr))
-    except (ValueError, InvalidInputError):
-        raise HTTPException(422, "psnr: a number of dB from 20 to 80") from None
-
-
-async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
-    """(safe name, bytes) of an uploaded file; 413 when it is larger than ``max_bytes``."""
-    data = await upload.read(max_bytes + 1)
-    name = _safe_name(upload.filename)
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
-    return name, data
-
-
-def _check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> list[tuple[int, int]]:
-    """(width, height) per image; refuses a request whose images would decode to more than ``max_pixels`` in all
-    (header sizes only)."""
-    sizes = [image_size(data, name) for name, data in named]
-    total = sum(w * h for w, h in sizes)
-    if total > max_pixels:
-        raise HTTPException(413, f"the images of this request hold {total} pixels in all; the limit is "
-                                 f"{max_pixels} per request: send fewer or smaller images")
-    return sizes
-
-
 def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_pixels: int) -> list:
     """(In a worker thread.) Decode and embed one image at a time (bounded memory), then search them all."""
-    _check_pixels(named, max_pixels)
+    http.check_pixels(named, max_pixels)
     queries = np.stack([collection.extractor.encode(collection.extractor.load_bytes(data, name))
                         for name, data in named])
     return collection.search_descriptors(queries, k)
@@ -394,7 +239,7 @@ def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str
     Returns:
         (path, pixels) per upload.
     """
-    sizes = _check_pixels(named, max_pixels)
+    sizes = http.check_pixels(named, max_pixels)
     for name, data in named:  # decoded one at a time: bounded memory
         collection.extractor.load_bytes(data, name)
     stored = []

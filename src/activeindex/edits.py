@@ -1,4 +1,8 @@
-"""Named, parameterised, deterministic image edits: the queries of the evaluation (METHOD.md section 5).
+"""Named, parameterised, deterministic image edits: the queries of the evaluation (METHOD.md section 5) and
+of calibration (calibrate.py); the benchmark (bench/) imports them from here.
+
+Above ~400 lines because it is one registry: the paper's fixed edits, the DISC21 "auto" composition and the
+AugLy shims they share belong together, and splitting them would split the registry.
 
 An edit maps an (H, W, 3) uint8 RGB array and a seeded ``numpy.random.Generator`` to a new array. Look
 edits up by name (`get_edit`, `apply_edit`); an unknown name raises `UnknownNameError`, and an edit that
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from ..errors import ActiveIndexError, UnknownNameError
+from .errors import ActiveIndexError, UnknownNameError
 
 __all__ = ["Edit", "EditError", "register_edit", "list_edits", "get_edit", "apply_edit", "PAPER_EDITS",
            "FIXED_EDITS", "SWEEPS", "sweep", "brightness", "contrast", "hue", "gaussian_blur", "jpeg", "rotation",

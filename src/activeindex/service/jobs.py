@@ -13,6 +13,9 @@ same collection folder and commits each batch under the folder lock like any oth
 (collection.py); the service sees the new records on its next look at the catalog. At most
 ``max_pending`` jobs may be queued or running; beyond that `ActivationWorker.submit` refuses with
 `WorkerBusy`.
+
+Above ~400 lines: the queue's states and the worker that moves jobs through them change together (a
+state the worker does not handle is a job that never ends), so they are read side by side.
 """
 from __future__ import annotations
 
@@ -33,10 +36,10 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from .activation import ActivationConfig
-from .catalog import sqlite_errors
-from .collection import CATALOG, Collection
-from .errors import (
+from ..activation import ActivationConfig
+from ..catalog import sqlite_errors
+from ..collection import CATALOG, Collection
+from ..errors import (
     ActiveIndexError,
     CorruptCollectionError,
     InvalidInputError,

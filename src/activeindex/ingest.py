@@ -1,0 +1,294 @@
+"""Ingestion: how new image files become registered records, in four steps.
+
+1. plan: list the files, hash each, drop those already registered (by sha256) or repeated in the run,
+   and form batches BEFORE decoding, so every executor activates the same images together (an image's
+   result depends on its batch);
+2. read and decode each planned file (a bad one becomes a per-file error, never a failed run);
+3. prepare: embed (passive references) or activate and write the activated PNG under a staging name, in
+   this process (`prepare_here`: two threads decode the next batch and write this one's PNGs while the
+   model runs) or on Ray (pipeline.py runs the same `Preparer` in its actors);
+4. commit, batch by batch, under the collection's folder lock (`commit_batch`): skip what another process
+   registered meanwhile, rename the staged PNGs to their final names, insert the records and add their
+   descriptors to the index (live_index.py).
+
+Batch k is committed once batch k+1 is prepared, so its PNGs are written meanwhile; an error while
+preparing a later batch still commits what was prepared before it. A run killed anywhere leaves nothing
+registered that is not complete, and re-running it skips what was registered and resumes.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .activation import ActivationConfig, Activator
+from .catalog import Catalog, Record
+from .codec import Codec
+from .errors import ActiveIndexError
+from .extractor import Extractor, ImageSource
+from .imageio import ImageLimits, decode_image, list_images, read_ahead, read_file, save_png, sha256_bytes, sha256_file
+from .live_index import LiveIndex
+from .progress import progress_bar
+
+__all__ = ["BatchReport", "Prepared", "Preparer", "PlannedFile", "read_and_decode", "plan_batches",
+           "prepare_here", "commit_batch", "run", "embed_stream", "BatchCallback"]
+
+BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
+PlannedFile = tuple[str, str, bytes | None]  # (path, sha256 of its bytes, the bytes when kept for decoding)
+Prepare = Callable[[Iterator[list[PlannedFile]], Executor], Iterable[list["Prepared"]]]
+
+
+@dataclass
+class BatchReport:
+    """What a batch operation did: registered records, skipped duplicates, per-file failures."""
+
+    records: list[Record] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line error)
+
+    @property
+    def handled(self) -> int:
+        """Input files dealt with so far, whatever their outcome."""
+        return len(self.records) + len(self.skipped) + len(self.failed)
+
+    def to_dict(self) -> dict:
+        return {"records": [r.to_dict() for r in self.records],
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "failed": [{"path": p, "error": e} for p, e in self.failed]}
+
+
+@dataclass
+class Prepared:
+    """One new file on its way into the collection: decoded, then embedded or activated, then committed."""
+
+    path: str
+    sha256: str
+    image: np.ndarray | None = field(default=None, repr=False)  # decoded; dropped once prepared
+    record: Record | None = None
+    descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
+    staged: str | None = None  # the activated PNG under its staging name; the commit renames it
+    error: str | None = None  # one line: why this file is not registered
+    writing: Future | None = field(default=None, repr=False, compare=False)  # the staged PNG, being written
+
+    def written(self) -> None:
+        """Wait until the staged PNG is on disk (a write error is raised here, as if written in line)."""
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
+
+
+# ---------------------------------------------------------------- 1. plan
+
+def plan_batches(paths: list[Path], catalog: Catalog, batch_size: int, report: BatchReport,
+                 keep_bytes: bool) -> Iterator[list[PlannedFile]]:
+    """Batches of the files not registered yet, in file order; unreadable files and duplicates go to the
+    report. ``keep_bytes``: keep each file's bytes for decoding (in process), else the reader reads it again."""
+    batch, seen = [], set()
+    for path in paths:
+        try:
+            data = read_file(path)
+        except ActiveIndexError as e:
+            report.failed.append((str(path), str(e)))
+            continue
+        data_sha = sha256_bytes(data)
+        known = catalog.find_sha256(data_sha)
+        if known is not None or data_sha in seen:
+            report.skipped.append((str(path), "duplicate of an earlier file in this run" if known is None
+                                   else f"already registered (id {known})"))
+            continue
+        seen.add(data_sha)
+        batch.append((str(path), data_sha, data if keep_bytes else None))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------- 2. read and decode
+
+def read_and_decode(path: str, sha256: str, data: bytes | None = None,
+                    limits: ImageLimits = ImageLimits()) -> Prepared:
+    """Decode one planned file (read it unless ``data`` is given); a bad file becomes ``Prepared.error``."""
+    try:
+        return Prepared(path, sha256, image=decode_image(read_file(path) if data is None else data, path, limits))
+    except ActiveIndexError as e:
+        return Prepared(path, sha256, error=str(e))
+
+
+# ---------------------------------------------------------------- 3. prepare
+
+class Preparer:
+    """The heavy work on a batch of decoded files: embed them (``config=None``: passive references) or
+    activate them and write each PNG under a staging name in ``out_dir``. Holds no collection, so Ray's
+    actors hold one each (pipeline.py); a batch gives the same bytes wherever it runs.
+
+    Args:
+        extractor: the descriptor model.
+        codec: the frozen codec (activation targets).
+        config: activation settings, or ``None`` to register passive references.
+        out_dir: where the staged PNGs go (activation only).
+        writer: threads that write the staged PNGs while the next batch is prepared (None: in line).
+    """
+
+    def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
+                 out_dir: str | os.PathLike | None = None, writer: Executor | None = None):
+        self.extractor, self.config, self.writer = extractor, config, writer
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.activator = Activator(extractor, codec, config) if config is not None else None
+
+    def __call__(self, batch: list[Prepared]) -> list[Prepared]:
+        ready = [p for p in batch if p.error is None]
+        if not ready:
+            return batch
+        images = [p.image for p in ready]
+        if self.activator is None:
+            descriptors, results = self.extractor.encode_arrays(images), [None] * len(ready)
+        else:
+            results = self.activator.activate(images, progress=False)
+            descriptors = np.stack([r.descriptor for r in results])
+        for item, descriptor, result in zip(ready, descriptors, results):
+            item.record = Record(id=None, kind="passive" if result is None else "active",
+                                 original_path=str(Path(item.path).resolve()), original_sha256=item.sha256,
+                                 width=item.image.shape[1], height=item.image.shape[0],
+                                 **(result.metrics() if result is not None else {}))
+            item.descriptor, item.image = descriptor, None
+            if result is not None:
+                item.staged = str(self.out_dir / f".{item.sha256}.staged.png")
+                if self.writer is None:
+                    _write_staged(item, result.image)
+                else:  # PNG encoding is CPU-heavy: done while the next batch is activated
+                    item.writing = self.writer.submit(_write_staged, item, result.image)
+        return batch
+
+
+def _write_staged(item: Prepared, image: np.ndarray) -> None:
+    save_png(item.staged, image)
+    item.record.activated_sha256 = sha256_file(item.staged)
+
+
+def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None) -> Prepare:
+    """The in-process executor: the pool's two threads decode the next batch and write this one's PNGs while
+    the model runs."""
+    def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
+        preparer = Preparer(extractor, codec, config, out_dir, writer=pool)
+        return map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=extractor.limits), pool))
+    return prepare
+
+
+def _read_planned(file: PlannedFile, limits: ImageLimits) -> Prepared:
+    return read_and_decode(*file, limits=limits)
+
+
+# ---------------------------------------------------------------- 4. commit
+
+def commit_batch(prepared: list[Prepared], out_dir: Path | None, index: LiveIndex, report: BatchReport) -> None:
+    """Register one prepared batch; call it under the collection's folder lock, with the staged PNGs written.
+
+    Files another process registered since they were planned are skipped. A crash after the renames
+    leaves files that the next run takes over (`activated_path`); before the catalog commits, nothing is
+    registered.
+    """
+    catalog = index.catalog
+    known = catalog.find_sha256s([item.sha256 for item in prepared if item.error is None])
+    keep = []
+    for item in prepared:
+        if item.error:
+            report.failed.append((item.path, item.error))
+        elif item.sha256 in known:
+            report.skipped.append((item.path, f"already registered (id {known[item.sha256]})"))
+            if item.staged:
+                Path(item.staged).unlink(missing_ok=True)
+        else:
+            if item.staged:
+                final = activated_path(catalog, out_dir, Path(item.path), item.sha256, item.record.activated_sha256)
+                os.replace(item.staged, final)
+                item.record.activated_path = str(final.resolve())
+            keep.append(item)
+    if keep:
+        index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]))
+        report.records += [item.record for item in keep]
+
+
+def activated_path(catalog: Catalog, out_dir: Path, source: Path, data_sha: str, activated_sha: str) -> Path:
+    """``<stem>.png``, or ``<stem>-<sha8>.png`` when that name is taken (never overwrite another file; a
+    file with the very same bytes, left by a run killed before its commit, is taken over)."""
+    path = out_dir / f"{source.stem}.png"
+    taken = catalog.activated_path_taken(str(path.resolve()))
+    if taken or (path.exists() and sha256_file(path) != activated_sha):
+        path = out_dir / f"{source.stem}-{data_sha[:8]}.png"
+    return path
+
+
+# ---------------------------------------------------------------- the run
+
+def run(images: Iterable[str | os.PathLike], catalog: Catalog, prepare: Prepare,
+        commit: Callable[[list[Prepared], BatchReport], None], batch_size: int, keep_bytes: bool,
+        progress: bool | None, on_batch: BatchCallback | None) -> BatchReport:
+    """Plan the new files among ``images`` (files and folders), prepare them batch by batch with ``prepare``
+    and ``commit`` each; the report lists failures and skips in input order."""
+    report, paths = BatchReport(), list_images(list(images))
+    bar = progress_bar(len(paths), "images", progress)
+
+    def commit_and_count(prepared: list[Prepared]) -> None:
+        commit(prepared, report)
+        bar.update(report.handled - bar.n)
+        if on_batch is not None:
+            on_batch(report.handled, len(paths))
+
+    with ThreadPoolExecutor(2) as pool:
+        pending = None  # prepared, not committed yet
+        try:
+            for prepared in prepare(plan_batches(paths, catalog, batch_size, report, keep_bytes), pool):
+                if pending is not None:  # batch k is committed once k+1 is prepared: its PNGs were written meanwhile
+                    batch, pending = pending, None  # a commit that fails is not tried again below
+                    commit_and_count(batch)
+                pending = prepared
+        finally:  # an error while preparing a later batch loses nothing prepared before it
+            if pending is not None:
+                commit_and_count(pending)
+    order = {str(path): n for n, path in enumerate(paths)}  # unreadable files were reported when planned
+    report.failed.sort(key=lambda failure: order[failure[0]])
+    report.skipped.sort(key=lambda skip: order[skip[0]])
+    bar.update(len(paths) - bar.n)
+    bar.close()
+    if on_batch is not None and report.handled < len(paths):
+        on_batch(len(paths), len(paths))
+    return report
+
+
+# ---------------------------------------------------------------- training images
+
+def embed_stream(extractor: Extractor, items: Iterable[ImageSource], progress: bool | None,
+                 batch_size: int = 32) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Descriptors of a stream of images and folders, batch by batch; (item, error) for unreadable ones."""
+    vectors, failed, batch = [], [], []
+    bar = progress_bar(None, "embed", progress)
+    for item in _expand_folders(items):
+        try:
+            batch.append(extractor.load(item))
+        except ActiveIndexError as e:
+            failed.append((str(item), str(e)))
+        if len(batch) == batch_size:
+            vectors.append(extractor.encode_arrays(batch))
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        vectors.append(extractor.encode_arrays(batch))
+        bar.update(len(batch))
+    bar.close()
+    return np.concatenate(vectors) if vectors else np.zeros((0, extractor.dim), np.float32), failed
+
+
+def _expand_folders(items: Iterable[ImageSource]) -> Iterator[ImageSource]:
+    """Arrays and files as they come; folders replaced by the images inside them."""
+    for item in items:
+        if isinstance(item, np.ndarray):
+            yield item
+        else:
+            yield from list_images([item])

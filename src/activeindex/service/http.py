@@ -1,0 +1,171 @@
+"""The HTTP surface the routes share: response models and error bodies (as OpenAPI shows them), the
+multipart readers that enforce the upload limits, the JSON error handlers and the offline docs page."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+
+import swagger_ui_bundle
+from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..activation import PRESETS, ActivationConfig, get_preset
+from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError
+from ..imageio import image_size
+from .jobs import UnknownJobError, WorkerBusy, WorkerFailed
+
+logger = logging.getLogger(__name__)
+
+class Error(BaseModel):
+    """Every error response: one line."""
+
+    detail: str
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses an endpoint may answer."""
+    return {code: {"model": Error} for code in codes}
+
+
+class JobAccepted(BaseModel):
+    """A job just queued (202; its ``Location`` header is ``/v1/jobs/{id}``)."""
+
+    id: int
+    state: str  # queued, running, done or failed
+    total: int  # images in the job
+    done: int  # images handled so far
+
+
+class JobStatus(JobAccepted):
+    """A job and, once done, what it registered (file names only, never server paths)."""
+
+    created_at: str
+    updated_at: str
+    records: list[dict]  # the images it activated, as GET /v1/images/{id} shows them
+    skipped: list[dict]  # {"filename", "reason"}: already registered, or twice in the job
+    failed: list[dict]  # {"filename", "error"}
+    error: str | None  # why the job as a whole failed
+
+IMAGE_BODY = {"type": "string", "format": "binary"}
+SETTINGS_FIELDS = {  # optional form fields of the activation requests
+    "preset": {"type": "string", "enum": sorted(PRESETS),
+               "description": "activation settings (default: the server's); robust: also for crops, rotations..."},
+    "psnr": {"type": "number", "minimum": 20, "maximum": 80,
+             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"}}
+JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
+                "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
+
+
+def safe_name(filename: str | None) -> str:
+    """A client's file name reduced to a harmless label (letters of any script kept; never used as a path)."""
+    stem = re.sub(r"[^\w.-]+", "_", Path(filename or "upload").name)[:64].strip("._")
+    return stem or "upload"
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON ``{"detail": one line}``; request data is never echoed back."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = ["/".join(str(p) for p in e.get("loc", ())[1:]) + f": {e.get('msg', 'invalid')}"
+                    for e in error.errors()[:3]]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(ActiveIndexError)
+    async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
+        if isinstance(error, UnknownJobError):
+            return JSONResponse({"detail": str(error)}, status_code=404)
+        if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
+            return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+        if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
+            logger.error("%s", error)
+            return JSONResponse({"detail": "the collection is damaged on the server; see the server log"},
+                                status_code=500)
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+
+def add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package: works without internet."""
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="activeindex API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+
+async def one_image(request: Request, max_bytes: int,
+                     default: ActivationConfig) -> tuple[tuple[str, bytes], ActivationConfig]:
+    """The single ``image`` file part of a multipart request (read only after the token was checked), and
+    the activation settings its optional fields ask for."""
+    # a second image part gets our 422 (Starlette's own limit answers 400); + the settings fields
+    form = await request.form(max_files=2, max_fields=2 + len(SETTINGS_FIELDS))
+    image = form.get("image")
+    if not hasattr(image, "read") or len(form.getlist("image")) != 1:
+        raise HTTPException(422, "image: send exactly one file in the field 'image'")
+    return await read_upload(image, max_bytes), activation_settings(form, default)
+
+
+async def image_files(request: Request, max_files: int, max_bytes: int,
+                  default: ActivationConfig) -> tuple[list[tuple[str, bytes]], ActivationConfig]:
+    """The ``images`` file parts of a multipart request (read only after the token was checked), and the
+    activation settings its optional fields ask for."""
+    form = await request.form(max_files=max_files + 1, max_fields=max_files + 1 + len(SETTINGS_FIELDS))
+    images = form.getlist("images")
+    if not images or not all(hasattr(image, "read") for image in images):
+        raise HTTPException(422, "images: send one or more files in the field 'images'")
+    if len(images) > max_files:
+        raise HTTPException(413, f"at most {max_files} images per request")
+    return [await read_upload(image, max_bytes) for image in images], activation_settings(form, default)
+
+
+def activation_settings(form, default: ActivationConfig) -> ActivationConfig:
+    """The server's settings, or the ``preset`` asked for, with a ``psnr`` floor if one is given; 422 otherwise."""
+    preset, psnr = form.get("preset"), form.get("psnr")
+    if preset is not None and preset not in PRESETS:
+        raise HTTPException(422, f"preset: one of {sorted(PRESETS)}")
+    settings = default if preset in (None, "") else get_preset(preset)
+    if psnr in (None, ""):
+        return settings
+    try:
+        return dataclasses.replace(settings, psnr=float(psnr))
+    except (ValueError, InvalidInputError):
+        raise HTTPException(422, "psnr: a number of dB from 20 to 80") from None
+
+
+async def read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
+    """(safe name, bytes) of an uploaded file; 413 when it is larger than ``max_bytes``."""
+    data = await upload.read(max_bytes + 1)
+    name = safe_name(upload.filename)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"{name}: larger than {max_bytes} bytes")
+    return name, data
+
+
+def check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> list[tuple[int, int]]:
+    """(width, height) per image; refuses a request whose images would decode to more than ``max_pixels`` in all
+    (header sizes only)."""
+    sizes = [image_size(data, name) for name, data in named]
+    total = sum(w * h for w, h in sizes)
+    if total > max_pixels:
+        raise HTTPException(413, f"the images of this request hold {total} pixels in all; the limit is "
+                                 f"{max_pixels} per request: send fewer or smaller images")
+    return sizes
