@@ -16,8 +16,10 @@ from PIL import Image
 
 from activeindex import ActivationConfig, Collection
 from activeindex.catalog import Catalog
-from activeindex.errors import CorruptCollectionError, InvalidInputError
-from activeindex.service.jobs import JobQueue, UnknownJobError, WorkerBusy
+from activeindex.errors import CorruptCollectionError, InvalidInputError, StorageFullError
+from activeindex.locking import FolderLock, LifetimeLock
+from activeindex.service.jobs import RUNNER_LOCK
+from activeindex.service.queue import JobQueue, UnknownJobError, WorkerBusy, job_error
 
 from .conftest import TEST_FACTORY, TOKEN, free_port, serving
 
@@ -106,8 +108,8 @@ def test_queue_submit_claim_progress_finish(queue, tmp_path):
     assert ActivationConfig.from_dict(job.config) == config
     other = queue.submit([tmp_path / "c.png"], tmp_path / "out")
     assert queue.pending() == 2 and queue.pending_inputs() == {*job.inputs, *other.inputs}
-    claimed = queue.claim_next()
-    assert claimed.id == job.id and claimed.state == "running"  # the oldest first
+    claimed = queue.claim_next("runner-1")
+    assert claimed.id == job.id and claimed.state == "running" and claimed.runs == 1  # the oldest first
     queue.progress(job.id, 1, 2)
     assert queue.get(job.id).done == 1
     report = {"records": [], "skipped": [{"path": job.inputs[0], "reason": "already registered (id 1)"}],
@@ -115,10 +117,12 @@ def test_queue_submit_claim_progress_finish(queue, tmp_path):
     queue.finish(job.id, result=report)
     done = queue.get(job.id)
     assert (done.state, done.done, done.result, done.error) == ("done", 2, report, None)
-    assert queue.claim_next().id == other.id and queue.claim_next() is None
-    queue.finish(other.id, error="the collection is busy; retry")
+    assert queue.claim_next("runner-1").id == other.id and queue.claim_next("runner-1") is None
+    assert not queue.finish(other.id, error=StorageFullError("disk full"), runner="runner-2")  # not its job
+    assert queue.finish(other.id, error=StorageFullError("disk full"), runner="runner-1")
     failed = queue.get(other.id)
-    assert failed.state == "failed" and failed.error == "the collection is busy; retry" and failed.finished
+    assert (failed.state, failed.error, failed.finished) == ("failed", "disk full", True)
+    assert isinstance(job_error(failed), StorageFullError)  # the kind survives: the service answers 507
     assert queue.pending() == 0
 
 
@@ -139,19 +143,23 @@ def test_queue_errors_are_one_line(queue, tmp_path):
         JobQueue(damaged)
 
 
-def test_a_running_job_is_queued_again_after_a_restart(queue, tmp_path):
+def test_a_running_job_is_queued_again_only_by_the_holder_of_the_runner_lock(queue, tmp_path):
     job = queue.submit([tmp_path / "a.png"], tmp_path / "out")
-    queue.claim_next()
+    queue.claim_next("runner-1")
     queue.progress(job.id, 0, 1)
     queue.close()  # the process that ran it died
-    reopened = JobQueue(tmp_path)
+    reopened, lock = JobQueue(tmp_path), LifetimeLock(tmp_path / RUNNER_LOCK)
     try:
         assert reopened.get(job.id).state == "running"
-        assert reopened.requeue_running() == [job.id]
+        with pytest.raises(RuntimeError, match="runner lock"):
+            reopened.requeue_running(lock)  # not held: another runner may still work on it
+        assert lock.acquire() and not LifetimeLock(tmp_path / RUNNER_LOCK).acquire()  # one holder at a time
+        assert reopened.requeue_running(lock) == [job.id]
         again = reopened.get(job.id)
         assert again.state == "queued" and again.inputs == job.inputs and again.config == job.config
-        assert reopened.claim_next().id == job.id
+        assert reopened.claim_next("runner-2").runs == 2
     finally:
+        lock.release()
         reopened.close()
 
 
@@ -181,20 +189,20 @@ def test_a_job_of_three_photos_completes_with_progress(served, photo_paths, smal
 
 
 def test_searches_answer_while_a_job_runs(served, photo_paths, small_photos):
-    _, url = served
+    root, url = served
     files = [("images", item) for item in _new_photos(small_photos, 2, 3)]
     job_id = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60).json()["id"]
     _wait_running(url, job_id)
     query = photo_paths[1].read_bytes()
     latencies = []
-    for _ in range(5):
-        start = time.monotonic()
-        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", query)}, timeout=60)
-        latencies.append(time.monotonic() - start)
-        assert response.status_code == 200 and response.json()["results"][0]["matches"][0]["id"] == 2
-    state = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"]
+    with FolderLock(root / ".lock").held(timeout=10):  # the job cannot commit, so it runs while we search
+        for _ in range(5):
+            start = time.monotonic()
+            response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", query)}, timeout=60)
+            latencies.append(time.monotonic() - start)
+            assert response.status_code == 200 and response.json()["results"][0]["matches"][0]["id"] == 2
+        assert httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"] == "running"
     print(f"search latencies while the job ran: {', '.join(f'{s:.2f}' for s in latencies)} s")
-    assert state == "running", "the job finished before the searches: make it longer"
     job, _ = _follow(url, job_id)
     assert job["state"] == "done" and len(job["records"]) == 3
 

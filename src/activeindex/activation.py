@@ -152,6 +152,8 @@ class Activator:
         extractor: the descriptor model (its differentiable path is optimised through).
         codec: the trained codec that gives the targets.
         config: the settings (``ActivationConfig()`` or ``get_preset("paper")``).
+        stored_dtype: the precision the index is fed descriptors in (a collection: ``"float16"``); targets
+            and the reported cell / code agreement come from the descriptor rounded to it.
 
     Example:
         >>> results = Activator(extractor, codec).activate([image])
@@ -159,8 +161,10 @@ class Activator:
         (43.1, True)
     """
 
-    def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig = ActivationConfig()):
+    def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig = ActivationConfig(),
+                 stored_dtype: str = "float32"):
         self.extractor, self.codec, self.config = extractor, codec, config
+        self.stored_dtype = np.dtype(stored_dtype)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self._alpha = torch.tensor(config.alpha_c).view(1, 3, 1, 1)
         self._precision = compute_dtype(config.precision, extractor.device)
@@ -171,7 +175,8 @@ class Activator:
         Returns:
             one `ActivatedImage` per input, in input order.
         """
-        descriptors = self.extractor.encode_arrays(images)
+        # rounded as the index will store them: the target is the code the index holds, not a neighbour's
+        descriptors = self.extractor.encode_arrays(images).astype(self.stored_dtype).astype(np.float32)
         targets = self.codec.targets(descriptors, self.config.target)
         out: list[tuple[np.ndarray, float] | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)

@@ -2,8 +2,10 @@
 
 The catalog is the source of truth: the faiss index holds exactly the catalog's ids and can always be
 rebuilt from the stored descriptors. Several processes may share it (WAL mode); `data_version` tells a
-process that another one has committed, so it can bring its in-memory index up to date. Ids only grow
-(rows are never deleted), so "what is new" is everything above the largest id a process has seen.
+process that another one has committed, so it can bring its in-memory index up to date. Ids only grow and
+are never given out twice, so "what is new" is everything above the largest id a process has seen. A
+removal deletes the row and notes the id in the ``removed`` table in the same transaction; its ``seq``
+only grows, so "what was removed since" is every removal above the last ``seq`` a process has seen.
 
 Descriptors are stored as float16 (1 KB per image; a similarity moves by at most 5e-5, benchmarks/scale.py)
 or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it).
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CollectionLockedError, CorruptCollectionError
+from .errors import CollectionLockedError, CorruptCollectionError, StorageFullError
+from .faults import pause_point
 
 __all__ = ["Record", "Catalog", "MAX_ID", "sqlite_errors"]
 
@@ -42,6 +45,14 @@ CREATE TABLE IF NOT EXISTS images (
     created_at TEXT NOT NULL,
     descriptor BLOB NOT NULL,
     scaling REAL
+)
+"""
+_REMOVED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS removed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER NOT NULL,
+    original_sha256 TEXT NOT NULL,
+    removed_at TEXT NOT NULL
 )
 """
 _ADDED_COLUMNS = {"scaling": "REAL"}  # columns that catalogs made by earlier versions lack
@@ -82,6 +93,9 @@ def sqlite_errors(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as e:
+        if "full" in str(e):  # SQLITE_FULL: "database or disk is full"
+            raise StorageFullError(f"{path}: no space left on the device; free some space and run again "
+                                   "(nothing registered is lost)") from e
         if "locked" in str(e) or "busy" in str(e):
             raise CollectionLockedError(f"{path}: busy ({e}); retry in a moment") from e
         raise CorruptCollectionError(f"{path}: unreadable {what} ({e})") from e
@@ -116,6 +130,7 @@ class Catalog:
             # log). FULL would fsync each batch: 4 ms, a third of registering 256 images at 1M (scale.py).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_REMOVED_SCHEMA)
             self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -156,6 +171,38 @@ class Catalog:
         """The largest registered id, 0 when empty."""
         return self._query("SELECT COALESCE(MAX(id), 0) FROM images")[0][0]
 
+    def removed_count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM removed")[0][0]
+
+    def removed_ids(self) -> np.ndarray:
+        """Every id ever removed, ascending, (n,) int64."""
+        return np.array([r[0] for r in self._query("SELECT id FROM removed ORDER BY id")], np.int64)
+
+    def last_removal(self) -> int:
+        """The ``seq`` of the latest removal, 0 when none."""
+        return self._query("SELECT COALESCE(MAX(seq), 0) FROM removed")[0][0]
+
+    def removals_after(self, seq: int) -> tuple[np.ndarray, int]:
+        """(ids removed after removal ``seq``, the latest removal's seq)."""
+        rows = self._query("SELECT seq, id FROM removed WHERE seq > ? ORDER BY seq", (seq,))
+        return np.array([r[1] for r in rows], np.int64), (rows[-1][0] if rows else seq)
+
+    def remove(self, ids: list[int]) -> list[Record]:
+        """Delete the records of ``ids`` and note their removal, in ONE transaction; ids not registered are
+        ignored. Their sha256s are free again: the same image may be registered anew, under a new id.
+
+        Returns:
+            the removed records, as they were.
+        """
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self._lock, self._errors(), self._transaction():
+            records = self.get(ids)
+            self._db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in records])
+            self._db.executemany("INSERT INTO removed (id, original_sha256, removed_at) VALUES (?, ?, ?)",
+                                 [(i, r.original_sha256, now) for i, r in records.items()])
+            pause_point("removal")
+        return list(records.values())
+
     def ids(self) -> np.ndarray:
         """Every registered id, ascending, (n,) int64."""
         return np.array([r[0] for r in self._query("SELECT id FROM images ORDER BY id")], np.int64)
@@ -177,6 +224,21 @@ class Catalog:
     def activated_path_taken(self, path: str) -> bool:
         return bool(self._query("SELECT 1 FROM images WHERE activated_path = ?", (path,)))
 
+    def find_file(self, path: str | None = None, sha256: str | None = None) -> list[int]:
+        """Ids whose original or activated file has this resolved ``path`` or this ``sha256``."""
+        column, value = ("path", path) if path is not None else ("sha256", sha256)
+        sql = f"SELECT id FROM images WHERE original_{column} = ? OR activated_{column} = ? ORDER BY id"
+        return [r[0] for r in self._query(sql, (value, value))]
+
+    def registered_from(self, paths: list[str], since: str) -> list[Record]:
+        """Records made from these original files (resolved paths) at or after ``since`` (ISO 8601), by id."""
+        rows = []
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start:start + _CHUNK]
+            rows += self._query(f"SELECT {', '.join(_COLUMNS)} FROM images WHERE original_path IN "
+                                f"({', '.join('?' * len(chunk))}) AND created_at >= ?", [*chunk, since])
+        return sorted((_record(row) for row in rows), key=lambda r: r.id)
+
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
         """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending.
 
@@ -185,8 +247,9 @@ class Catalog:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         sql = f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})"
         blobs = np.ascontiguousarray(descriptors, self.descriptor_dtype)
-        with self._lock, self._errors(), self._transaction():
-            first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM images").fetchone()[0]
+        with self._lock, self._errors(), self._transaction():  # never an id given out before, removed or not
+            first = self._db.execute("SELECT MAX(COALESCE((SELECT MAX(id) FROM images), 0), "
+                                     "COALESCE((SELECT MAX(id) FROM removed), 0)) + 1").fetchone()[0]
             ids = list(range(first, first + len(records)))
             self._db.executemany(sql, [[image_id, *(getattr(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes()]
                                        for image_id, r, blob in zip(ids, records, blobs)])

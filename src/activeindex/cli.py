@@ -3,7 +3,7 @@
 Data goes to stdout (a table, or JSON with ``--json``); progress bars, warnings and errors to stderr.
 Exit codes: 0 success, 1 an error or any failed file, 2 usage.
 
-Above ~400 lines: one parser and one short function per verb (thirteen of them); side by side they show
+Above ~400 lines: one parser and one short function per verb; side by side they show
 the whole command line, and every verb only parses, calls the library and formats.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .extractor import Extractor, resolve_device
 from .imageio import ImageLimits, list_images
 from .ingest import BatchReport
 from .onnx_torch import TORCH_MODES
+from .removal import RemovalReport
 from .transforms import EDIT_FAMILIES
 
 __all__ = ["main", "build_parser", "int_in", "positive_int", "finite_float"]
@@ -168,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("-k", type=int_in(1, MAX_K), default=5, help=f"results per query, 1..{MAX_K} (default 5)")
 
+    p = sub.add_parser("remove", parents=[common], help="remove registered images (takedown)")
+    p.add_argument("collection")
+    p.add_argument("items", nargs="+", metavar="ID_OR_FILE_OR_SHA256",
+                   help="image ids, sha256s of original or activated files, or files (matched by content, or by "
+                        "the path they were registered from or activated to)")
+    p.add_argument("--delete-files", action="store_true",
+                   help="also delete their activated files (the originals are never touched)")
+
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
 
@@ -294,6 +303,11 @@ def _search_batch(collection: Collection, queries: list[str], k: int) -> list[di
     return entries
 
 
+def cmd_remove(args: argparse.Namespace) -> RemovalReport:
+    """Remove registered images: no search returns them from now on, in any process sharing the collection."""
+    return _open(args).remove(args.items, delete_files=args.delete_files)
+
+
 def cmd_info(args: argparse.Namespace) -> dict:
     """The collection's manifest and counts."""
     return _open(args).info()
@@ -328,7 +342,10 @@ def cmd_serve(args: argparse.Namespace) -> dict:
                            ray=args.ray)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info")).run(sockets=sockets)
+    # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs
+    # are durable and finish in the collection's next runner
+    uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info",
+                                  timeout_graceful_shutdown=3)).run(sockets=sockets)
     return {}
 
 
@@ -422,8 +439,8 @@ def _print_dict(data: dict) -> None:
 
 def _print_info(info: dict) -> None:
     """One ``key value`` line per collection fact."""
-    keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "ntotal",
-            "codec_fingerprint", "device"]
+    keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "removed",
+            "awaiting_compaction", "ntotal", "codec_fingerprint", "device"]
     for key in keys:
         print(f"{key:18} {info.get(key)}")
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
@@ -454,6 +471,23 @@ def _print_report(report: BatchReport) -> None:
                   f"code {'yes' if r.same_code else 'no'}")
         else:
             print(f"{r.id:>6}  {r.original_path}")
+
+
+def _print_removal(report: RemovalReport) -> None:
+    """One line per removed image."""
+    deleted = set(report.deleted_files)
+    for r in report.removed:
+        note = "  (activated file deleted)" if r.activated_path in deleted else ""
+        print(f"{r.id:>6}  {r.original_path}{note}")
+
+
+def _summarise_removal(report: RemovalReport) -> int:
+    """Items that name no registered image, one line each, then a summary on stderr; 1 if any."""
+    for item, reason in report.not_found:
+        print(f"error: {item}: {reason}", file=sys.stderr)
+    print(f"{len(report.removed)} removed, {len(report.deleted_files)} activated files deleted, "
+          f"{len(report.not_found)} not found", file=sys.stderr)
+    return 1 if report.not_found else 0
 
 
 def _print_search(results: list[dict]) -> None:
@@ -506,7 +540,8 @@ class Command(NamedTuple):
 
 COMMANDS = {"init": Command(cmd_init, _print_info), "add": Command(cmd_add, _print_report, _summarise_report),
             "activate": Command(cmd_activate, _print_report, _summarise_report),
-            "search": Command(cmd_search, _print_search, _summarise_search), "info": Command(cmd_info, _print_info),
+            "search": Command(cmd_search, _print_search, _summarise_search),
+            "remove": Command(cmd_remove, _print_removal, _summarise_removal), "info": Command(cmd_info, _print_info),
             "calibrate": Command(cmd_calibrate, _print_calibration),
             "data": Command(cmd_data, _print_dict), "serve": Command(cmd_serve, _print_nothing),
             "benchmark": Command(cmd_benchmark, _print_benchmark)}
@@ -532,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result.to_dict() if isinstance(result, BatchReport) else result, indent=2, default=str))
+        print(json.dumps(result.to_dict() if isinstance(result, (BatchReport, RemovalReport)) else result, indent=2,
+                         default=str))
     else:
         command.show(result)
     return command.summarise(result)

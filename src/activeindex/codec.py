@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import CodecMismatchError, CorruptCollectionError, InvalidInputError
+from .errors import CodecMismatchError, CorruptCollectionError, InvalidInputError, storage_errors
+from .faults import pause_point
 
 __all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_fingerprint", "index_ids",
            "TARGET_KINDS"]
@@ -273,14 +275,20 @@ def search(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
-    """Write an index atomically (temp file + fsync + rename)."""
+    """Write an index atomically (temp file + fsync + rename).
+
+    Raises:
+        StorageFullError: the disk is full (the previous file is untouched).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with storage_errors(path):
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            pause_point("snapshot")
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

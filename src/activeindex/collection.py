@@ -5,7 +5,7 @@
       index.faiss      a snapshot of the searchable index (the trained codec + registered descriptors)
       catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, float16 descriptor
 
-`Collection` is the facade: create / open / train / add / activate / search. Several processes may share a
+`Collection` is the facade: create / open / train / add / activate / search / remove. Several processes may share a
 collection (a server and CLI runs). The heavy work of add and activate runs unlocked (ingest.py: in this
 process, or on Ray through pipeline.py); each batch is then committed under the folder lock (locking.py),
 and the in-memory index is kept equal to the catalog by live_index.py. A commit costs O(batch):
@@ -16,35 +16,34 @@ that opens consistently, and re-running its command skips what was registered (b
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from . import ingest
-from ._version import __version__
+from . import ingest, removal
 from .activation import ActivationConfig
 from .catalog import Catalog
 from .codec import Codec, load_index, save_index, set_nprobe
-from .errors import CorruptCollectionError, InvalidInputError, ModelMismatchError
+from .errors import InvalidInputError, ModelMismatchError, StorageFullError
 from .extractor import Extractor, ImageSource, PreprocessConfig
+from .faults import pause_point
 from .ingest import BatchCallback, BatchReport, Prepared
 from .live_index import LiveIndex
 from .locking import FolderLock
+from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
+from .removal import RemovalReport
 
 __all__ = ["Collection", "Match", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST, INDEX, CATALOG, LOCK = "manifest.json", "index.faiss", "catalog.sqlite", ".lock"
+INDEX, CATALOG, LOCK = "index.faiss", "catalog.sqlite", ".lock"
 MAX_K = 1000  # results per query
 DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (docs/service.md, "Copy decision")
 
@@ -115,14 +114,8 @@ class Collection:
         extractor = Extractor(model, device=device, preprocessing=preprocessing)
         Codec.create(factory, extractor.dim)  # validates the factory string before anything is written
         root.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "format_version": FORMAT_VERSION, "activeindex_version": __version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": extractor.model_id, "dim": extractor.dim, "preprocessing": preprocessing.to_dict(),
-            "factory": factory, "nprobe": nprobe, "codec_fingerprint": None, "train_size": 0,
-            "descriptor_dtype": "float16",
-        }
-        _write_json(root / MANIFEST, manifest)
+        manifest = new_manifest(extractor.model_id, extractor.dim, preprocessing.to_dict(), factory, nprobe)
+        write_manifest(root, manifest)
         return cls(root, manifest, extractor, create=True)
 
     @classmethod
@@ -142,7 +135,7 @@ class Collection:
             CodecMismatchError: index.faiss holds another codec than the manifest's.
         """
         root = Path(root)
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         name = manifest["model"]["name"]
         if model is None and name.startswith("torchscript:"):
             raise ModelMismatchError(f"{root} was built with {name}; pass that file with --model PATH")
@@ -190,7 +183,7 @@ class Collection:
             set_nprobe(index, self.manifest["nprobe"])
             save_index(index, self.root / INDEX)
             self.manifest |= {"codec_fingerprint": codec.fingerprint(), "train_size": len(vectors)}
-            _write_json(self.root / MANIFEST, self.manifest)
+            write_manifest(self.root, self.manifest)
             self._live = LiveIndex(index, self.catalog, self.manifest["nprobe"])
             logger.info("trained %s on %d vectors", self.manifest["factory"], len(vectors))
             return len(vectors)
@@ -253,19 +246,21 @@ class Collection:
             raise InvalidInputError(f"{out_dir}: exists and is not a folder; choose a folder for the activated PNGs")
         self._require_trained()
         out_dir.mkdir(parents=True, exist_ok=True)
+        ingest.remove_stale_staged(out_dir)
         return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch)
 
     def _ingest(self, images, batch_size: int, config: ActivationConfig | None, out_dir: Path | None,
                 progress: bool | None, ray: str | None, workers: int | None,
                 on_batch: BatchCallback | None) -> BatchReport:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
+        stored = self.catalog.descriptor_dtype.name
         if ray is None:
-            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir)
+            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
 
             def prepare(batches, pool):
-                return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers)
+                return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers, stored)
         def commit(prepared: list[Prepared], report: BatchReport) -> None:
             self.commit(prepared, out_dir, report)
 
@@ -289,8 +284,46 @@ class Collection:
             item.written()
         with self._writing():
             ingest.commit_batch(prepared, Path(out_dir) if out_dir is not None else None, self._live, report)
+        pause_point("after_commit")
         self._snapshot_if_due()
         return report
+
+    def remove(self, items: Sequence[int | str | os.PathLike], delete_files: bool = False) -> RemovalReport:
+        """Remove registered images (takedown): from this moment no search of any process sharing the
+        collection returns them, and the same image may be registered again (under a new id).
+
+        Args:
+            items: image ids, sha256s of original or activated files, or files (matched by content, or by
+                the path they were registered from or activated to when they no longer exist).
+            delete_files: also delete their activated files (the originals are never touched).
+
+        Returns:
+            a `RemovalReport`: the removed records, the items that name no registered image, the deleted files.
+
+        Example:
+            >>> col.remove([12, "published/cat.png"], delete_files=True).deleted_files
+            ['/srv/published/cat.png']
+        """
+        self._require_trained()
+        report = RemovalReport()
+        with self._writing():
+            ids, report.not_found = removal.resolve(self.catalog, items)
+            report.removed = self._live.remove(ids)
+            compacted = self._live.compact() if self._live.compaction_due() else 0
+        if compacted:
+            self.snapshot()  # the space goes on disk too
+        if delete_files:
+            report.deleted_files = removal.delete_activated_files(report.removed)
+        return report
+
+    def compact(self) -> int:
+        """Take every removed image out of the index now and rewrite index.faiss (removal does it by itself
+        once removed images are more than `LiveIndex.compact_at` of the index); returns how many."""
+        self._require_trained()
+        with self._writing():
+            count = self._live.compact()
+        self.snapshot()
+        return count
 
     def snapshot(self) -> None:
         """Write index.faiss (atomically) from the in-memory index brought up to the catalog. Searches go on
@@ -300,12 +333,17 @@ class Collection:
 
     def _snapshot_if_due(self, end_of_run: bool = False) -> None:
         """During a run: when index.faiss is older than `snapshot_interval` and lacks images. At its end, also
-        when it lacks `snapshot_records` images (so many small runs do not pile up catch-up work on open)."""
+        when it lacks `snapshot_records` images (so many small runs do not pile up catch-up work on open).
+        A full disk only postpones it: the catalog holds every committed image."""
         if self._live is None or not self._live.unsnapshotted:
             return
         old = time.time() - (self.root / INDEX).stat().st_mtime > self.snapshot_interval
         if old or (end_of_run and self._live.unsnapshotted >= self.snapshot_records):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except StorageFullError as e:
+                logger.warning("index snapshot not written (%s); the images are registered and the next run "
+                               "writes it", e)
 
     def refresh(self) -> None:
         """Add the records other processes have committed since the last look."""
@@ -338,11 +376,10 @@ class Collection:
         self._require_trained()
         if not 1 <= k <= MAX_K:
             raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k}")
-        distances, ids = self._live.search(queries, k)
-        rows = self.catalog.paths_and_descriptors(sorted({int(i) for i in ids.ravel() if i >= 0}))
-        return [[Match(int(i), *rows[int(i)][:2], float(d), float(rows[int(i)][2] @ query))
-                 for i, d in zip(row_i, row_d) if i >= 0]
-                for query, row_i, row_d in zip(queries, ids, distances)]
+        found = self._live.search(queries, k)
+        rows = self.catalog.paths_and_descriptors(sorted({i for hits in found for i, _ in hits}))
+        return [[Match(i, *rows[i][:2], d, float(rows[i][2] @ query)) for i, d in hits if i in rows]
+                for query, hits in zip(queries, found)]  # an id removed meanwhile by another process has no row
 
     @property
     def threshold(self) -> float:
@@ -352,37 +389,18 @@ class Collection:
     def save_calibration(self, calibration: dict) -> None:
         """Store a calibration (calibrate.py) in the manifest."""
         with self._writing():
-            self.manifest = _read_manifest(self.root) | {"calibration": calibration}
-            _write_json(self.root / MANIFEST, self.manifest)
+            self.manifest = read_manifest(self.root) | {"calibration": calibration}
+            write_manifest(self.root, self.manifest)
 
     def info(self) -> dict:
         """The manifest plus counts and index facts."""
         self.refresh()
         counts = self.catalog.counts()
         return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
+                "removed": self.catalog.removed_count(),
+                "awaiting_compaction": len(self._live.tombstones) if self._live else 0,
                 "ntotal": int(self.index.ntotal) if self.index is not None else 0,
                 "nlist": self.codec.nlist if self.codec else None, "device": str(self.extractor.device)}
 
     def close(self) -> None:
         self.catalog.close()
-
-
-def _read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise CorruptCollectionError(f"{root}: not a collection (no {MANIFEST}); create one with activeindex init")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CorruptCollectionError(f"{path}: unreadable manifest ({e})") from e
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptCollectionError(f"{path}: format version {manifest.get('format_version')} is not "
-                                     f"supported by this activeindex (expects {FORMAT_VERSION})")
-    return manifest
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

@@ -1,6 +1,10 @@
 """The exceptions of activeindex: one base class, one subclass per kind of failure."""
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "ActiveIndexError",
     "InvalidInputError",
@@ -10,6 +14,8 @@ __all__ = [
     "ModelMismatchError",
     "CorruptCollectionError",
     "CollectionLockedError",
+    "StorageFullError",
+    "storage_errors",
 ]
 
 
@@ -46,3 +52,27 @@ class CorruptCollectionError(ActiveIndexError):
 
 class CollectionLockedError(ActiveIndexError):
     """Another process is writing to the same collection."""
+
+
+class StorageFullError(ActiveIndexError):
+    """The disk (or quota) is full: nothing committed is lost; free space and run again."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def storage_errors(path: object) -> Iterator[None]:
+    """Turn "no space left on device" while writing ``path`` into a one-line `StorageFullError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _FULL:
+            raise StorageFullError(f"{e.filename or path}: no space left on the device; free some space and run "
+                                   "again (nothing registered is lost)") from e
+        raise
+    except RuntimeError as e:  # faiss reports its own write errors as RuntimeError, with the C library's text
+        if "No space left" in str(e) or "Disk quota" in str(e):
+            raise StorageFullError(f"{path}: no space left on the device; free some space and run again "
+                                   "(nothing registered is lost)") from e
+        raise

@@ -18,7 +18,10 @@ registered that is not complete, and re-running it skips what was registered and
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,13 +34,18 @@ from .catalog import Catalog, Record
 from .codec import Codec
 from .errors import ActiveIndexError
 from .extractor import Extractor, ImageSource
+from .faults import pause_point
 from .imageio import ImageLimits, decode_image, list_images, read_ahead, read_file, save_png, sha256_bytes, sha256_file
 from .live_index import LiveIndex
 from .progress import progress_bar
 
 __all__ = ["BatchReport", "Prepared", "Preparer", "PlannedFile", "read_and_decode", "plan_batches",
-           "prepare_here", "commit_batch", "run", "embed_stream", "BatchCallback"]
+           "prepare_here", "commit_batch", "run", "embed_stream", "remove_stale_staged", "BatchCallback"]
 
+logger = logging.getLogger(__name__)
+
+STAGED_SUFFIX = ".staged.png"
+STALE_STAGED_SECONDS = 3600.0  # a staged PNG this old belongs to a run that died (a batch commits in minutes)
 BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
 PlannedFile = tuple[str, str, bytes | None]  # (path, sha256 of its bytes, the bytes when kept for decoding)
 Prepare = Callable[[Iterator[list[PlannedFile]], Executor], Iterable[list["Prepared"]]]
@@ -114,9 +122,16 @@ def plan_batches(paths: list[Path], catalog: Catalog, batch_size: int, report: B
 
 def read_and_decode(path: str, sha256: str, data: bytes | None = None,
                     limits: ImageLimits = ImageLimits()) -> Prepared:
-    """Decode one planned file (read it unless ``data`` is given); a bad file becomes ``Prepared.error``."""
+    """Decode one planned file; a bad file becomes ``Prepared.error``.
+
+    Without ``data`` the file is read again (on a Ray worker): bytes that no longer hash to the planned
+    ``sha256`` (the file changed since it was planned) are refused, so what is registered under a sha256
+    is always the content of those bytes.
+    """
     try:
-        return Prepared(path, sha256, image=decode_image(read_file(path) if data is None else data, path, limits))
+        if data is None and sha256_bytes(data := read_file(path)) != sha256:
+            raise ActiveIndexError(f"{path}: the file changed while it was being registered; run again")
+        return Prepared(path, sha256, image=decode_image(data, path, limits))
     except ActiveIndexError as e:
         return Prepared(path, sha256, error=str(e))
 
@@ -134,18 +149,21 @@ class Preparer:
         config: activation settings, or ``None`` to register passive references.
         out_dir: where the staged PNGs go (activation only).
         writer: threads that write the staged PNGs while the next batch is prepared (None: in line).
+        stored_dtype: how the catalog stores descriptors (the activation targets the code it will index).
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
-                 out_dir: str | os.PathLike | None = None, writer: Executor | None = None):
+                 out_dir: str | os.PathLike | None = None, writer: Executor | None = None,
+                 stored_dtype: str = "float16"):
         self.extractor, self.config, self.writer = extractor, config, writer
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.activator = Activator(extractor, codec, config) if config is not None else None
+        self.activator = Activator(extractor, codec, config, stored_dtype) if config is not None else None
 
     def __call__(self, batch: list[Prepared]) -> list[Prepared]:
         ready = [p for p in batch if p.error is None]
         if not ready:
             return batch
+        pause_point("prepare")
         images = [p.image for p in ready]
         if self.activator is None:
             descriptors, results = self.extractor.encode_arrays(images), [None] * len(ready)
@@ -158,8 +176,8 @@ class Preparer:
                                  width=item.image.shape[1], height=item.image.shape[0],
                                  **(result.metrics() if result is not None else {}))
             item.descriptor, item.image = descriptor, None
-            if result is not None:
-                item.staged = str(self.out_dir / f".{item.sha256}.staged.png")
+            if result is not None:  # a name of its own: two processes may activate the same image at once
+                item.staged = str(self.out_dir / f".{item.sha256[:16]}.{uuid.uuid4().hex[:12]}{STAGED_SUFFIX}")
                 if self.writer is None:
                     _write_staged(item, result.image)
                 else:  # PNG encoding is CPU-heavy: done while the next batch is activated
@@ -172,17 +190,34 @@ def _write_staged(item: Prepared, image: np.ndarray) -> None:
     item.record.activated_sha256 = sha256_file(item.staged)
 
 
-def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None) -> Prepare:
+def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
+                 stored_dtype: str) -> Prepare:
     """The in-process executor: the pool's two threads decode the next batch and write this one's PNGs while
     the model runs."""
     def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
-        preparer = Preparer(extractor, codec, config, out_dir, writer=pool)
+        preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype)
         return map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=extractor.limits), pool))
     return prepare
 
 
 def _read_planned(file: PlannedFile, limits: ImageLimits) -> Prepared:
     return read_and_decode(*file, limits=limits)
+
+
+def remove_stale_staged(out_dir: Path) -> int:
+    """Delete the staged PNGs that runs killed before their commit left in ``out_dir`` (older than
+    `STALE_STAGED_SECONDS`, so a live run's are never touched); returns how many."""
+    removed, now = 0, time.time()
+    for path in out_dir.glob(f".*{STAGED_SUFFIX}"):
+        try:
+            if now - path.stat().st_mtime > STALE_STAGED_SECONDS:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process took it meanwhile
+            continue
+    if removed:
+        logger.info("%s: removed %d staged files left by interrupted runs", out_dir, removed)
+    return removed
 
 
 # ---------------------------------------------------------------- 4. commit

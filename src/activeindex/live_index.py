@@ -5,8 +5,14 @@ The catalog is the source of truth. On open, `LiveIndex.sync` brings the index (
 catalog and adds it to the index under the index's write lock (so no search of this process sees one
 without the other, and a catch-up cannot add the batch twice), and `refresh` adds what OTHER processes
 have committed since the last look (``Catalog.data_version`` tells; ids only grow, so what is new is
-everything above the largest id seen). Searches share the index; a change excludes them
-(`locking.ReadWriteLock`).
+everything above the largest id seen) and learns their removals. Searches share the index; a change
+excludes them (`locking.ReadWriteLock`).
+
+Removal never touches the index on the hot path (in-place removal from an IVF scans every list): a removed
+id becomes a TOMBSTONE, still in the index but dropped from every result (searches ask for ``k`` plus the
+number of tombstones, so ``k`` live results still come back), and `compact` takes the tombstones out in one
+pass once they are more than `compact_at` of the index. A search also drops any id the catalog no longer
+holds, so an image removed by another process is never returned, even before this one has caught up.
 """
 from __future__ import annotations
 
@@ -37,29 +43,37 @@ class LiveIndex:
         self.index, self.catalog, self.nprobe = index, catalog, nprobe
         self.codec = Codec.from_index(index)
         self.lock = ReadWriteLock()  # searches run together; adding vectors excludes them
-        self.unsnapshotted = 0  # images in memory but not in the snapshot file
+        self.unsnapshotted = 0  # changes in memory that the snapshot file lacks
+        self.tombstones: set[int] = set()  # removed ids still in the index
+        self.compact_at = 0.05  # compact when tombstones are more than this share of the index (and >= 1,000)
+        self.compact_min = 1000
         self._catalog_version: int | None = None  # catalog.data_version() when last synced
         self._last_id = 0  # the largest catalog id the index holds
+        self._last_removal = 0  # the catalog's removal seq last seen
         set_nprobe(self.index, nprobe)
         self.sync()
 
     def sync(self) -> None:
-        """Make the index hold exactly the catalog's ids: add the missing ones from the stored descriptors.
+        """Make the index hold exactly the catalog's ids: add the missing ones from the stored descriptors;
+        removed ones it still holds become tombstones.
 
-        An index holding ids the catalog lacks, or an id twice (a file from another collection, or
+        An index holding ids the catalog never had, or an id twice (a file from another collection, or
         damaged), is rebuilt from the catalog; either way the result matches the catalog exactly.
         """
         with self.lock.writing():
             self._catalog_version = self.catalog.data_version()
+            self._last_removal = self.catalog.last_removal()
             catalog_ids, indexed = self._catalog_ids(), np.sort(index_ids(self.index))
-            unknown = np.count_nonzero(~_contains(catalog_ids, indexed))
+            stale = indexed[~_contains(catalog_ids, indexed)]
+            unknown = np.count_nonzero(~_contains(self.catalog.removed_ids(), stale))
             repeated = np.count_nonzero(indexed[1:] == indexed[:-1])
             if unknown or repeated:
                 logger.warning("%s: the index holds %d ids the catalog lacks and %d repeated ids: rebuilding it "
                                "from the catalog", self.catalog.path.parent, unknown, repeated)
                 self.index = self.codec.empty_index()
                 set_nprobe(self.index, self.nprobe)
-                indexed = np.zeros(0, np.int64)
+                indexed, stale = np.zeros(0, np.int64), np.zeros(0, np.int64)
+            self.tombstones = {int(i) for i in stale}
             missing = catalog_ids[~_contains(indexed, catalog_ids)]
             if len(missing):
                 logger.info("%s: adding %d catalog records the index lacked", self.catalog.path.parent, len(missing))
@@ -67,9 +81,12 @@ class LiveIndex:
                 self.index.add_with_ids(vectors, ids)
             self.unsnapshotted = len(missing)
             self._last_id = int(catalog_ids[-1]) if len(catalog_ids) else 0
+            if self.compaction_due():
+                self.compact()
 
     def refresh(self) -> None:
-        """Add the records other processes have committed since the last look (ids above the largest seen)."""
+        """Catch up with what other processes committed since the last look: add the ids above the largest
+        seen, and turn the ids they removed into tombstones."""
         if self.catalog.data_version() == self._catalog_version:
             return
         with self.lock.writing():
@@ -78,6 +95,10 @@ class LiveIndex:
                 self.index.add_with_ids(vectors, ids)
                 self._last_id = int(ids[-1])
                 self.unsnapshotted += len(ids)
+            removed, self._last_removal = self.catalog.removals_after(self._last_removal)
+            self._bury(removed)
+            if self.compaction_due():
+                self.compact()
 
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
         """Register records in the catalog (one transaction) and add their descriptors to the index.
@@ -94,11 +115,51 @@ class LiveIndex:
             self.unsnapshotted += len(ids)
         return ids
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, ids), each (n, k), of the ``k`` nearest registered images; -1 ids pad short lists."""
+    def remove(self, ids: list[int]) -> list[Record]:
+        """Remove registered images: their catalog rows (one transaction) and, as tombstones, from every
+        result from now on. Call it under the folder lock.
+
+        Returns:
+            the removed records (ids that are not registered are ignored).
+        """
+        with self.lock.writing():
+            self.refresh()
+            records = self.catalog.remove(ids)
+            removed, self._last_removal = self.catalog.removals_after(self._last_removal)
+            self._bury(removed)
+        return records
+
+    def _bury(self, removed: np.ndarray) -> None:
+        """Tombstones for removed ids this index holds (under the write lock)."""
+        held = [int(i) for i in removed if int(i) <= self._last_id]
+        self.tombstones.update(held)
+        self.unsnapshotted += len(held)
+
+    def compaction_due(self) -> bool:
+        """Whether the tombstones are more than `compact_at` of the index (and at least `compact_min`)."""
+        return bool(self.tombstones) and len(self.tombstones) >= max(self.compact_min,
+                                                                      self.compact_at * self.index.ntotal)
+
+    def compact(self) -> int:
+        """Take the tombstones out of the index (one pass over it); returns how many."""
+        with self.lock.writing():
+            count = len(self.tombstones)
+            if count:
+                self.index.remove_ids(np.array(sorted(self.tombstones), np.int64))
+                logger.info("%s: compacted the index: %d removed images taken out", self.catalog.path.parent, count)
+                self.tombstones.clear()
+                self.unsnapshotted += count
+            return count
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """The ``k`` nearest registered images of each query: a list of (id, distance) per query, nearest first
+        by the index's distance; removed images never appear."""
         self.refresh()
         with self.lock.reading():
-            return search(self.index, queries, k)
+            distances, ids = search(self.index, queries, k + len(self.tombstones))
+            tombstones = set(self.tombstones)
+        return [[(int(i), float(d)) for i, d in zip(row_i, row_d) if i >= 0 and int(i) not in tombstones][:k]
+                for row_i, row_d in zip(ids, distances)]
 
     def save(self, path: Path) -> None:
         """Write the index (caught up with the catalog) to ``path`` atomically; searches go on meanwhile."""
@@ -108,8 +169,8 @@ class LiveIndex:
         self.unsnapshotted = 0
 
     def _catalog_ids(self) -> np.ndarray:
-        """Every catalog id, ascending. Ids are given out as 1, 2, 3... and rows are never deleted, so a catalog
-        whose count equals its largest id holds exactly 1..n: no need to read a million rows on open."""
+        """Every catalog id, ascending. Ids are given out as 1, 2, 3..., so a catalog whose count equals its
+        largest id holds exactly 1..n: no need to read a million rows on open."""
         count, largest = self.catalog.count(), self.catalog.max_id()
         return np.arange(1, count + 1, dtype=np.int64) if count == largest else self.catalog.ids()
 

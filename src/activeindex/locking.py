@@ -1,5 +1,6 @@
-"""The two locks of a collection: one writer across processes (the folder lock), and many searches or one
-change of the in-memory index within a process (the readers-writer lock)."""
+"""The locks of a collection: one writer across processes (the folder lock), many searches or one change of
+the in-memory index within a process (the readers-writer lock), and one job runner per collection (a lock
+held for a process's lifetime)."""
 from __future__ import annotations
 
 import fcntl
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from .errors import CollectionLockedError
 
-__all__ = ["FolderLock", "ReadWriteLock"]
+__all__ = ["FolderLock", "ReadWriteLock", "LifetimeLock"]
 
 
 class FolderLock:
@@ -97,3 +98,37 @@ class ReadWriteLock:
                 if not self._depth:
                     self._writer = None
                     self._condition.notify_all()
+
+
+class LifetimeLock:
+    """An exclusive flock held for as long as its holder lives (the kernel releases it when the process dies,
+    even by SIGKILL): "one job runner per collection".
+
+    Args:
+        path: the lock file (created when missing).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it; whether this process holds it now."""
+        if self._handle is None:
+            handle = open(self.path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
+            self._handle = handle
+        return True
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None

@@ -12,6 +12,7 @@ an actor that dies and retries its batch (Ray Data's default for actor pools).
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import ray
 from .activation import ActivationConfig
 from .codec import Codec
 from .extractor import Extractor, PreprocessConfig
+from .faults import ENVIRONMENT
 from .imageio import ImageLimits
 from .ingest import PlannedFile, Prepared, Preparer, read_and_decode
 
@@ -59,13 +61,14 @@ class WorkerSpec:
     config: dict | None  # ActivationConfig.to_dict(), or None to embed passive references
     out_dir: str | None
     threads: int  # torch threads on a CPU actor
+    stored_dtype: str  # how the catalog stores descriptors
 
     @classmethod
     def of(cls, extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-           threads: int) -> WorkerSpec:
+           threads: int, stored_dtype: str) -> WorkerSpec:
         trained = faiss.serialize_index(codec.trained).tobytes()
         return cls(extractor.model_source, extractor.preprocessing.to_dict(), trained,
-                   config.to_dict() if config else None, str(out_dir) if out_dir else None, threads)
+                   config.to_dict() if config else None, str(out_dir) if out_dir else None, threads, stored_dtype)
 
 
 class _Worker:
@@ -79,7 +82,7 @@ class _Worker:
         extractor = Extractor(spec.model, preprocessing=PreprocessConfig.from_dict(spec.preprocessing))
         codec = Codec(faiss.deserialize_index(np.frombuffer(spec.codec, np.uint8)))
         config = ActivationConfig.from_dict(spec.config) if spec.config else None
-        self.preparer = Preparer(extractor, codec, config, spec.out_dir)
+        self.preparer = Preparer(extractor, codec, config, spec.out_dir, stored_dtype=spec.stored_dtype)
 
     def __call__(self, batch: dict) -> dict:
         prepared = self.preparer(pickle.loads(batch["prepared"][0]))
@@ -107,8 +110,8 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
 
 
 def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: list[list[PlannedFile]],
-                   config: ActivationConfig | None, out_dir: Path | None,
-                   workers: int | None = None) -> Iterator[list[Prepared]]:
+                   config: ActivationConfig | None, out_dir: Path | None, workers: int | None = None,
+                   stored_dtype: str = "float16") -> Iterator[list[Prepared]]:
     """Prepare the planned batches on Ray; yields each batch's results in their planned order.
 
     Args:
@@ -118,6 +121,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
         config: activation settings, or ``None`` to embed passive references.
         out_dir: the activated PNGs' folder (activation only).
         workers: actors (default: one per GPU, or one per `THREADS_PER_CPU_ACTOR` CPUs).
+        stored_dtype: how the catalog stores descriptors.
     """
     if not batches:
         return
@@ -127,14 +131,15 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
-    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads)
+    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
                 options["compute"].min_size, threads)
+    faults = {"runtime_env": {"env_vars": {ENVIRONMENT: os.environ[ENVIRONMENT]}}} if ENVIRONMENT in os.environ else {}
     dataset = ray.data.from_items([{"files": pickle.dumps(batch)} for batch in batches],
                                   override_num_blocks=len(batches))
     decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": extractor.limits},
-                                  num_cpus=1)
-    prepared = decoded.map_batches(_Worker, batch_size=1, fn_constructor_kwargs={"spec": spec}, **options)
+                                  num_cpus=1, **faults)  # a crash test's fault point reaches the workers
+    prepared = decoded.map_batches(_Worker, batch_size=1, fn_constructor_kwargs={"spec": spec}, **options, **faults)
     for row in prepared.iter_rows():
         yield pickle.loads(row["prepared"])
 

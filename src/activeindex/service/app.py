@@ -13,7 +13,6 @@ from a request ever reaches the filesystem: uploads get names the server makes.
 """
 from __future__ import annotations
 
-import contextlib
 import hmac
 import io
 import logging
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,9 +36,10 @@ from ..activation import ActivationConfig
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..errors import ActiveIndexError
-from ..imageio import load_image, sha256_bytes, sha256_file
+from ..imageio import load_image, sha256_bytes, sha256_file, write_atomically
 from . import http
-from .jobs import ActivationWorker, Job, JobQueue
+from .jobs import ActivationWorker, discard_unregistered
+from .queue import Job
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -94,13 +94,13 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     threshold = collection.threshold if config.threshold is None else config.threshold
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
-                              max_pending=config.max_pending_activations, ray=config.ray,
-                              on_finished=lambda job: discard([Path(p) for p in job.inputs]))
-    discard = partial(_discard_unregistered, collection, worker.queue, uploads)
+                              max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads)
+    discard = partial(discard_unregistered, collection, worker.queue, uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()  # jobs a dead server left running are queued again, and run
+        await anyio.to_thread.run_sync(_remove_partial_uploads, uploads)
+        worker.start()  # the collection's runner: this server's, or a stand-in for another server's
         yield
         worker.close()
 
@@ -126,7 +126,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     def status() -> dict:
         info = collection.info()
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
-                                     "passive", "ntotal", "model")} | {
+                                     "passive", "removed", "ntotal", "model")} | {
             "version": __version__, "threshold": threshold, "calibration": info.get("calibration"),
             "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
@@ -196,6 +196,16 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     def image_record(image_id: int = image_id_param) -> dict:
         return _public(_record(collection, image_id))
 
+    @app.delete("/v1/images/{image_id}", dependencies=[Depends(require_token)],
+                responses=http.errors(401, 403, 404, 422, 503, 507))
+    def remove_image(image_id: int = image_id_param,
+                     delete_file: bool = Query(False, description="also delete its activated file")) -> dict:
+        """Remove an image (takedown): no search returns it from now on; it may be registered again."""
+        report = collection.remove([image_id], delete_files=delete_file)
+        if not report.removed:
+            raise HTTPException(404, f"no image with id {image_id}")
+        return {"removed": _public(report.removed[0]), "file_deleted": bool(report.deleted_files)}
+
     @app.get("/v1/images/{image_id}/activated", response_class=Response,
              responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}}}, **http.errors(404, 422)})
     def activated_file(image_id: int = image_id_param) -> Response:
@@ -245,11 +255,17 @@ def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str
     stored = []
     for (name, data), (w, h) in zip(named, sizes):
         path = uploads / sha256_bytes(data)[:16] / name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == sha256_bytes(data)):
+            write_atomically(path, lambda f, data=data: f.write(data))  # never a partial file, even on a full disk
         stored.append((path, w * h))
     return stored
+
+
+def _remove_partial_uploads(uploads: Path) -> None:
+    """(At start.) Temp files of uploads cut short by a crash (an upload is written atomically, so these are
+    never a job's input)."""
+    for path in uploads.glob("*/.*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def _activation_record(collection: Collection, job: Job, data: bytes) -> Record:
@@ -261,22 +277,6 @@ def _activation_record(collection: Collection, job: Job, data: bytes) -> Record:
     record = Record(**job.result["records"][0]) if job.result["records"] else _existing(collection, data)
     _activated_file(record)
     return record
-
-
-def _discard_unregistered(collection: Collection, queue: JobQueue, uploads: Path, paths: list[Path]) -> None:
-    """(In a worker thread.) Remove uploads that are neither a registered original nor a pending job's input."""
-    pending = queue.pending_inputs()
-    for path in paths:
-        path = path.resolve()
-        if not path.is_relative_to(uploads.resolve()) or not path.is_file() or str(path) in pending:
-            continue
-        image_id = collection.catalog.find_sha256(sha256_file(path))
-        record = collection.catalog.get([image_id]).get(image_id) if image_id is not None else None
-        if record is not None and record.original_path == str(path):
-            continue
-        path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # another upload of the same bytes may share the folder
-            path.parent.rmdir()
 
 
 def _accepted(job: Job) -> JSONResponse:

@@ -17,9 +17,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..activation import PRESETS, ActivationConfig, get_preset
-from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionError, InvalidInputError
+from ..errors import (
+    ActiveIndexError,
+    CollectionLockedError,
+    CorruptCollectionError,
+    InvalidInputError,
+    StorageFullError,
+)
 from ..imageio import image_size
-from .jobs import UnknownJobError, WorkerBusy, WorkerFailed
+from .queue import UnknownJobError, WorkerBusy, WorkerFailed
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,10 @@ def add_error_handlers(app: FastAPI) -> None:
     async def library_error(request: Request, error: ActiveIndexError) -> JSONResponse:
         if isinstance(error, UnknownJobError):
             return JSONResponse({"detail": str(error)}, status_code=404)
+        if isinstance(error, StorageFullError):  # the message names server paths
+            logger.error("%s", error)
+            return JSONResponse({"detail": "server storage full; retry once the operator has freed space"},
+                                status_code=507, headers={"Retry-After": "60"})
         if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
             return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
         if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
