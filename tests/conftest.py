@@ -3,6 +3,7 @@ model, a real faiss codec trained on real descriptors."""
 from __future__ import annotations
 
 import glob
+import os
 import socket
 import subprocess
 import sys
@@ -112,9 +113,10 @@ def start_server(root: Path, port: int | None = None, *extra: str) -> tuple[subp
                     "-q", *extra], port)
 
 
-def serving(command: list[str], port: int) -> tuple[subprocess.Popen, str]:
-    """Start a server process listening on ``port``; returned with its URL once /healthz answers."""
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+def serving(command: list[str], port: int, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a server process listening on ``port`` (``env``: added to the environment); returned with its URL
+    once /healthz answers."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -163,3 +163,19 @@ def test_edit_aware_activation_moves_rotated_copies_closer_to_the_target(extract
 
     assert (rotated_cosines(aware) > rotated_cosines(plain) + 0.01).all()
     assert all(abs(a.psnr - p.psnr) < 0.5 for a, p in zip(aware, plain))
+
+
+def test_targets_come_from_the_descriptor_as_the_index_stores_it(extractor, codec, small_photos, monkeypatch):
+    """A collection stores float16 descriptors: the target is the code of THAT vector (0.18 % of IVF64,PQ8x8
+    codes differ from the float32 one's), and the indexed descriptor is it."""
+    images = small_photos[:2]
+    exact = extractor.encode_arrays(images)
+    rounded = exact.astype(np.float16).astype(np.float32)
+    asked = []
+    real_targets = codec.targets
+    monkeypatch.setattr(codec, "targets", lambda x, kind="index": asked.append(x.copy()) or real_targets(x, kind))
+    results = Activator(extractor, codec, dataclasses.replace(FAST, iterations=1), stored_dtype="float16").activate(
+        images)
+    np.testing.assert_array_equal(asked[0], rounded)
+    np.testing.assert_array_equal(np.stack([r.descriptor for r in results]), rounded)
+    assert not np.array_equal(rounded, exact)  # the test would not see a float32 target

@@ -353,3 +353,25 @@ def test_concurrent_searches_overlap_in_the_index(collection, photo_files, monke
     for thread in threads:
         thread.join(20)
     assert found == [1, 1]
+
+
+def test_stale_staged_files_are_removed_and_live_ones_kept(tmp_path):
+    """Staged PNGs of a dead driver on this host, or older than an hour, go; a live run's and another host's stay."""
+    import os
+    import socket
+    import subprocess
+
+    from activeindex import ingest
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # its pid names a driver that is gone
+    sha = "0" * 16
+    names = {"live": f".{sha}~{ingest.run_tag()}.staged.png",
+             "dead": f".{sha}~{socket.gethostname()}~{exited.pid}~abcd.staged.png",
+             "other_host": f".{sha}~elsewhere~1~abcd.staged.png",
+             "old": f".{sha}~elsewhere~2~abcd.staged.png"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"png")
+    os.utime(tmp_path / names["old"], (0, 0))
+    assert ingest.remove_stale_staged(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["other_host"]])

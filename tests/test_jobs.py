@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import io
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
 from activeindex.catalog import Catalog
 from activeindex.errors import CorruptCollectionError, InvalidInputError, StorageFullError
+from activeindex.faults import ENVIRONMENT
 from activeindex.locking import FolderLock, LifetimeLock
 from activeindex.service.jobs import RUNNER_LOCK
 from activeindex.service.queue import JobQueue, UnknownJobError, WorkerBusy, job_error
@@ -24,16 +28,17 @@ from activeindex.service.queue import JobQueue, UnknownJobError, WorkerBusy, job
 from .conftest import TEST_FACTORY, TOKEN, free_port, serving
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# a real server whose jobs activate with 2 iterations, and that waits only for images up to 40,000 pixels
+# a real server whose jobs activate with 2 iterations one image at a time, that waits only for images up to 40,000
+# pixels, and that gives requests 3 s to finish when stopped (as `activeindex serve` does)
 SERVE = """
 import sys
 import uvicorn
 from activeindex import ActivationConfig, Collection
 from activeindex.service import ServiceConfig, create_app
 root, port, token = sys.argv[1:]
-config = ServiceConfig(token=token, activation=ActivationConfig(iterations=2), sync_max_pixels=40_000)
+config = ServiceConfig(token=token, activation=ActivationConfig(iterations=2, batch_size=1), sync_max_pixels=40_000)
 uvicorn.run(create_app(Collection.open(root, device="cpu"), config), host="127.0.0.1", port=int(port),
-            log_level="warning")
+            log_level="warning", timeout_graceful_shutdown=3)
 """
 
 
@@ -43,10 +48,10 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _start(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+def _start(root: Path, port: int | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """The app with the settings above under a real uvicorn, returned once /healthz answers."""
     port = port or free_port()
-    return serving([sys.executable, "-c", SERVE, str(root), str(port), TOKEN], port)
+    return serving([sys.executable, "-c", SERVE, str(root), str(port), TOKEN], port, env)
 
 
 def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tuple[str, int]]]:
@@ -216,23 +221,96 @@ def test_a_large_activation_is_answered_202_and_becomes_a_job(served, small_phot
     assert job["state"] == "done" and [r["original_filename"] for r in job["records"]] == [name]
 
 
-def test_a_job_survives_a_killed_server(tmp_path, training_npy, small_photos):
-    root = tmp_path / "col"
+def _new_collection(root: Path, training_npy: Path) -> Path:
     collection = Collection.create(root, TEST_FACTORY, device="cpu")
     collection.train(training_npy)
     collection.close()
-    process, url = _start(root)
+    return root
+
+
+def _runner_of(server: subprocess.Popen) -> psutil.Process:
+    """The server's job runner process."""
+    deadline = time.monotonic() + 60
+    while not (runners := [c for c in psutil.Process(server.pid).children() if "spawn_main" in " ".join(c.cmdline())]):
+        assert time.monotonic() < deadline, "no job runner started"
+        time.sleep(0.1)
+    return runners[0]
+
+
+def test_a_job_killed_after_a_commit_resumes_and_lists_the_records_of_both_runs(tmp_path, training_npy,
+                                                                                 small_photos):
+    """kill -9 of the server right after the job's first commit: its runner dies with it; the restarted server
+    resumes the job, which lists both images (the first one registered by the killed run)."""
+    root = _new_collection(tmp_path / "col", training_npy)
+    process, url = _start(root, env={ENVIRONMENT: f"after_commit:{tmp_path}"})
     port = int(url.rsplit(":", 1)[1])
     try:
         files = [("images", item) for item in _new_photos(small_photos, 0, 2)]
         job_id = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60).json()["id"]
-        _wait_running(url, job_id)
-        process.send_signal(signal.SIGKILL)  # its worker notices within a second and exits too
+        while not (tmp_path / "after_commit").exists():  # the first image is committed; the runner waits there
+            assert process.poll() is None
+            time.sleep(0.05)
+        runner = psutil.Process(int((tmp_path / "after_commit").read_text()))
+        process.send_signal(signal.SIGKILL)
         process.wait()
-        process, url = _start(root, port)  # queues the job again, and runs it
+        runner.wait(timeout=10)  # it dies with its server (no lingering runner beside the next one)
+        process, url = _start(root, port)  # its runner queues the job again, and runs it
         job, _ = _follow(url, job_id)
-        assert job["state"] == "done" and len(job["records"]) == 2
+        assert job["state"] == "done" and sorted(r["original_filename"] for r in job["records"]) == [
+            "new0-0.png", "new0-1.png"] and job["skipped"] == []
+        queue = JobQueue(root)
+        assert queue.get(job_id).runs == 2
+        queue.close()
     finally:
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=60)
+    collection = Collection.open(root, device="cpu")
+    assert collection.catalog.count() == collection.index.ntotal == 2
+    collection.close()
+
+
+def test_two_servers_run_every_job_once_and_answer_every_request(tmp_path, training_npy, small_photos):
+    """Jobs on both servers: one runner runs them all, each once, each result lists its records; a server stopped
+    while a synchronous activation waits exits within seconds, and the other server's runner finishes the job."""
+    root = _new_collection(tmp_path / "col", training_npy)
+    (a, url_a), (b, url_b) = _start(root), _start(root)
+    try:
+        jobs = [httpx.post(f"{url}/v1/jobs", files=[("images", item) for item in _new_photos(small_photos, v, 2)],
+                           headers=AUTH, timeout=60).json()["id"] for url, v in ((url_a, 0), (url_b, 1), (url_b, 2))]
+        [(name, data)] = _new_photos(small_photos[3:], 3, 1)
+        synchronous = httpx.post(f"{url_a}/v1/activate", files={"image": (name, data)}, headers=AUTH, timeout=300)
+        assert synchronous.status_code == 200 and synchronous.headers["content-type"] == "image/png"
+        for job_id in jobs:
+            job, _ = _follow(url_b, job_id)
+            assert job["state"] == "done" and len(job["records"]) == 2 and job["skipped"] == [], job
+        queue = JobQueue(root)
+        assert [queue.get(job_id).runs for job_id in jobs] == [1, 1, 1]
+
+        [(name, data)] = _new_photos(small_photos[4:], 3, 1)
+        with FolderLock(root / ".lock").held(timeout=10), ThreadPoolExecutor(1) as pool:  # no commit meanwhile
+            waiting = pool.submit(httpx.post, f"{url_a}/v1/activate", files={"image": (name, data)}, headers=AUTH,
+                                  timeout=120)
+            while not queue.counts()["running"]:
+                time.sleep(0.05)
+            started = time.monotonic()
+            a.terminate()  # SIGTERM
+            a.wait(timeout=30)
+            stopped_in = time.monotonic() - started
+            with pytest.raises(httpx.HTTPError):  # cut off, not left hanging
+                waiting.result().raise_for_status()
+        assert stopped_in < 10, f"the server took {stopped_in:.1f} s to stop"
+        with sqlite3.connect(root / "catalog.sqlite") as db:
+            job_id = db.execute("SELECT MAX(id) FROM jobs").fetchone()[0]  # the stopped server's activation
+        job, _ = _follow(url_b, job_id)  # b's runner (or the one it stood in for) finished it
+        assert job["state"] == "done" and len(job["records"]) == 1
+        queue.close()
+    finally:
+        for process in (a, b):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+    collection = Collection.open(root, device="cpu")
+    shas = [r.original_sha256 for r in collection.catalog.get(collection.catalog.ids().tolist()).values()]
+    assert collection.catalog.count() == collection.index.ntotal == len(set(shas)) == 8
+    collection.close()

@@ -5,6 +5,7 @@ killed mid-run, and leave a collection that a re-run completes when its driver i
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from activeindex import ActivationConfig, Collection
+from activeindex import ActivationConfig, Collection, pipeline
+from activeindex.faults import ENVIRONMENT
+from activeindex.imageio import sha256_file
 
 from .conftest import TEST_FACTORY
 from .test_sharing import check_consistent
@@ -90,57 +93,65 @@ def test_add_on_ray_registers_the_same_descriptors(trained, photo_folder, ray_ad
                                   np.stack(list(on_ray.catalog.descriptors_of(ids).values())))
 
 
-def actor_processes() -> list[psutil.Process]:
-    """The processes of Ray Data's actors (named after their map stage)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any("MapWorker" in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
-
-
-def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(trained, photo_folder, ray_address, tmp_path):
-    """Ray restarts the actor and retries its batch."""
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_completes(trained, photo_folder, ray_address, tmp_path,
+                                                                     monkeypatch):
+    """The first actor to prepare a batch stops at the `prepare` fault point and is killed there: Ray restarts
+    the actor and retries its batch."""
+    monkeypatch.setenv(ENVIRONMENT, f"prepare:{tmp_path}")  # reaches the actors through their runtime_env
     killed = []
 
-    def kill_the_first_busy_actor() -> None:
-        deadline = time.monotonic() + 120
-        while not killed and time.monotonic() < deadline:
-            for process in actor_processes():
-                try:
-                    if process.cpu_times().user > 4.0:  # loaded the model, now activating
-                        process.kill()
-                        killed.append(process.pid)
-                        return
-                except psutil.NoSuchProcess:
-                    continue
-            time.sleep(0.2)
+    def kill_the_paused_actor() -> None:
+        marker, deadline = tmp_path / "prepare", time.monotonic() + 180
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.exists():
+            psutil.Process(int(marker.read_text())).kill()
+            killed.append(marker.read_text())
 
-    killer = threading.Thread(target=kill_the_first_busy_actor)
+    killer = threading.Thread(target=kill_the_paused_actor)
     killer.start()
-    config = ActivationConfig(iterations=8, batch_size=1)
+    config = ActivationConfig(iterations=3, batch_size=1)
     report = copy_of(trained, "ray").activate([photo_folder], tmp_path / "out", config, ray=ray_address)
     killer.join()
-    assert killed, "no actor was found busy: the test did not exercise a failure"
+    assert killed, "no actor reached the fault point"
     assert len(report.records) == 5 and len(report.failed) == 1
     assert check_consistent(trained.parent / "ray", sorted(photo_folder.glob("p*.png"))) == 5
+
+
+def test_a_file_changed_between_planning_and_reading_is_never_registered_under_the_old_hash(
+        trained, photo_folder, ray_address, tmp_path, monkeypatch):
+    """On Ray the driver hashes the files and the workers read them again: p1's bytes are swapped in between."""
+    folder = Path(shutil.copytree(photo_folder, tmp_path / "photos"))
+    old_sha, replacement = sha256_file(folder / "p1.png"), (folder / "p4.png").read_bytes()
+    real = pipeline.prepare_on_ray
+
+    def swap_then_prepare(*args, **kwargs):
+        (folder / "p1.png").write_bytes(replacement)  # after planning, before any worker reads it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare_on_ray", swap_then_prepare)
+    collection = copy_of(trained, "ray")
+    report = collection.add([folder], batch_size=2, ray=ray_address)
+    assert [(Path(p).name, "changed while it was being registered" in e) for p, e in report.failed] == [
+        ("broken.png", False), ("p1.png", True)]
+    assert collection.catalog.find_sha256(old_sha) is None  # nothing under the old hash
+    monkeypatch.setattr(pipeline, "prepare_on_ray", real)
+    again = collection.add([folder], batch_size=2, ray=ray_address)  # p1 now holds p4's bytes: a duplicate
+    assert not again.records and [Path(p).name for p, _ in again.skipped] == [f"p{i}.png" for i in range(5)]
+    collection.close()
 
 
 def test_a_sigkilled_driver_run_resumes_without_duplicates(trained, photo_folder, ray_address, tmp_path):
     command = [sys.executable, "-m", "activeindex", "activate", str(trained), str(photo_folder), "--out",
                str(tmp_path / "out"), "--ray", ray_address, "--iterations", "3", "--batch-size", "1", "-q"]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and first.poll() is None:
-        collection = Collection.open(trained, device="cpu")
-        registered = collection.catalog.count()
-        collection.close()
-        if registered >= 1:
-            break
-        time.sleep(0.2)
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, ENVIRONMENT: f"after_commit:{tmp_path}"})
+    while not (tmp_path / "after_commit").exists():  # the driver committed its first batch, and waits there
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert 1 <= check_consistent(trained, sorted(photo_folder.glob("p*.png"))) < 5, "killed too late to test"
+    assert check_consistent(trained, sorted(photo_folder.glob("p*.png"))) == 1
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1 and "broken.png" in second.stderr  # the bad file, reported again
     assert check_consistent(trained, sorted(photo_folder.glob("p*.png"))) == 5

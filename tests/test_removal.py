@@ -119,7 +119,7 @@ def test_a_snapshot_holding_removed_images_opens_with_them_as_tombstones(filled,
     filled.snapshot()  # index.faiss holds ids 1-6
     filled.remove([2, 6])
     reopened = check_consistent(filled.root)  # the snapshot still holds 2 and 6: dropped from every result
-    assert reopened._live.tombstones == {2, 6} and reopened.info()["awaiting_compaction"] == 2
+    assert reopened._live.tombstones == {2, 6} and reopened.info()["removed_in_index"] == 2
     assert not {2, 6} & set(found_ids(reopened, photos[1])) and found_ids(reopened, photos[1])
     assert reopened.compact() == 2 and sorted(index_ids(reopened.index)) == [1, 3, 4, 5]
     reopened.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ from PIL import Image
 from activeindex import Collection
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
+from activeindex.locking import FolderLock
+from activeindex.service.queue import JobQueue
 
 from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server
 
@@ -313,14 +316,17 @@ def test_openapi_schema_holds_under_property_based_testing(served, tmp_path):
     """Schemathesis (bounded, seeded) finds no server error and no response off the published schema.
 
     `positive_data_acceptance` is left out: a schema cannot say "these bytes must be a decodable image",
-    so schema-valid random bytes are rightly answered 400.
+    so schema-valid random bytes are rightly answered 400. It runs on a copy of the collection: with the token
+    it may delete images.
     """
-    _, url, _ = served
+    root, _, _ = served
+    process, url = start_server(shutil.copytree(root, tmp_path / "col"))
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json", "--checks", "all",
          "--exclude-checks", "positive_data_acceptance", "--header", f"Authorization: Bearer {TOKEN}",
          "--max-examples", "15", "--workers", "1", "--seed", "0", "--phases", "examples,coverage,fuzzing"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its .schemathesis/ cache stays out of the repo
+    stop_server(process)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
 
@@ -328,21 +334,46 @@ def test_openapi_schema_holds_under_property_based_testing(served, tmp_path):
 def test_a_killed_activation_worker_is_a_503_and_the_next_activation_works(served, small_photos):
     root, url, _ = served
     server = next(c for c in psutil.Process().children() if str(root) in " ".join(c.cmdline()))
-    photo = np.asarray(Image.fromarray(small_photos[3][:, ::-1]).resize((1920, 1280)))  # new bytes, ~8 s to activate
+    [runner] = [c for c in server.children() if "spawn_main" in " ".join(c.cmdline())]
+    photo = np.asarray(Image.fromarray(small_photos[3][:, ::-1]).resize((1920, 1280)))  # new bytes
     upload = {"image": ("big-new.png", _png(photo))}
     token = {"Authorization": f"Bearer {TOKEN}"}
-    with ThreadPoolExecutor(1) as pool:
+    queue = JobQueue(root)
+    with ThreadPoolExecutor(1) as pool, FolderLock(root / ".lock").held(timeout=10):  # it cannot finish meanwhile
         pending = pool.submit(httpx.post, f"{url}/v1/activate", files=upload, headers=token, timeout=300)
-        deadline = time.monotonic() + 120
-        while not (workers := [c for c in server.children() if "spawn_main" in " ".join(c.cmdline())]):
-            assert time.monotonic() < deadline, "no activation worker started"
-            time.sleep(0.2)
-        time.sleep(2)  # the activation is under way
-        workers[0].kill()
+        while not queue.counts()["running"]:
+            time.sleep(0.05)
+        runner.kill()  # mid-job
         response = pending.result()
+    queue.close()
     assert response.status_code == 503 and "stopped unexpectedly" in response.json()["detail"]
     assert "Retry-After" in response.headers
     again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
     assert again.status_code == 200 and again.headers["content-type"] == "image/png"
     status = httpx.get(f"{url}/v1/status", timeout=30).json()
     assert status["images"] == status["ntotal"]
+
+
+def test_delete_takes_an_image_down_for_every_search(served, small_photos):
+    """DELETE /v1/images/{id}: token required; at once no search returns it, its record is gone, and its
+    activated file goes only when asked; the same image can then be activated again."""
+    root, url, _ = served
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    photo = np.ascontiguousarray(small_photos[5][:, ::-1])
+    upload = {"image": ("takedown.png", _png(photo))}
+    image_id = int(httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300).headers["X-Image-Id"])
+    query = {"images": ("q.png", _png(photo))}
+    assert httpx.post(f"{url}/v1/search", files=query, timeout=60).json()["results"][0]["matches"][0]["id"] == image_id
+    activated = root / "activated" / "takedown.png"
+    assert httpx.delete(f"{url}/v1/images/{image_id}", timeout=30).status_code == 401
+    removed = httpx.delete(f"{url}/v1/images/{image_id}", params={"delete_file": "true"}, headers=token, timeout=30)
+    assert removed.status_code == 200 and removed.json()["removed"]["id"] == image_id
+    assert removed.json()["file_deleted"] is True and not activated.exists()
+    matches = httpx.post(f"{url}/v1/search", files=query, timeout=60).json()["results"][0]["matches"]
+    assert image_id not in [m["id"] for m in matches]
+    assert httpx.get(f"{url}/v1/images/{image_id}", timeout=30).status_code == 404
+    assert httpx.delete(f"{url}/v1/images/{image_id}", headers=token, timeout=30).status_code == 404
+    again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
+    assert again.status_code == 200 and int(again.headers["X-Image-Id"]) > image_id
+    status = httpx.get(f"{url}/v1/status", timeout=30).json()
+    assert status["removed"] == 1 and status["images"] == status["ntotal"] - 1  # one removed, not yet compacted

@@ -440,7 +440,7 @@ def _print_dict(data: dict) -> None:
 def _print_info(info: dict) -> None:
     """One ``key value`` line per collection fact."""
     keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "removed",
-            "awaiting_compaction", "ntotal", "codec_fingerprint", "device"]
+            "removed_in_index", "ntotal", "codec_fingerprint", "device"]
     for key in keys:
         print(f"{key:18} {info.get(key)}")
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")

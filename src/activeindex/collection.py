@@ -253,14 +253,15 @@ class Collection:
                 progress: bool | None, ray: str | None, workers: int | None,
                 on_batch: BatchCallback | None) -> BatchReport:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
-        stored = self.catalog.descriptor_dtype.name
+        stored, run = self.catalog.descriptor_dtype.name, ingest.run_tag()
         if ray is None:
-            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored)
+            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
 
             def prepare(batches, pool):
-                return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers, stored)
+                return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers,
+                                      stored, run)
         def commit(prepared: list[Prepared], report: BatchReport) -> None:
             self.commit(prepared, out_dir, report)
 
@@ -280,11 +281,13 @@ class Collection:
             ``report`` (a new one if not given) with this batch's records, skips and failures added.
         """
         report = report if report is not None else BatchReport()
+        registered = len(report.records)
         for item in prepared:
             item.written()
         with self._writing():
             ingest.commit_batch(prepared, Path(out_dir) if out_dir is not None else None, self._live, report)
-        pause_point("after_commit")
+        if len(report.records) > registered:
+            pause_point("after_commit")
         self._snapshot_if_due()
         return report
 
@@ -398,7 +401,7 @@ class Collection:
         counts = self.catalog.counts()
         return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
                 "removed": self.catalog.removed_count(),
-                "awaiting_compaction": len(self._live.tombstones) if self._live else 0,
+                "removed_in_index": len(self._live.tombstones) if self._live else 0,
                 "ntotal": int(self.index.ntotal) if self.index is not None else 0,
                 "nlist": self.codec.nlist if self.codec else None, "device": str(self.extractor.device)}
 

@@ -3,8 +3,8 @@
 A test sets ``ACTIVEINDEX_PAUSE_AT=POINT:FOLDER`` in a process's environment. The first process that reaches
 ``POINT`` creates ``FOLDER/POINT`` (atomically: only one process ever pauses), writes its pid into it and
 waits there until it is killed, or until the test creates ``FOLDER/POINT.go``. Unset (always, outside
-tests), a point costs one environment lookup. Points: ``after_commit`` (a batch is committed, its folder
-lock released), ``removal`` (inside the removal's catalog transaction), ``snapshot`` (index.faiss written to
+tests), a point costs one environment lookup. Points: ``after_commit`` (a batch's images are committed, the
+folder lock released), ``removal`` (inside the removal's catalog transaction), ``snapshot`` (index.faiss written to
 its temp file, not yet renamed), ``prepare`` (a batch is about to be embedded or activated).
 """
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +41,7 @@ from .live_index import LiveIndex
 from .progress import progress_bar
 
 __all__ = ["BatchReport", "Prepared", "Preparer", "PlannedFile", "read_and_decode", "plan_batches",
-           "prepare_here", "commit_batch", "run", "embed_stream", "remove_stale_staged", "BatchCallback"]
+           "prepare_here", "commit_batch", "run", "run_tag", "embed_stream", "remove_stale_staged", "BatchCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +151,14 @@ class Preparer:
         out_dir: where the staged PNGs go (activation only).
         writer: threads that write the staged PNGs while the next batch is prepared (None: in line).
         stored_dtype: how the catalog stores descriptors (the activation targets the code it will index).
+        run: the run's `run_tag`, part of every staged name (which run, of which process, wrote it).
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
                  out_dir: str | os.PathLike | None = None, writer: Executor | None = None,
-                 stored_dtype: str = "float16"):
+                 stored_dtype: str = "float16", run: str | None = None):
         self.extractor, self.config, self.writer = extractor, config, writer
+        self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.activator = Activator(extractor, codec, config, stored_dtype) if config is not None else None
 
@@ -177,7 +180,7 @@ class Preparer:
                                  **(result.metrics() if result is not None else {}))
             item.descriptor, item.image = descriptor, None
             if result is not None:  # a name of its own: two processes may activate the same image at once
-                item.staged = str(self.out_dir / f".{item.sha256[:16]}.{uuid.uuid4().hex[:12]}{STAGED_SUFFIX}")
+                item.staged = str(self.out_dir / f".{item.sha256[:16]}~{self.run}{STAGED_SUFFIX}")
                 if self.writer is None:
                     _write_staged(item, result.image)
                 else:  # PNG encoding is CPU-heavy: done while the next batch is activated
@@ -191,26 +194,46 @@ def _write_staged(item: Prepared, image: np.ndarray) -> None:
 
 
 def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-                 stored_dtype: str) -> Prepare:
+                 stored_dtype: str, run: str) -> Prepare:
     """The in-process executor: the pool's two threads decode the next batch and write this one's PNGs while
     the model runs."""
     def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
-        preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype)
+        preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype, run=run)
         return map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=extractor.limits), pool))
     return prepare
+
+
+def _driver_dead(staged_name: str) -> bool:
+    """Whether the staged file's run was driven by a process of this host that no longer exists."""
+    parts = staged_name[:-len(STAGED_SUFFIX)].split("~")
+    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _read_planned(file: PlannedFile, limits: ImageLimits) -> Prepared:
     return read_and_decode(*file, limits=limits)
 
 
+def run_tag() -> str:
+    """``HOST~PID~RANDOM``: names one run of one driver process, in its staged files' names."""
+    return f"{socket.gethostname()}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+
+
 def remove_stale_staged(out_dir: Path) -> int:
-    """Delete the staged PNGs that runs killed before their commit left in ``out_dir`` (older than
-    `STALE_STAGED_SECONDS`, so a live run's are never touched); returns how many."""
+    """Delete the staged PNGs that runs killed before their commit left in ``out_dir``: those of a dead driver
+    process on this host, and any older than `STALE_STAGED_SECONDS` (a live run's are never touched);
+    returns how many."""
     removed, now = 0, time.time()
     for path in out_dir.glob(f".*{STAGED_SUFFIX}"):
         try:
-            if now - path.stat().st_mtime > STALE_STAGED_SECONDS:
+            if _driver_dead(path.name) or now - path.stat().st_mtime > STALE_STAGED_SECONDS:
                 path.unlink()
                 removed += 1
         except FileNotFoundError:  # another process took it meanwhile

@@ -80,7 +80,13 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+        headers = error.headers
+        if error.status_code == 405:  # every method of the path (Starlette names only the first route's)
+            headers = {"Allow": ", ".join(sorted({method for route in request.app.router.routes
+                                                  if getattr(route, "methods", None)
+                                                  and route.path_regex.match(request.url.path)
+                                                  for method in route.methods}))}
+        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -48,7 +48,8 @@ __all__ = ["ActivationWorker", "run_jobs", "discard_unregistered", "RUNNER_LOCK"
 logger = logging.getLogger(__name__)
 
 RUNNER_LOCK = ".jobs.lock"
-WORKER_NICENESS = 10  # 19 starved the runner under 4 searching clients (a small job took 12 min)
+# at 19 a small job took 12 min under 4 searching clients; at 10, 77-104 s; at 5, 35-37 s (service_load.py)
+WORKER_NICENESS = 5
 WORKER_DIED = "the activation worker stopped unexpectedly (out of memory?); retry"
 INTERNAL_ERROR = "internal error in the activation worker; see the server log"
 DAMAGED = "the collection is damaged on the server; see the server log"

@@ -257,6 +257,12 @@ class JobQueue:
         with self._lock, self._errors():
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
 
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (every state present, 0 when none)."""
+        with self._lock, self._errors():
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return dict.fromkeys(JOB_STATES, 0) | dict(rows)
+
     def pending_inputs(self) -> set[str]:
         """The input files of the jobs queued or running."""
         with self._lock, self._errors():
