@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -58,7 +57,7 @@ def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tup
     """Poll a job every 0.2 s until it is done or failed: (its last JSON, the (state, done) pairs seen)."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=AUTH).json()
         if not seen or seen[-1] != (job["state"], job["done"]):
             seen.append((job["state"], job["done"]))
         if job["state"] in ("done", "failed"):
@@ -69,7 +68,7 @@ def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tup
 
 def _wait_running(url: str, job_id: int) -> None:
     deadline = time.monotonic() + 120
-    while httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"] == "queued":
+    while httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=AUTH).json()["state"] == "queued":
         assert time.monotonic() < deadline, f"job {job_id} did not start"
         time.sleep(0.1)
 
@@ -187,7 +186,7 @@ def test_a_job_of_three_photos_completes_with_progress(served, photo_paths, smal
     assert all(r["kind"] == "active" and r["psnr"] > 30 and "original_path" not in r for r in job["records"])
     assert job["skipped"] == [{"filename": "known.png", "reason": "already registered (id 1)"}]
     assert job["failed"] == [] and job["created_at"] <= job["updated_at"]
-    image = httpx.get(f"{url}/v1/images/{job['records'][0]['id']}/activated", timeout=30)
+    image = httpx.get(f"{url}/v1/images/{job['records'][0]['id']}/activated", timeout=30, headers=AUTH)
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     uploads = {p.name for p in (root / "uploads").rglob("*.png")}
     assert {"new1-0.png", "new1-1.png"} <= uploads and "known.png" not in uploads  # the skipped one was not kept
@@ -206,7 +205,7 @@ def test_searches_answer_while_a_job_runs(served, photo_paths, small_photos):
             response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", query)}, timeout=60)
             latencies.append(time.monotonic() - start)
             assert response.status_code == 200 and response.json()["results"][0]["matches"][0]["id"] == 2
-        assert httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()["state"] == "running"
+        assert httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=AUTH).json()["state"] == "running"
     print(f"search latencies while the job ran: {', '.join(f'{s:.2f}' for s in latencies)} s")
     job, _ = _follow(url, job_id)
     assert job["state"] == "done" and len(job["records"]) == 3
@@ -300,9 +299,7 @@ def test_two_servers_run_every_job_once_and_answer_every_request(tmp_path, train
             with pytest.raises(httpx.HTTPError):  # cut off, not left hanging
                 waiting.result().raise_for_status()
         assert stopped_in < 10, f"the server took {stopped_in:.1f} s to stop"
-        with sqlite3.connect(root / "catalog.sqlite") as db:
-            job_id = db.execute("SELECT MAX(id) FROM jobs").fetchone()[0]  # the stopped server's activation
-        job, _ = _follow(url_b, job_id)  # b's runner (or the one it stood in for) finished it
+        job, _ = _follow(url_b, queue.latest().id)  # b's runner (or the one it stood in for) finishes it
         assert job["state"] == "done" and len(job["records"]) == 1
         queue.close()
     finally:
@@ -314,3 +311,12 @@ def test_two_servers_run_every_job_once_and_answer_every_request(tmp_path, train
     shas = [r.original_sha256 for r in collection.catalog.get(collection.catalog.ids().tolist()).values()]
     assert collection.catalog.count() == collection.index.ntotal == len(set(shas)) == 8
     collection.close()
+
+
+def test_job_ids_are_random_and_the_queue_keeps_its_order(queue, tmp_path):
+    """Nobody can list the jobs by counting: ids are drawn at random (53 bits, exact in JavaScript)."""
+    ids = [queue.submit([tmp_path / f"{i}.png"], tmp_path).id for i in range(6)]
+    assert len(set(ids)) == 6 and all(1 <= i < 2**53 for i in ids)
+    assert all(abs(a - b) > 1 for a, b in zip(ids, ids[1:]))  # not a sequence
+    assert max(ids) > 2**40  # drawn from the whole range (all six below 2**40: odds 2**-78)
+    assert [queue.claim_next("r").id for _ in ids] == ids and queue.latest().id == ids[-1]  # oldest first

@@ -27,6 +27,8 @@ from activeindex.service.queue import JobQueue
 
 from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server
 
+READ = {"Authorization": f"Bearer {TOKEN}"}  # reads are private by default
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, training_npy, small_photos):
@@ -75,11 +77,11 @@ def test_activate_round_trip_and_records(served, small_photos):
     assert float(response.headers["X-PSNR"]) > 38
     activated = np.asarray(Image.open(io.BytesIO(response.content)))
     assert activated.shape == small_photos[4].shape and not np.array_equal(activated, small_photos[4])
-    record = httpx.get(f"{url}/v1/images/{image_id}").json()
+    record = httpx.get(f"{url}/v1/images/{image_id}", headers=READ).json()
     assert record["kind"] == "active" and record["original_filename"].endswith("new_photo.png")
     assert "/" not in record["original_filename"] and "original_path" not in record
     assert not (root.parent.parent / "etc").exists()  # the client's path was never used
-    assert httpx.get(f"{url}/v1/images/{image_id}/activated").content == response.content
+    assert httpx.get(f"{url}/v1/images/{image_id}/activated", headers=READ).content == response.content
     again = httpx.post(f"{url}/v1/activate", files={"image": ("again.png", upload)},
                        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     assert again.headers["X-Image-Id"] == str(image_id)  # idempotent: registered once
@@ -116,8 +118,8 @@ def test_bad_input_gets_clear_json_errors(served):
     assert response.status_code == 400 and "exceeds the limit" in response.json()["detail"]
     tiny = httpx.post(f"{url}/v1/search", files={"images": ("tiny.png", bomb)}, timeout=30)
     assert tiny.status_code == 400 and "minimum side" in tiny.json()["detail"]
-    assert httpx.get(f"{url}/v1/images/999").status_code == 404
-    assert httpx.get(f"{url}/v1/images/3/activated").status_code == 404  # passive: no activated file
+    assert httpx.get(f"{url}/v1/images/999", headers=READ).status_code == 404
+    assert httpx.get(f"{url}/v1/images/3/activated", headers=READ).status_code == 404  # passive: no activated file
     assert httpx.post(f"{url}/v1/search", data={"k": "3"}, timeout=30).status_code == 422
 
 
@@ -241,14 +243,14 @@ def test_ids_hosts_and_missing_files_get_clear_answers(served):
     root, url, _ = served
     for suffix in ("", "/activated", "/thumbnail"):
         for image_id in ("99999999999999999999", "0", "-3"):
-            response = httpx.get(f"{url}/v1/images/{image_id}{suffix}", timeout=30)
+            response = httpx.get(f"{url}/v1/images/{image_id}{suffix}", timeout=30, headers=READ)
             assert response.status_code == 422 and "detail" in response.json()
     assert httpx.get(f"{url}/v1/status", headers={"Host": "evil.example"}, timeout=30).status_code == 400
     activated = root / "activated" / "photo0.png"
     hidden = activated.with_name("hidden.tmp")
     activated.rename(hidden)
     try:
-        response = httpx.get(f"{url}/v1/images/1/activated", timeout=30)
+        response = httpx.get(f"{url}/v1/images/1/activated", timeout=30, headers=READ)
         assert response.status_code == 404 and "missing on the server" in response.json()["detail"]
     finally:
         hidden.rename(activated)
@@ -299,9 +301,9 @@ def test_full_queues_answer_503_with_retry_after(served):
 def test_job_endpoints_answer_clear_errors(served):
     _, url, _ = served
     token = {"Authorization": f"Bearer {TOKEN}"}
-    missing = httpx.get(f"{url}/v1/jobs/999999", timeout=30)
+    missing = httpx.get(f"{url}/v1/jobs/999999", timeout=30, headers=READ)
     assert missing.status_code == 404 and missing.json()["detail"] == "no job with id 999999"
-    assert httpx.get(f"{url}/v1/jobs/0", timeout=30).status_code == 422
+    assert httpx.get(f"{url}/v1/jobs/0", timeout=30, headers=READ).status_code == 422
     assert httpx.post(f"{url}/v1/jobs", files={"images": ("a.png", b"1")}, timeout=30).status_code == 401
     none = httpx.post(f"{url}/v1/jobs", data={"k": "1"}, headers=token, timeout=30)
     assert none.status_code == 422 and "images" in none.json()["detail"]
@@ -371,9 +373,64 @@ def test_delete_takes_an_image_down_for_every_search(served, small_photos):
     assert removed.json()["file_deleted"] is True and not activated.exists()
     matches = httpx.post(f"{url}/v1/search", files=query, timeout=60).json()["results"][0]["matches"]
     assert image_id not in [m["id"] for m in matches]
-    assert httpx.get(f"{url}/v1/images/{image_id}", timeout=30).status_code == 404
+    assert httpx.get(f"{url}/v1/images/{image_id}", timeout=30, headers=READ).status_code == 404
     assert httpx.delete(f"{url}/v1/images/{image_id}", headers=token, timeout=30).status_code == 404
     again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
     assert again.status_code == 200 and int(again.headers["X-Image-Id"]) > image_id
     status = httpx.get(f"{url}/v1/status", timeout=30).json()
     assert status["removed"] == 1 and status["images"] == status["ntotal"] - 1  # one removed, not yet compacted
+
+
+def test_reads_need_the_token_unless_the_server_opens_them(served, tmp_path):
+    """Records, files, thumbnails, jobs and /metrics: 401 without the token; --public-reads and --public-metrics
+    open them, but a passive reference's thumbnail (never published) still needs it."""
+    root, url, _ = served
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    job = httpx.post(f"{url}/v1/jobs", files={"images": ("noise.png", _png(noise))}, headers=READ, timeout=60)
+    reads = ["/v1/images/1", "/v1/images/1/activated", "/v1/images/1/thumbnail", "/v1/images/3/thumbnail",
+             f"/v1/jobs/{job.json()['id']}", "/metrics"]
+    for path in reads:
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 401, path
+        assert httpx.get(f"{url}{path}", headers=READ, timeout=30).status_code == 200, path
+    for path in ("/healthz", "/v1/status", "/", "/openapi.json"):
+        assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path
+    process, opened = start_server(shutil.copytree(root, tmp_path / "col"), None, "--public-reads", "--public-metrics")
+    try:
+        for path in [p for p in reads if p != "/v1/images/3/thumbnail"]:
+            assert httpx.get(f"{opened}{path}", timeout=30).status_code == 200, path
+        assert httpx.get(f"{opened}/v1/images/3/thumbnail", timeout=30).status_code == 401  # passive: never public
+    finally:
+        stop_server(process)
+
+
+def test_metrics_parse_and_move_with_requests(served, small_photos):
+    """/metrics in the Prometheus text format, read with the Prometheus client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, url, _ = served
+
+    def scrape() -> dict[tuple, float]:
+        text = httpx.get(f"{url}/metrics", headers=READ, timeout=30).text
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    search = ("activeindex_http_requests_total", (("method", "POST"), ("route", "/v1/search"), ("status", "200")))
+    before = scrape()
+    for _ in range(2):
+        assert httpx.post(f"{url}/v1/search", files={"images": ("q.png", _png(small_photos[0]))},
+                          timeout=60).status_code == 200
+    noise = np.random.default_rng(2).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    assert httpx.post(f"{url}/v1/activate", files={"image": ("n.png", _png(noise))}, headers=READ,
+                      timeout=300).status_code == 200
+    after = scrape()
+    assert after[search] == before.get(search, 0) + 2
+    latency = ("activeindex_http_request_duration_seconds_count", (("method", "POST"), ("route", "/v1/search")))
+    assert after[latency] == before.get(latency, 0) + 2
+    status = httpx.get(f"{url}/v1/status", timeout=30).json()
+    assert after[("activeindex_images", (("kind", "active"),))] == status["active"]
+    assert after[("activeindex_images", (("kind", "removed"),))] == status["removed"]
+    done, count = ("activeindex_jobs", (("state", "done"),)), ("activeindex_activation_seconds_per_image_count", ())
+    assert after[done] == before[done] + 1 and after[count] == before[count] + 1
+    assert after[("activeindex_activation_seconds_per_image_sum", ())] > before[
+        ("activeindex_activation_seconds_per_image_sum", ())]
+    assert ("activeindex_searches_in_flight", ()) in after

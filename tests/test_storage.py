@@ -114,7 +114,8 @@ def test_the_service_answers_507_and_a_job_on_a_full_disk_fails_then_reruns(disk
 
 def follow(url: str, job_id: int) -> dict:
     deadline = time.monotonic() + 240
-    while (job := httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json())["state"] not in ("done", "failed"):
+    while (job := httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=AUTH).json())["state"] not in (
+            "done", "failed"):
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     return job

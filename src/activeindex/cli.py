@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=None,
                    help="similarity from which the best match is called a copy (default: the collection's "
                         "calibrated threshold, else 0.4)")
+    p.add_argument("--public-reads", action="store_true",
+                   help="let anyone read records, activated files and jobs (default: the token is needed; the "
+                        "thumbnail of a passive reference, never published, always needs it)")
+    p.add_argument("--public-metrics", action="store_true", help="let anyone read /metrics (default: the token)")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="a host name clients use to reach the server (repeatable; the Host header is checked "
                         "against them, a guard against DNS rebinding). Default: the loopback names, plus --host")
@@ -339,7 +343,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         token = secrets.token_urlsafe(16)
         logger.warning("no token given: writes need this one-time token: %s", token)
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
-                           ray=args.ray)
+                           ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs

@@ -1,9 +1,12 @@
 """FastAPI app over one collection: search and activate over HTTP, plus a web page at ``/``.
 
 Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
+Reads are private: records, activated files, thumbnails, jobs and ``/metrics`` need the token, unless the
+server is started with ``--public-reads`` / ``--public-metrics`` (a passive reference's thumbnail, never
+published, needs it always); ``/v1/search``, ``/v1/status``, ``/healthz`` and the page are public.
 The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool, and
-activations are jobs (service/jobs.py) in the collection's durable queue, run one at a time by a background
-worker process at the lowest CPU priority, so searches keep being answered while it activates. Both
+activations are jobs (service/jobs.py) in the collection's durable queue, run one at a time by the
+collection's job runner process at a lower CPU priority, so searches keep being answered while it activates. Both
 are bounded: 503 + Retry-After when full. ``POST /v1/jobs`` queues a job of one or more images and
 answers 202 at once (``GET /v1/jobs/{id}`` follows it); ``POST /v1/activate`` queues a job of one image
 and waits for it, answering the PNG, unless the image is larger than ``sync_max_pixels`` (then: 202).
@@ -39,6 +42,7 @@ from ..errors import ActiveIndexError
 from ..imageio import load_image, sha256_bytes, sha256_file, write_atomically
 from . import http
 from .jobs import ActivationWorker, discard_unregistered
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .queue import Job
 
 __all__ = ["ServiceConfig", "create_app"]
@@ -68,6 +72,8 @@ class ServiceConfig:
     activation: ActivationConfig = field(default_factory=ActivationConfig)  # the settings of every activation job
     ray: str | None = None  # where jobs activate: None in the worker process, else a Ray address ("local", "auto")
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
+    public_reads: bool = False  # records, activated files and jobs without the token (passive thumbnails never)
+    public_metrics: bool = False  # /metrics without the token
 
 
 class _Searches:
@@ -110,13 +116,23 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     http.add_error_handlers(app)
     http.add_docs(app)
     searches = _Searches(config.search_threads, config.max_pending_searches)
+    metrics = Metrics(collection, worker.queue, lambda: searches.pending)
+    metrics.instrument(app)
     bearer = HTTPBearer(auto_error=False)
 
-    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def authorised(credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
         if config.token is None:
-            raise HTTPException(403, "writes are disabled on this server (started without a token)")
+            raise HTTPException(403, f"{what} are disabled on this server (started without a token)")
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), config.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        authorised(credentials, "writes")
+
+    def require_reader(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """Records, files and jobs: the token, unless the server was started with --public-reads."""
+        if not config.public_reads:
+            authorised(credentials, "reads")
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -164,21 +180,22 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         record = await anyio.to_thread.run_sync(_activation_record, collection, job, data)
         return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(name).stem}.png",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}",
-                                     "X-Scaling": f"{record.scaling:.3f}"})
+                                     **({"X-Scaling": f"{record.scaling:.3f}"} if record.scaling else {})})
 
     @app.post("/v1/jobs", dependencies=[Depends(require_token)], status_code=202,
               responses={202: http.JOB_RESPONSE, **http.errors(400, 401, 403, 413, 422, 500, 503)},
               max_body_size=config.max_request_bytes,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["images"], "properties": {"images": {
-                      "type": "array", "items": http.IMAGE_BODY, "minItems": 1,
+                      "type": "array", "items": http.IMAGE_BODY, "minItems": 1, "maxItems": config.max_files,
                       "description": f"at most {config.max_files} images (413 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
         named, settings = await http.image_files(request, config.max_files, config.max_upload_bytes, config.activation)
         stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)
         return _accepted(await submit([path for path, _ in stored], settings))
 
-    @app.get("/v1/jobs/{job_id}", response_model=http.JobStatus, responses=http.errors(404, 422))
+    @app.get("/v1/jobs/{job_id}", response_model=http.JobStatus, responses=http.errors(401, 403, 404, 422),
+             dependencies=[Depends(require_reader)])
     async def job_status(job_id: int = PathParam(ge=1, le=MAX_ID, description="a job id from POST /v1/jobs")) -> dict:
         return _public_job(await anyio.to_thread.run_sync(worker.queue.get, job_id))
 
@@ -192,7 +209,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
 
     image_id_param = PathParam(ge=1, le=MAX_ID, description="an image id from a search result")
 
-    @app.get("/v1/images/{image_id}", responses=http.errors(404, 422))
+    @app.get("/v1/images/{image_id}", responses=http.errors(401, 403, 404, 422), dependencies=[Depends(require_reader)])
     def image_record(image_id: int = image_id_param) -> dict:
         return _public(_record(collection, image_id))
 
@@ -206,18 +223,25 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             raise HTTPException(404, f"no image with id {image_id}")
         return {"removed": _public(report.removed[0]), "file_deleted": bool(report.deleted_files)}
 
-    @app.get("/v1/images/{image_id}/activated", response_class=Response,
-             responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}}}, **http.errors(404, 422)})
+    @app.get("/v1/images/{image_id}/activated", response_class=Response, dependencies=[Depends(require_reader)],
+             responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}}},
+                        **http.errors(401, 403, 404, 422)})
     def activated_file(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         if record.activated_path is None:
             raise HTTPException(404, f"image {image_id} is a passive reference: it has no activated file")
         return FileResponse(_activated_file(record), media_type="image/png")
 
-    @app.get("/v1/images/{image_id}/thumbnail", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {"schema": http.IMAGE_BODY}}}, **http.errors(404, 422)})
-    def thumbnail(image_id: int = image_id_param) -> Response:
+    @app.get("/v1/images/{image_id}/thumbnail", response_class=Response, dependencies=[Depends(require_reader)],
+             responses={200: {"content": {"image/jpeg": {"schema": http.IMAGE_BODY}}},
+                        **http.errors(401, 403, 404, 422)})
+    def thumbnail(image_id: int = image_id_param,
+                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        """A small JPEG of the released (activated) file; of a passive reference's original only with the token
+        (it was never published), even where reads are public."""
         record = _record(collection, image_id)
+        if record.activated_path is None:
+            authorised(credentials, "reads")
         try:
             image = Image.fromarray(load_image(record.activated_path or record.original_path))
         except ActiveIndexError as e:
@@ -226,6 +250,15 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return Response(buffer.getvalue(), media_type="image/jpeg")
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {
+        "schema": {"type": "string"}}}}, **http.errors(401, 403)})
+    def scrape(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        """Prometheus metrics: requests and latency per route, searches and jobs in flight, jobs by state,
+        images live and removed, activation seconds per image (the token, unless --public-metrics)."""
+        if not config.public_metrics:
+            authorised(credentials, "metrics")
+        return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

@@ -156,7 +156,7 @@ async def image_files(request: Request, max_files: int, max_bytes: int,
 def activation_settings(form, default: ActivationConfig) -> ActivationConfig:
     """The server's settings, or the ``preset`` asked for, with a ``psnr`` floor if one is given; 422 otherwise."""
     preset, psnr = form.get("preset"), form.get("psnr")
-    if preset is not None and preset not in PRESETS:
+    if preset not in (None, "") and preset not in PRESETS:
         raise HTTPException(422, f"preset: one of {sorted(PRESETS)}")
     settings = default if preset in (None, "") else get_preset(preset)
     if psnr in (None, ""):

@@ -178,11 +178,13 @@ def run_jobs(root: str, model: str, device: str | None, ray: str | None, runner_
 def _run_job(collection: Collection, queue: JobQueue, job: Job, ray: str | None, runner_id: str,
              uploads: Path | None) -> None:
     """Activate a claimed job's files, recording progress after each batch, then its outcome."""
+    start = time.monotonic()
     try:
         report = collection.activate(job.inputs, job.out_dir, config=ActivationConfig.from_dict(job.config),
                                      progress=False, ray=ray, on_batch=lambda done, total: _retrying(
                                          lambda: queue.progress(job.id, done, total)))
-        outcome = {"result": _merged(collection, job, report).to_dict()}
+        outcome = {"result": _merged(collection, job, report).to_dict(), "seconds": time.monotonic() - start,
+                   "activated": len(report.records)}
     except ActiveIndexError as e:
         outcome = {"error": _public_error(e, job, collection)}
     except Exception:

@@ -3,13 +3,15 @@
 Each job is a list of image files to activate into a folder, with its `ActivationConfig`, its state
 (``queued`` -> ``running`` -> ``done`` or ``failed``), its progress (input files handled of ``total``) and,
 once done, the `BatchReport`. A running job names the runner that claimed it, so a runner that died can be
-told apart from one that lives (jobs.py). Jobs outlive the processes that submit and run them.
+told apart from one that lives (jobs.py). Jobs outlive the processes that submit and run them. Job ids are
+drawn at random (53 bits), so nobody can list the jobs by counting; ``seq`` keeps their order.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -53,11 +55,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     error_kind TEXT,
     runner TEXT,
-    runs INTEGER NOT NULL DEFAULT 0
+    runs INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER,
+    seconds REAL,
+    activated INTEGER
 )
 """
 # columns that queues made by earlier versions lack
-_ADDED_COLUMNS = {"error_kind": "TEXT", "runner": "TEXT", "runs": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"error_kind": "TEXT", "runner": "TEXT", "runs": "INTEGER NOT NULL DEFAULT 0", "seq": "INTEGER",
+                  "seconds": "REAL", "activated": "INTEGER"}
+MAX_JOB_ID = 2**53 - 1  # job ids are drawn at random below this (unguessable; exact as a JavaScript number)
 _COLUMNS = ("id, state, created_at, updated_at, total, done, inputs, out_dir, config, result, error, error_kind, "
             "runs")
 
@@ -197,11 +204,12 @@ class JobQueue:
             pending = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
             if max_pending is not None and pending >= max_pending:
                 raise WorkerBusy(f"{pending} activation jobs are already queued or running; retry later")
-            cursor = db.execute("INSERT INTO jobs (state, created_at, updated_at, total, done, inputs, out_dir, "
-                                "config) VALUES ('queued', ?, ?, ?, 0, ?, ?, ?)",
-                                (now, now, len(inputs), paths, str(Path(out_dir).resolve()),
-                                 json.dumps(config.to_dict())))
-            job_id = cursor.lastrowid
+            job_id = _new_id(db)
+            db.execute("INSERT INTO jobs (id, seq, state, created_at, updated_at, total, done, inputs, out_dir, "
+                       "config) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), 'queued', ?, ?, ?, 0, "
+                       "?, ?, ?)",
+                       (job_id, now, now, len(inputs), paths, str(Path(out_dir).resolve()),
+                        json.dumps(config.to_dict())))
         return self.get(job_id)
 
     def get(self, job_id: int) -> Job:
@@ -219,7 +227,7 @@ class JobQueue:
     def claim_next(self, runner: str) -> Job | None:
         """Mark the oldest queued job ``running`` by ``runner`` and return it; None when no job is queued."""
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq, id LIMIT 1").fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = 'running', runner = ?, runs = runs + 1, updated_at = ? WHERE id = ?",
@@ -233,9 +241,10 @@ class JobQueue:
                        (done, total, _now(), job_id))
 
     def finish(self, job_id: int, result: dict | None = None, error: ActiveIndexError | None = None,
-               runner: str | None = None) -> bool:
+               runner: str | None = None, seconds: float = 0.0, activated: int = 0) -> bool:
         """Mark a job ``done`` with its `BatchReport` dict, or ``failed`` with ``error`` (its one-line message
-        and its kind). With ``runner``: only while that runner holds the job running.
+        and its kind). With ``runner``: only while that runner holds the job running. ``seconds`` and
+        ``activated``: this run's wall-clock time and the images it activated (added to earlier runs').
 
         Returns:
             whether the job was marked.
@@ -244,8 +253,10 @@ class JobQueue:
         with self._transaction() as db:
             if error is None:
                 cursor = db.execute("UPDATE jobs SET state = 'done', done = total, result = ?, error = NULL, "
+                                    "seconds = COALESCE(seconds, 0) + ?, activated = COALESCE(activated, 0) + ?, "
                                     f"updated_at = ? WHERE id = ?{only_if}",
-                                    (json.dumps(result), _now(), job_id, *([runner] if runner else [])))
+                                    (json.dumps(result), seconds, activated, _now(), job_id,
+                                     *([runner] if runner else [])))
             else:
                 cursor = db.execute(f"UPDATE jobs SET state = 'failed', error = ?, error_kind = ?, updated_at = ? "
                                     f"WHERE id = ?{only_if}", (str(error), type(error).__name__, _now(), job_id,
@@ -256,6 +267,18 @@ class JobQueue:
         """Jobs queued or running."""
         with self._lock, self._errors():
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+
+    def latest(self) -> Job | None:
+        """The job submitted last, if any."""
+        with self._lock, self._errors():
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY seq DESC, id DESC LIMIT 1").fetchone()
+        return _job(row) if row else None
+
+    def activation_time(self) -> tuple[float, int]:
+        """(seconds, images) that the finished jobs spent and activated, all runs together."""
+        with self._lock, self._errors():
+            return tuple(self._db.execute("SELECT COALESCE(SUM(seconds), 0), COALESCE(SUM(activated), 0) "
+                                          "FROM jobs").fetchone())
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (every state present, 0 when none)."""
@@ -278,12 +301,19 @@ class JobQueue:
         if not runner_lock.held:
             raise RuntimeError("requeue_running needs the runner lock: another runner may still work on them")
         with self._transaction() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")]
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state = 'running' ORDER BY seq, id")]
             db.execute("UPDATE jobs SET state = 'queued', runner = NULL, updated_at = ? WHERE state = 'running'",
                        (_now(),))
         if ids:
             logger.info("%s: %d interrupted activation jobs queued again: %s", self.path.parent, len(ids), ids)
         return ids
+
+
+def _new_id(db: sqlite3.Connection) -> int:
+    """A random job id not taken yet (in the submitting transaction)."""
+    while db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id := secrets.randbelow(MAX_JOB_ID) + 1,)).fetchone():
+        continue
+    return job_id
 
 
 @contextmanager
