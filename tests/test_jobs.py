@@ -3,6 +3,7 @@ uvicorn server on loopback with its real worker process (real model, real faiss,
 from __future__ import annotations
 
 import io
+import itertools
 import signal
 import subprocess
 import sys
@@ -317,6 +318,6 @@ def test_job_ids_are_random_and_the_queue_keeps_its_order(queue, tmp_path):
     """Nobody can list the jobs by counting: ids are drawn at random (53 bits, exact in JavaScript)."""
     ids = [queue.submit([tmp_path / f"{i}.png"], tmp_path).id for i in range(6)]
     assert len(set(ids)) == 6 and all(1 <= i < 2**53 for i in ids)
-    assert all(abs(a - b) > 1 for a, b in zip(ids, ids[1:]))  # not a sequence
+    assert all(abs(a - b) > 1 for a, b in itertools.pairwise(ids))  # not a sequence
     assert max(ids) > 2**40  # drawn from the whole range (all six below 2**40: odds 2**-78)
     assert [queue.claim_next("r").id for _ in ids] == ids and queue.latest().id == ids[-1]  # oldest first

@@ -181,15 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection")
 
     p = sub.add_parser("calibrate", parents=[common],
-                       help="choose the copy threshold for a target false-positive rate and store it")
+                       help="choose the copy threshold for a target false-copy rate and store it")
     p.add_argument("collection")
-    p.add_argument("nonmatching", nargs="+", help="real photos (files or folders) that are NOT registered")
-    p.add_argument("--fpr", type=finite_float(above=0, at_most=0.5), default=0.01,
-                   help="target false-positive rate (default 0.01)")
+    p.add_argument("nonmatching", nargs="+",
+                   help="real photos (files or folders) that are NOT registered: at least 10 / FPR of them")
+    p.add_argument("--fpr", type=finite_float(above=0, at_most=0.2), default=0.01,
+                   help="the false-copy rate allowed for each kind of query, at most 0.2 (default 0.01)")
     p.add_argument("--matching", type=positive_int, default=100,
                    help="registered images turned into matching queries (default 100)")
     p.add_argument("--edit", action="append", default=None, metavar="NAME",
-                   help="edit applied to every query, one drawn per query (repeatable; default 'auto')")
+                   help="query with these edits only, one drawn per query (repeatable; default: unedited, "
+                        "photometric, geometric and 'auto' queries, each kind bounded)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
 
     p = sub.add_parser("serve", parents=[common], help="serve a collection over HTTP, with a web page")
@@ -318,11 +320,14 @@ def cmd_info(args: argparse.Namespace) -> dict:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict:
-    """Calibrate the copy threshold on the given non-matching photos and store it."""
-    from .calibrate import calibrate
+    """Calibrate the copy threshold on the given non-matching photos and store it; the photos are checked
+    (paths, count, image headers) before the model loads."""
+    from .calibrate import calibrate, check_nonmatching
 
-    return calibrate(_open(args), args.nonmatching, target_fpr=args.fpr, n_matching=args.matching,
-                     edits=tuple(args.edit or ["auto"]), seed=args.seed).to_dict()
+    check_nonmatching(args.nonmatching, args.fpr)
+    kinds = {"custom": tuple(args.edit)} if args.edit else None
+    return calibrate(_open(args), args.nonmatching, target_fpr=args.fpr, n_matching=args.matching, kinds=kinds,
+                     seed=args.seed).to_dict()
 
 
 def cmd_serve(args: argparse.Namespace) -> dict:
@@ -454,15 +459,24 @@ def _print_info(info: dict) -> None:
 
 
 def _calibration_line(c: dict) -> str:
-    """A calibration in one line, with its 95 % intervals."""
+    """A calibration in one line, with its 95 % intervals (calibrations stored by earlier versions were
+    measured on the queries they were chosen from: said so)."""
     fpr, tpr = c["fpr_interval"], c["tpr_interval"]
-    return (f"{c['threshold']:.4f} (calibrated for FPR {c['target_fpr']:g}: FPR {c['fpr']:.3f} [{fpr[0]:.3f}, "
-            f"{fpr[1]:.3f}] on {c['n_nonmatching']} non-matching, TPR {c['tpr']:.3f} [{tpr[0]:.3f}, {tpr[1]:.3f}] "
-            f"on {c['n_matching']} matching queries, edits {', '.join(c['edits'])})")
+    measured = (f"worst kind's FPR {c['fpr']:.3f} [{fpr[0]:.3f}, {fpr[1]:.3f}] on {c['n_held_out']} held-out "
+                f"non-matching photos" if "n_held_out" in c else
+                f"FPR {c['fpr']:.3f} [{fpr[0]:.3f}, {fpr[1]:.3f}] on its own {c['n_nonmatching']} non-matching "
+                "queries (an earlier, in-sample calibration: run calibrate again)")
+    kinds = ", ".join(c["kinds"]) if "kinds" in c else ", ".join(c.get("edits", ()))
+    return (f"{c['threshold']:.4f} (calibrated for FPR {c['target_fpr']:g}: {measured}, TPR {c['tpr']:.3f} "
+            f"[{tpr[0]:.3f}, {tpr[1]:.3f}] on {c['n_matching']} matching queries; queries: {kinds})")
 
 
 def _print_calibration(calibration: dict) -> None:
     print(f"{'threshold':18} {_calibration_line(calibration)}")
+    for kind, k in calibration["kinds"].items():
+        print(f"  {kind:16} threshold {k['threshold']:.4f}  held-out FPR {k['fpr']:.3f} [{k['fpr_interval'][0]:.3f}, "
+              f"{k['fpr_interval'][1]:.3f}] of {k['n_held_out']}  TPR {k['tpr']:.3f} of {k['n_matching']}  "
+              f"({', '.join(k['edits'])})")
 
 
 def _print_report(report: BatchReport) -> None:
