@@ -135,3 +135,12 @@ def test_calibrate_refuses_bad_input_before_loading_the_model(registered, tmp_pa
     for result in (too_few, missing, unreadable):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
+
+
+def test_bad_calibration_arguments_are_refused_without_loading_torch(tmp_path):
+    """The command line checks the arguments and the photos first: neither torch nor faiss is imported."""
+    script = ("import sys; from activeindex.cli import main; code = main(sys.argv[1:]); "
+              "print(code, 'torch' in sys.modules, 'faiss' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script, "calibrate", str(tmp_path), str(tmp_path / "nowhere"),
+                             "--fpr", "0.1"], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["1", "False", "False"] and "no such file or folder" in result.stderr

@@ -434,3 +434,16 @@ def test_metrics_parse_and_move_with_requests(served, small_photos):
     assert after[("activeindex_activation_seconds_per_image_sum", ())] > before[
         ("activeindex_activation_seconds_per_image_sum", ())]
     assert ("activeindex_searches_in_flight", ()) in after
+
+
+def test_an_image_activated_before_the_scaling_column_is_answered_without_it(served):
+    """Re-activating an image recorded by an earlier version (no scaling stored) answers 200, not 500."""
+    import sqlite3
+
+    root, url, paths = served
+    with sqlite3.connect(root / "catalog.sqlite") as db:
+        db.execute("UPDATE images SET scaling = NULL WHERE id = 1")
+    response = httpx.post(f"{url}/v1/activate", files={"image": ("again.png", paths[0].read_bytes())},
+                          headers=READ, timeout=120)
+    assert response.status_code == 200 and response.headers["X-Image-Id"] == "1"
+    assert "X-Scaling" not in response.headers and float(response.headers["X-PSNR"]) > 30

@@ -7,6 +7,7 @@ import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +19,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
+from activeindex.locking import FolderLock
+from activeindex.service.queue import JobQueue
 
 from .conftest import TOKEN, free_port, served_collection, start_server, stop_server
 
@@ -50,6 +53,20 @@ def _status_loaded(driver) -> int:
     """The number of registered images the status line shows, once it has loaded."""
     WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "status").get_attribute("data-images"))
     return int(driver.find_element(By.ID, "status").get_attribute("data-images"))
+
+
+def _enter_token(driver) -> None:
+    """Type the access token (it opens the registered images' previews too: reads are private)."""
+    driver.execute_script("const t = document.getElementById('token'); t.value = arguments[0];"
+                          "t.dispatchEvent(new Event('input'));", TOKEN)
+
+
+def _job_state(driver) -> str | None:
+    """The followed job's state (data-state), or None."""
+    with contextlib.suppress(StaleElementReferenceException):
+        for job in driver.find_elements(By.CSS_SELECTOR, ".job"):
+            return job.get_attribute("data-state")
+    return None
 
 
 def _images_loaded(driver) -> None:
@@ -88,10 +105,12 @@ def test_search_names_the_source_file_with_similarity_and_threshold(served, quer
     with _browser() as driver:
         driver.get(url)
         _status_loaded(driver)
+        _enter_token(driver)
         driver.find_element(By.ID, "search-file").send_keys(str(query))
         WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
         verdict = driver.find_element(By.ID, "verdict").text
-        assert "Copy of photo1.png" in verdict and "similarity" in verdict and "threshold 0.40" in verdict
+        assert "Copy of photo1.png" in verdict and "similarity" in verdict and "a copy from 0.40" in verdict
+        assert "-0.00" not in driver.find_element(By.ID, "search-result").text
         best = driver.find_element(By.ID, "match-0")
         assert best.get_attribute("data-id") == "2" and "below" not in best.get_attribute("class")
         others = driver.find_elements(By.CSS_SELECTOR, ".match.below")
@@ -180,20 +199,20 @@ def test_several_images_become_a_job_whose_progress_is_shown_until_done(served, 
             for count in d.find_elements(By.ID, "job-count"):
                 with contextlib.suppress(StaleElementReferenceException):  # re-drawn every second
                     progress = d.find_element(By.ID, "job-progress")
-                    seen.add((count.text, progress.get_attribute("max")))
+                    seen.add((count.text.split(":")[0], progress.get_attribute("max")))
             return bool(d.find_elements(By.ID, "job-result") or d.find_element(By.ID, "activate-error").is_displayed())
 
         WebDriverWait(driver, SLOW, poll_frequency=0.2).until(finished)
         assert not driver.find_element(By.ID, "activate-error").is_displayed()
         assert ("0 of 2 images", "2") in seen  # the bar was shown, and the page polled, until the job was done
         result = driver.find_element(By.ID, "job-result")
-        assert "Activated and registered 1 image" in result.text
+        assert "Done: 1 image activated and registered" in result.text
         assert "photo0.png: skipped, already registered (id 1)" in result.text
         figure = driver.find_element(By.ID, "activated-0")
         assert "flipped.png" in figure.text and "PSNR" in figure.text
         link = figure.find_element(By.CSS_SELECTOR, "a.download")
-        assert link.get_attribute("href").endswith(f"/v1/images/{figure.get_attribute('data-id')}/activated")
-        _images_loaded(driver)  # the activated image, served by the server
+        assert link.get_attribute("data-src") == f"/v1/images/{figure.get_attribute('data-id')}/activated"
+        _images_loaded(driver)  # the activated image, fetched with the token
         WebDriverWait(driver, 30).until(lambda d: _status_loaded(d) == before + 1)
 
 
@@ -212,3 +231,110 @@ def test_phone_layout_has_margins_and_no_horizontal_scroll(served, query):
             box = driver.find_element(By.ID, element_id).rect
             assert box["x"] >= 8 and box["x"] + box["width"] <= width - 8, element_id
         driver.save_screenshot(str(DOCS / "web-page-phone.png"))
+
+
+def _new_images(small_photos, tmp_path, variant: int) -> list[Path]:
+    """Two photos the collection has not seen (rotated by ``variant`` quarter turns)."""
+    paths = []
+    for i in (4, 5):
+        paths.append(tmp_path / f"new{variant}-{i}.png")
+        Image.fromarray(np.ascontiguousarray(np.rot90(small_photos[i], variant))).save(paths[-1])
+    return paths
+
+
+def test_a_jobs_states_read_in_plain_words_and_survive_a_reload(served, small_photos, tmp_path):
+    """In line (another job holds the runner), activating (its commit held back), done; reloading the page
+    while it waits picks the job up again. The screenshots are the README's."""
+    root, url = served
+    lock, queue = FolderLock(root / ".lock"), JobQueue(root)
+    blocker = _new_images(small_photos, tmp_path, 3)[0]
+    with _browser() as driver, contextlib.ExitStack() as held:
+        held.enter_context(lock.held(timeout=30))  # no job can commit
+        httpx.post(f"{url}/v1/jobs", files={"images": (blocker.name, blocker.read_bytes())},
+                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        WebDriverWait(driver, 60).until(lambda d: queue.counts()["running"] == 1)  # it holds the runner
+        driver.get(url)
+        _status_loaded(driver)
+        driver.find_element(By.ID, "tab-activate").click()
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "activate-file").send_keys("\n".join(map(str, _new_images(small_photos,
+                                                                                             tmp_path, 1))))
+        WebDriverWait(driver, 60).until(lambda d: _job_state(d) == "queued")
+        assert driver.find_element(By.ID, "job-state").text == "In line: the server will start on them shortly"
+        driver.save_screenshot(str(DOCS / "web-job-queued.png"))
+        driver.refresh()  # the page picks its job up again
+        WebDriverWait(driver, 60).until(lambda d: _job_state(d) == "queued")
+        held.close()  # the first job commits and ends; ours starts
+        WebDriverWait(driver, SLOW).until(lambda d: queue.counts()["queued"] == 0)
+        held.enter_context(lock.held(timeout=30))  # ours activates, and waits to commit
+        WebDriverWait(driver, 60).until(lambda d: _job_state(d) == "running")
+        assert driver.find_element(By.ID, "job-state").text == "Activating: 0 of 2 images done"
+        driver.save_screenshot(str(DOCS / "web-job-activating.png"))
+        held.close()
+        WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "job-result"))
+        assert driver.find_element(By.ID, "job-state").text == "Done: 2 images activated and registered"
+        _images_loaded(driver)
+        driver.save_screenshot(str(DOCS / "web-job-done.png"))
+        assert driver.execute_script("return localStorage.getItem('activeindex-job')") is None
+    queue.close()
+
+
+def test_the_page_follows_a_job_through_a_server_restart_and_marks_the_server_down(collection_root,
+                                                                                  small_photos, tmp_path):
+    root, _ = collection_root
+    port = free_port()
+    process, url = start_server(root, port)
+    lock = FolderLock(root / ".lock")
+    try:
+        with _browser() as driver, contextlib.ExitStack() as held:
+            driver.get(url)
+            _status_loaded(driver)
+            driver.find_element(By.ID, "tab-activate").click()
+            driver.find_element(By.ID, "token").send_keys(TOKEN)
+            held.enter_context(lock.held(timeout=30))
+            driver.find_element(By.ID, "activate-file").send_keys("\n".join(map(str, _new_images(small_photos,
+                                                                                                 tmp_path, 2))))
+            WebDriverWait(driver, 120).until(lambda d: _job_state(d) == "running")
+            stop_server(process)  # SIGTERM, mid-job: the job stays on the server's disk
+            WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "job-down"))
+            assert "keeps checking" in driver.find_element(By.ID, "job-down").text
+            assert not driver.find_element(By.ID, "activate-error").is_displayed()  # no "lost track of the job"
+            status = driver.find_element(By.ID, "status")
+            WebDriverWait(driver, 30).until(lambda d: status.get_attribute("data-state") == "down")
+            assert "not answering" in status.text
+            held.close()
+            process, _ = start_server(root, port)  # its runner resumes the job
+            WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "job-result"))
+            assert driver.find_element(By.ID, "job-state").text == "Done: 2 images activated and registered"
+            WebDriverWait(driver, 30).until(lambda d: status.get_attribute("data-state") == "up")
+            assert "registered images" in status.text
+    finally:
+        if process.poll() is None:
+            stop_server(process)
+
+
+def test_on_a_phone_the_progress_is_in_view_once_files_are_chosen(served, small_photos, tmp_path):
+    _, url = served
+    with _browser(phone=True) as driver:
+        driver.get(url)
+        _status_loaded(driver)
+        driver.find_element(By.ID, "tab-activate").click()
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "activate-file").send_keys("\n".join(map(str, _new_images(small_photos,
+                                                                                             tmp_path, 0))))
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".job"))
+        in_view = "const r = document.querySelector('.job').getBoundingClientRect(); " \
+                  "return r.top >= 0 && r.top < window.innerHeight"
+        assert driver.execute_script(in_view)
+        WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "job-result"))
+
+
+def test_the_page_has_a_favicon_and_no_jargon_in_its_status_line(served):
+    _, url = served
+    assert httpx.get(f"{url}/favicon.ico", timeout=30).headers["content-type"] == "image/svg+xml"
+    with _browser() as driver:
+        driver.get(url)
+        _status_loaded(driver)
+        status = driver.find_element(By.ID, "status").text
+        assert "IVF" not in status and "model" not in status and "a copy of one of them from" in status
+        assert not driver.find_element(By.ID, "details").get_attribute("open")  # the index and model: on demand

@@ -24,14 +24,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .collection import Collection
-from .edits import apply_edit
 from .errors import ActiveIndexError, InvalidInputError
 from .imageio import ImageLimits, image_size, list_images, load_image, read_file, sha256_file
 from .progress import progress_bar
+
+if TYPE_CHECKING:  # the inputs are checked before torch and the model load (`check_nonmatching`)
+    from .collection import Collection
 
 __all__ = ["Calibration", "calibrate", "check_nonmatching", "held_out", "conformal_threshold", "threshold_for_fpr",
            "wilson_interval", "DEFAULT_KINDS", "MAX_TARGET", "HELD_OUT"]
@@ -234,6 +236,7 @@ def _scores(collection: Collection, queries: list[tuple[Path, int | None]], kind
             seed: int, what: str, progress: bool | None) -> dict[str, list[tuple[float | None, bool]]]:
     """Per kind, per query in order: (best similarity, best match is the expected id); (None, False) for a file
     that could not be read or edited. Each image is decoded once and queried as every kind."""
+    from .edits import apply_edit
     out: dict[str, list] = {kind: [] for kind in kinds}
     streams = dict(zip(kinds, np.random.SeedSequence(seed).spawn(len(kinds) + 2)[2:]))
     rngs = {kind: np.random.default_rng(stream) for kind, stream in streams.items()}

@@ -20,18 +20,26 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._version import __version__
-from .activation import PRECISIONS, PRESETS, ActivationConfig, get_preset
-from .collection import DEFAULT_THRESHOLD, MAX_K, Collection
+from .config import (
+    DEFAULT_THRESHOLD,
+    EDIT_FAMILIES,
+    MAX_K,
+    PRECISIONS,
+    PRESETS,
+    TORCH_MODES,
+    ActivationConfig,
+    get_preset,
+)
 from .errors import ActiveIndexError, InvalidInputError
-from .extractor import Extractor, resolve_device
 from .imageio import ImageLimits, list_images
-from .ingest import BatchReport
-from .onnx_torch import TORCH_MODES
-from .removal import RemovalReport
-from .transforms import EDIT_FAMILIES
+
+if TYPE_CHECKING:  # the library (torch, faiss, the model) loads only once the arguments are checked
+    from .collection import Collection
+    from .ingest import BatchReport
+    from .removal import RemovalReport
 
 __all__ = ["main", "build_parser", "int_in", "positive_int", "finite_float"]
 
@@ -239,7 +247,15 @@ def _activation_config(args: argparse.Namespace) -> ActivationConfig:
 
 def _open(args: argparse.Namespace) -> Collection:
     """Open the collection named on the command line (this loads the descriptor model)."""
+    from .collection import Collection
+
     return Collection.open(args.collection, model=args.model, device=args.device)
+
+
+def _extractor(device: str | None):
+    from .extractor import Extractor
+
+    return Extractor(device=device)
 
 
 def _require_images(inputs: list[str]) -> None:
@@ -256,6 +272,8 @@ def _require_out_folder(out: str) -> None:
 
 def cmd_init(args: argparse.Namespace) -> dict:
     """Create a collection and train its index; a failed training leaves no new folder behind."""
+    from .collection import Collection
+
     existed = Path(args.collection).exists()
     collection = Collection.create(args.collection, args.factory, model=args.model or "sscd",
                                    device=args.device, nprobe=args.nprobe)
@@ -324,9 +342,9 @@ def cmd_calibrate(args: argparse.Namespace) -> dict:
     (paths, count, image headers) before the model loads."""
     from .calibrate import calibrate, check_nonmatching
 
-    check_nonmatching(args.nonmatching, args.fpr)
+    readable = check_nonmatching(args.nonmatching, args.fpr)
     kinds = {"custom": tuple(args.edit)} if args.edit else None
-    return calibrate(_open(args), args.nonmatching, target_fpr=args.fpr, n_matching=args.matching, kinds=kinds,
+    return calibrate(_open(args), readable, target_fpr=args.fpr, n_matching=args.matching, kinds=kinds,
                      seed=args.seed).to_dict()
 
 
@@ -407,7 +425,7 @@ def cmd_data(args: argparse.Namespace) -> dict:
 
     corpus = fetch_corpus(args.out, max_side=args.max_side, n_activate=args.activate,
                           n_nonmatching=args.nonmatching, seed=args.seed, min_query_side=args.min_query_side,
-                          extractor=Extractor(device=args.device))
+                          extractor=_extractor(args.device))
     return {"path": str(corpus.root), "seed": args.seed, **corpus.manifest["counts"]}
 
 
@@ -573,9 +591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader's CPU-feature notes are not the user's
     command = COMMANDS[args.command]
     try:
-        resolve_device(args.device)  # --device cuda without CUDA fails now, not after the work has started
+        if args.device == "cuda":  # without CUDA: fails now, not after the work has started
+            from .extractor import resolve_device
+
+            resolve_device(args.device)
         result = command.run(args)
     except ActiveIndexError as e:
         return _fail(str(e))
@@ -585,8 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result.to_dict() if isinstance(result, (BatchReport, RemovalReport)) else result, indent=2,
-                         default=str))
+        print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else result, indent=2, default=str))
     else:
         command.show(result)
     return command.summarise(result)

@@ -18,6 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .config import TARGET_KINDS
 from .errors import CodecMismatchError, CorruptCollectionError, InvalidInputError, storage_errors
 from .faults import pause_point
 
@@ -27,7 +28,6 @@ __all__ = ["Codec", "set_nprobe", "search", "load_index", "save_index", "index_f
 logger = logging.getLogger(__name__)
 
 MIN_POINTS_PER_CENTROID = 39  # below this faiss warns that k-means is poorly trained
-TARGET_KINDS = ("index", "ivf_cluster_half")  # see Codec.targets
 
 
 class Codec:

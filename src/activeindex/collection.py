@@ -30,6 +30,7 @@ from . import ingest, removal
 from .activation import ActivationConfig
 from .catalog import Catalog
 from .codec import Codec, load_index, save_index, set_nprobe
+from .config import DEFAULT_THRESHOLD, MAX_K
 from .errors import InvalidInputError, ModelMismatchError, StorageFullError
 from .extractor import Extractor, ImageSource, PreprocessConfig
 from .faults import pause_point
@@ -44,8 +45,6 @@ __all__ = ["Collection", "Match", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 logger = logging.getLogger(__name__)
 
 INDEX, CATALOG, LOCK = "index.faiss", "catalog.sqlite", ".lock"
-MAX_K = 1000  # results per query
-DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (docs/service.md, "Copy decision")
 
 
 @dataclass

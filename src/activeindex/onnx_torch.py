@@ -21,9 +21,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from .config import TORCH_MODES
+
 __all__ = ["TORCH_MODES", "onnx_to_torch"]
 
-TORCH_MODES = ("ste", "relu")
 _CUSTOM_DOMAIN = "activeindex"
 
 

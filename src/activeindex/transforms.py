@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .config import EDIT_FAMILIES
+
 __all__ = ["EDIT_FAMILIES", "random_edit"]
 
 
@@ -76,7 +78,7 @@ def _jpeg(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 _EDITS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "crop": _crop, "rotate": _rotate, "flip": _flip, "color": _color, "blur": _blur, "jpeg": _jpeg}
-EDIT_FAMILIES = tuple(_EDITS)
+assert tuple(_EDITS) == EDIT_FAMILIES, "config.EDIT_FAMILIES names the edits defined here"
 
 
 def random_edit(x: torch.Tensor, families: Sequence[str], generator: torch.Generator) -> torch.Tensor:

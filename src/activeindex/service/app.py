@@ -264,6 +264,12 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     def page() -> str:
         return resources.files(__package__).joinpath("static/index.html").read_text()
 
+    @app.get("/favicon.svg", include_in_schema=False)
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(resources.files(__package__).joinpath("static/favicon.svg").read_bytes(),
+                        media_type="image/svg+xml")
+
     return app
 
 

@@ -1,0 +1,116 @@
+"""The settings of an activation as data (the paper's defaults), and the names each setting may take.
+
+Light on purpose (no torch, no faiss): the command line builds its options and checks its arguments from
+here, before any model or library loads. The modules that implement a setting import its names from here.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+
+from .errors import InvalidInputError, UnknownNameError
+
+__all__ = ["ActivationConfig", "PRESETS", "get_preset", "TORCH_MODES", "PRECISIONS", "JND_PADDINGS",
+           "TARGET_KINDS", "EDIT_FAMILIES", "MAX_K", "DEFAULT_THRESHOLD"]
+
+TORCH_MODES = ("ste", "relu")  # how the gradient graph is built (onnx_torch.py)
+PRECISIONS = ("auto", "float32", "bfloat16")  # of the gradient pass
+JND_PADDINGS = ("replicate", "zeros")  # the padding modes of perceptual.jnd_heatmap
+TARGET_KINDS = ("index", "ivf_cluster_half")  # see Codec.targets
+EDIT_FAMILIES = ("crop", "rotate", "flip", "color", "blur", "jpeg")  # edit-aware activation (transforms.py)
+MAX_K = 1000  # results per query
+DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (docs/service.md, "Copy decision")
+
+
+def _is_finite(value: object) -> bool:
+    """A real number (Python or numpy, not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python or numpy) that is not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Activation settings. The paper's values but for ``scaling`` and the gradient pass's speed-ups
+    (``iterations``, ``gradient``, ``precision``: same gain and PSNR at 4x the speed on CPU, docs/performance.md);
+    `PRESETS["paper"]` is the paper's optimisation itself."""
+
+    scaling: float = 2.0  # s; the paper's 3.0 gives ~38.5 dB on textured photos (docs/method.md, "Default scaling")
+    alpha_c: tuple[float, float, float] = (0.072 / 0.299, 0.072 / 0.587, 0.072 / 0.114)  # R, G, B weights
+    lambda_mse: float = 0.01  # weight of the MSE term (normalised space)
+    lr: float = 1.0  # Adam learning rate
+    iterations: int = 8  # the paper's 10 at the paper's gradient; these gradients gain as much in 8
+    batch_size: int = 16  # images of the same size optimised together
+    seed: int = 0  # delta initialisation
+    jnd_padding: str = "replicate"  # see perceptual.jnd_heatmap
+    target: str = "index"  # see Codec.targets: "index" (the paper's) or "ivf_cluster_half"
+    # how gradients are computed (the written image's descriptor is always the exact function's); the
+    # paper differentiates its float model exactly: here "ste" is the exact int8 forward, "relu" 2x faster
+    gradient: str = "relu"
+    precision: str = "auto"  # of the gradient pass: "auto" is bfloat16 where the hardware has it
+    # a quality floor in dB instead of one scaling for all: each image gets the scaling whose full budget
+    # costs exactly this PSNR (the tanh saturates, so the result lands just above), checked on the 8-bit result
+    psnr: float | None = None
+    # edit-aware activation: the loss also averages the cosine of `edit_draws` edited copies per iteration,
+    # each of a family drawn from `edits` (transforms.EDIT_FAMILIES); () is the paper's unedited-only loss
+    edits: tuple[str, ...] = ()
+    edit_draws: int = 2
+
+    def __post_init__(self) -> None:
+        """Refuse values the optimiser cannot use (a NaN scaling would silently destroy the images).
+
+        Raises:
+            InvalidInputError: the first invalid field, named with its value and the allowed range.
+        """
+        rules = {
+            "scaling": (_is_finite(self.scaling) and self.scaling > 0, "a finite number > 0"),
+            "alpha_c": (isinstance(self.alpha_c, (tuple, list)) and len(self.alpha_c) == 3
+                        and all(_is_finite(a) and a >= 0 for a in self.alpha_c), "three finite weights >= 0 (R, G, B)"),
+            "lambda_mse": (_is_finite(self.lambda_mse) and self.lambda_mse >= 0, "a finite number >= 0"),
+            "lr": (_is_finite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "iterations": (_is_int(self.iterations) and self.iterations >= 1, "an integer >= 1"),
+            "batch_size": (_is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            "jnd_padding": (self.jnd_padding in JND_PADDINGS, f"one of {list(JND_PADDINGS)}"),
+            "target": (self.target in TARGET_KINDS, f"one of {list(TARGET_KINDS)}"),
+            "gradient": (self.gradient in TORCH_MODES, f"one of {list(TORCH_MODES)}"),
+            "precision": (self.precision in PRECISIONS, f"one of {list(PRECISIONS)}"),
+            "edits": (isinstance(self.edits, (tuple, list)) and set(self.edits) <= set(EDIT_FAMILIES),
+                      f"a list of edit families from {list(EDIT_FAMILIES)}"),
+            "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
+            "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),
+                     "None or a number of dB from 20 to 80"),
+        }
+        for name, (valid, rule) in rules.items():
+            if not valid:
+                raise InvalidInputError(f"ActivationConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ActivationConfig:
+        tuples = {"alpha_c": tuple(data.get("alpha_c", cls.alpha_c)), "edits": tuple(data.get("edits", ()))}
+        return cls(**(data | tuples))
+
+
+PRESETS: dict[str, ActivationConfig] = {
+    "default": ActivationConfig(),
+    # Fernandez et al. 2023 (correct Gy, replicate padding): exact float32 gradients, 10 iterations
+    "paper": ActivationConfig(scaling=3.0, iterations=10, gradient="ste", precision="float32"),
+    # beyond the paper: also for the crops and rotations copies go through, where the unedited-only loss barely
+    # helps (photometric edits it already covers; drawing them too dilutes the geometric draws:
+    # docs/benchmark.md). Smaller steps (lr 0.3), more of them: the direction averages many drawn edits before
+    # the tanh saturates. 4.5x the work
+    "robust": ActivationConfig(edits=("crop", "rotate"), lr=0.3, iterations=12),
+}
+
+
+def get_preset(name: str) -> ActivationConfig:
+    """A named configuration: ``"default"``, ``"paper"`` or ``"robust"``."""
+    if name not in PRESETS:
+        raise UnknownNameError(f"unknown activation preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
