@@ -5,6 +5,7 @@ import json
 import shutil
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -53,7 +54,8 @@ def test_create_train_activate_search_round_trip(collection, photo_files, tmp_pa
     assert [r.kind for r in passive.records] == ["passive"] * 3 and not passive.failed
     assert [r.kind for r in active.records] == ["active"] * 3 and not active.failed
     for record in active.records:
-        assert record.activated_path.endswith(".png") and sha256_file(record.activated_path) == record.activated_sha256
+        assert Path(record.activated_path).suffix == Path(record.original_path).suffix  # a JPEG stays a JPEG
+        assert sha256_file(record.activated_path) == record.activated_sha256
         assert record.psnr > 38 and record.cos_after > record.cos_before
     # edited copies of the activated files find their originals
     query = apply_edit("brightness_2.0", load_image(active.records[0].activated_path))

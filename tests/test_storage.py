@@ -81,7 +81,7 @@ def test_the_command_line_names_a_full_disk_in_one_line_and_a_rerun_finishes(dis
     assert again.returncode == 0, again.stderr
     collection = Collection.open(root, device="cpu")
     assert collection.catalog.count() == collection.index.ntotal == 1
-    assert [p.name for p in (disk / "published").iterdir()] == ["photo.png"]  # no staged leftovers
+    assert [p.name for p in (disk / "published").iterdir()] == ["photo.jpg"]  # a JPEG stays a JPEG; no staged leftovers
     collection.close()
 
 

@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from .config import PRESETS, ActivationConfig, get_preset
 from .extractor import IMAGENET_STD, Extractor, preprocess, preprocessed_size, to_tensor
 from .perceptual import jnd_heatmap, psnr, quality
 from .progress import progress_bar
+from .release import Release
 from .transforms import random_edit
 
 __all__ = ["ActivationConfig", "ActivatedImage", "Activator", "PRESETS", "get_preset"]
@@ -26,13 +28,14 @@ __all__ = ["ActivationConfig", "ActivatedImage", "Activator", "PRESETS", "get_pr
 logger = logging.getLogger(__name__)
 
 MAX_FILL = 2.0  # a PSNR floor may scale the optimised change up to 2x (6 dB) to spend what it allows
+MAX_FLOOR_STEPS = 30  # shrinking steps towards a PSNR floor before the release format itself is blamed
 
 
 @dataclass
 class ActivatedImage:
     """One activated image and what it achieved."""
 
-    image: np.ndarray  # (H, W, 3) uint8, what gets written
+    image: np.ndarray  # (H, W, 3) uint8: the displayed pixels of the released file
     psnr: float  # dB, against the original
     ssim: float
     linf: int  # largest change in 8-bit levels
@@ -42,10 +45,24 @@ class ActivatedImage:
     same_code: bool  # activated descriptor encodes to the original's code
     scaling: float  # the budget's scaling this image got (``config.scaling`` unless a PSNR floor set it)
     descriptor: np.ndarray = field(repr=False)  # (d,) float32, the ORIGINAL's descriptor (what is indexed)
+    format: str = "png"  # the released file's format
+    # a lossy release whose encoding took the activation out of the original's cell (code, without IVF)
+    # that the lossless result reached; None for a lossless release
+    lost_in_encoding: bool | None = None
+    encoded: bytes | None = field(default=None, repr=False)  # a lossy release's bytes (the measured ones)
 
     def metrics(self) -> dict:
         """The scalar fields, for catalogs and JSON."""
-        return {k: v for k, v in asdict(self).items() if k not in ("image", "descriptor")}
+        return {k: v for k, v in asdict(self).items() if k not in ("image", "descriptor", "encoded")}
+
+
+class Optimized(NamedTuple):
+    """One optimised image, as released."""
+
+    image: np.ndarray  # (H, W, 3) uint8: the displayed pixels of the released file
+    scaling: float
+    lossless: np.ndarray  # the 8-bit result before a lossy encoding (``image`` itself for PNG)
+    encoded: bytes | None  # a lossy release's bytes
 
 
 class Activator:
@@ -72,24 +89,33 @@ class Activator:
         self._alpha = torch.tensor(config.alpha_c).view(1, 3, 1, 1)
         self._precision = compute_dtype(config.precision, extractor.device)
 
-    def activate(self, images: Sequence[np.ndarray], progress: bool | None = None) -> list[ActivatedImage]:
+    def activate(self, images: Sequence[np.ndarray], progress: bool | None = None,
+                 releases: Sequence[Release] | None = None) -> list[ActivatedImage]:
         """Activate (H, W, 3) uint8 RGB images of any sizes (those the network sees at one size are batched).
+
+        Args:
+            images: the displayed pixels of each image.
+            progress: progress bar.
+            releases: how each image is released (default: PNG): its figures and the PSNR floor are
+                measured on the decoded released file.
 
         Returns:
             one `ActivatedImage` per input, in input order.
         """
+        releases = list(releases or [Release()] * len(images))
         # rounded as the index will store them: the target is the code the index holds, not a neighbour's
         descriptors = self.extractor.encode_arrays(images).astype(self.stored_dtype).astype(np.float32)
         targets = self.codec.targets(descriptors, self.config.target)
-        out: list[tuple[np.ndarray, float] | None] = [None] * len(images)
+        out: list[Optimized | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):
-            activated = self.optimize([to_tensor(images[i]) for i in idx], torch.from_numpy(targets[idx]), seeds=idx)
+            activated = self.optimize([to_tensor(images[i]) for i in idx], torch.from_numpy(targets[idx]), seeds=idx,
+                                      releases=[releases[i] for i in idx])
             for i, result in zip(idx, activated):
                 out[i] = result
             bar.update(len(idx))
         bar.close()
-        return self._assess(images, out, descriptors, targets)
+        return self._assess(images, out, releases, descriptors, targets)
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
         """Indices grouped by the size the network sees (one aspect ratio, any resolution), in chunks of
@@ -100,18 +126,20 @@ class Activator:
         size = self.config.batch_size
         return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
 
-    def optimize(self, images: Sequence[torch.Tensor], targets: torch.Tensor,
-                 seeds: Sequence[int] = ()) -> list[tuple[np.ndarray, float]]:
+    def optimize(self, images: Sequence[torch.Tensor], targets: torch.Tensor, seeds: Sequence[int] = (),
+                 releases: Sequence[Release] | None = None) -> list[Optimized]:
         """Run the optimisation on images that the network sees at one size.
 
         Args:
             images: (1, 3, H_i, W_i) float in [0, 1], each at its full resolution.
             targets: (B, d) float target descriptors.
             seeds: one extra seed per image (its position), so results do not depend on batching.
+            releases: how each is released (default: PNG); a PSNR floor holds on the released file.
 
         Returns:
-            B (activated image (H_i, W_i, 3) uint8, the scaling it got).
+            B `Optimized`: the released pixels, the scaling each got, the lossless result, the lossy bytes.
         """
+        releases = list(releases or [Release()] * len(images))
         cfg, device = self.config, self.extractor.device
         originals, targets = [image.to(device) for image in images], targets.to(device)
         std, alpha = self._std.to(device), self._alpha.to(device)
@@ -139,23 +167,36 @@ class Activator:
         with torch.no_grad():
             changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
             if cfg.psnr is None:
-                return [(_to_uint8(o + c), s) for o, c, s in zip(originals, changes, scalings)]
-            return [_meet_floor(o, c, s, cfg.psnr) for o, c, s in zip(originals, changes, scalings)]
+                return [_release(_to_uint8(o + c), s, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
+            return [_meet_floor(o, c, s, cfg.psnr, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
 
-    def _assess(self, images, activated, descriptors, targets) -> list[ActivatedImage]:
-        """Measure quality and whether the 8-bit result reaches the original's cell and code."""
-        after = self.extractor.encode_arrays([image for image, _ in activated])
-        same_cell = self.codec.cells(after) == self.codec.cells(descriptors)
-        same_code = (self.codec.codes(after) == self.codec.codes(descriptors)).all(axis=1)
+    def _assess(self, images, activated: list[Optimized], releases: list[Release], descriptors,
+                targets) -> list[ActivatedImage]:
+        """Measure quality and whether the released file reaches the original's cell and code (and, for a lossy
+        release, whether the lossless result did and the encoding lost it)."""
+        after = self.extractor.encode_arrays([a.image for a in activated])
+        reached = self._reached(after, descriptors)
+        lossy = [i for i, r in enumerate(releases) if r.lossy]
+        before_encoding = dict(zip(lossy, self._reached(self.extractor.encode_arrays(
+            [activated[i].lossless for i in lossy]), descriptors[lossy]))) if lossy else {}
         has_ivf = self.codec.nlist > 0
+        where = 0 if has_ivf else 1  # the cell decides retrieval with IVF; the code without
         results = []
-        for i, (image, scaling) in enumerate(activated):
+        for i, a in enumerate(activated):
             results.append(ActivatedImage(
-                image=image, **quality(images[i], image), scaling=scaling,
+                image=a.image, **quality(images[i], a.image), scaling=a.scaling,
                 cos_before=_cosine(descriptors[i], targets[i]), cos_after=_cosine(after[i], targets[i]),
-                same_cell=bool(same_cell[i]) if has_ivf else None, same_code=bool(same_code[i]),
-                descriptor=descriptors[i]))
+                same_cell=bool(reached[i][0]) if has_ivf else None, same_code=bool(reached[i][1]),
+                descriptor=descriptors[i], format=releases[i].format, encoded=a.encoded,
+                lost_in_encoding=(bool(before_encoding[i][where] and not reached[i][where])
+                                  if i in before_encoding else None)))
         return results
+
+    def _reached(self, after: np.ndarray, descriptors: np.ndarray) -> list[tuple[bool, bool]]:
+        """(same cell, same code) of each activated descriptor against its original's."""
+        cells = self.codec.cells(after) == self.codec.cells(descriptors)
+        codes = (self.codec.codes(after) == self.codec.codes(descriptors)).all(axis=1)
+        return list(zip(cells.tolist(), codes.tolist()))
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -175,18 +216,32 @@ def _scaling_for(change: torch.Tensor, floor: float) -> float:
     return 255.0 / math.sqrt(mse * 10 ** (floor / 10))
 
 
-def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, floor: float) -> tuple[np.ndarray, float]:
-    """The 8-bit result whose change costs ``floor`` dB and no more: the change is scaled to spend exactly the
-    floor (up to `MAX_FILL` times when the optimiser left part of the budget unused, as it does at lr < 1),
-    then shrunk until the 8-bit result meets the floor (rounding can cost ~0.1 dB)."""
+def _release(lossless: np.ndarray, scaling: float, release: Release) -> Optimized:
+    """The 8-bit result as released (a lossy release: encoded, and decoded as a viewer sees it)."""
+    if not release.lossy:
+        return Optimized(lossless, scaling, lossless, None)
+    image, encoded = release.roundtrip(lossless)
+    return Optimized(image, scaling, lossless, encoded)
+
+
+def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, floor: float,
+                release: Release) -> Optimized:
+    """The released result whose change costs ``floor`` dB and no more: the change is scaled to spend exactly
+    the floor (up to `MAX_FILL` times when the optimiser left part of the budget unused, as it does at lr < 1),
+    then shrunk until the released file meets the floor (rounding costs ~0.1 dB; a lossy encoding more). When
+    even an unchanged image misses it (a lossy release costs more than the floor on its own), the unchanged
+    image is released, and its PSNR says so."""
     factor = min(MAX_FILL, _scaling_for(change, floor)) if bool(change.any()) else 1.0
     reference = _to_uint8(original)
-    while True:
-        image = _to_uint8(original + factor * change)
-        achieved = psnr(image, reference)
+    for _ in range(MAX_FLOOR_STEPS):
+        result = _release(_to_uint8(original + factor * change), scaling * factor, release)
+        achieved = psnr(result.image, reference)
         if achieved >= floor:
-            return image, scaling * factor
+            return result
         factor *= 10 ** ((achieved - floor) / 20) * 0.99
+    logger.warning("a %s release at quality %s costs more than the %.1f dB floor on its own", release.format,
+                   release.quality, floor)
+    return _release(reference, 0.0, release)
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS images (
     cos_before REAL, cos_after REAL, same_cell INTEGER, same_code INTEGER,
     created_at TEXT NOT NULL,
     descriptor BLOB NOT NULL,
-    scaling REAL
+    scaling REAL,
+    format TEXT,
+    lost_in_encoding INTEGER,
+    manifest_id TEXT
 )
 """
 _REMOVED_SCHEMA = """
@@ -55,7 +58,8 @@ CREATE TABLE IF NOT EXISTS removed (
     removed_at TEXT NOT NULL
 )
 """
-_ADDED_COLUMNS = {"scaling": "REAL"}  # columns that catalogs made by earlier versions lack
+# columns that catalogs made by earlier versions lack
+_ADDED_COLUMNS = {"scaling": "REAL", "format": "TEXT", "lost_in_encoding": "INTEGER", "manifest_id": "TEXT"}
 
 
 @dataclass
@@ -78,6 +82,9 @@ class Record:
     same_cell: bool | None = None
     same_code: bool | None = None
     scaling: float | None = None  # the activation budget's scaling (set per image by a PSNR floor)
+    format: str | None = None  # the released file's format ("png", "jpeg", "webp")
+    lost_in_encoding: bool | None = None  # a lossy release's encoding lost the cell the activation reached
+    manifest_id: str | None = None  # the released file's C2PA manifest (signed Content Credentials)
     created_at: str = ""  # set by `Catalog.insert`: the last column
 
     def to_dict(self) -> dict:
@@ -321,7 +328,7 @@ class Catalog:
 
 def _record(row: tuple) -> Record:
     record = Record(*row)
-    for flag in ("same_cell", "same_code"):
+    for flag in ("same_cell", "same_code", "lost_in_encoding"):
         value = getattr(record, flag)
         setattr(record, flag, None if value is None else bool(value))
     return record

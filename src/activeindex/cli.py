@@ -27,6 +27,7 @@ from .config import (
     DEFAULT_THRESHOLD,
     EDIT_FAMILIES,
     MAX_K,
+    OUTPUT_FORMATS,
     PRECISIONS,
     PRESETS,
     TORCH_MODES,
@@ -165,7 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's precision of the gradient pass (auto: bfloat16 where native)")
     p.add_argument("--psnr", type=finite_float(at_least=20, at_most=80), default=None, metavar="DB",
                    help="a quality floor: each image gets the scaling that spends exactly this PSNR, and every "
-                        "written PNG meets it (replaces --scaling)")
+                        "released file meets it (replaces --scaling)")
+    p.add_argument("--format", dest="output", choices=OUTPUT_FORMATS, default=None,
+                   help="the released file's format: auto (default: the source's; JPEG stays JPEG at about its "
+                        "quality, PNG stays PNG, others become PNG), png, jpeg or webp; the source's EXIF, IPTC, "
+                        "XMP and colour profile are kept")
+    p.add_argument("--quality", type=int_in(1, 100), default=None, metavar="Q",
+                   help="JPEG / WebP quality (default: a JPEG source's estimated quality, else 95)")
+    p.add_argument("--c2pa-sign", nargs=2, default=None, metavar=("CERT", "KEY"),
+                   help="sign each released file's Content Credentials (C2PA) with this PEM certificate chain "
+                        "(leaf first) and PEM private key, the original (and its own credentials) as ingredient")
+    p.add_argument("--c2pa-trust", default=None, metavar="ROOTS",
+                   help="PEM root certificates to trust when reading the originals' Content Credentials")
     for f in dataclasses.fields(ActivationConfig):
         if f.type in ("float", "int"):
             parse = _ACTIVATION_TYPES[f.name]
@@ -218,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let anyone read records, activated files and jobs (default: the token is needed; the "
                         "thumbnail of a passive reference, never published, always needs it)")
     p.add_argument("--public-metrics", action="store_true", help="let anyone read /metrics (default: the token)")
+    p.add_argument("--c2pa-sign", nargs=2, default=None, metavar=("CERT", "KEY"),
+                   help="sign every released file's Content Credentials (as for activate)")
+    p.add_argument("--c2pa-trust", default=None, metavar="ROOTS", help="as for activate")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="a host name clients use to reach the server (repeatable; the Host header is checked "
                         "against them, a guard against DNS rebinding). Default: the loopback names, plus --host")
@@ -299,7 +314,18 @@ def cmd_activate(args: argparse.Namespace) -> BatchReport:
     config = _activation_config(args)
     _require_out_folder(args.out)
     _require_images(args.images)
-    return _open(args).activate(args.images, args.out, config=config, ray=args.ray, workers=args.workers)
+    signing = _signing(args)
+    return _open(args).activate(args.images, args.out, config=config, ray=args.ray, workers=args.workers,
+                                signing=signing)
+
+
+def _signing(args: argparse.Namespace):
+    """The Content Credentials signing material of --c2pa-sign CERT KEY (files checked now), or None."""
+    if not args.c2pa_sign:
+        return None
+    from .credentials import SigningMaterial
+
+    return SigningMaterial.load(*args.c2pa_sign, trust_anchors=args.c2pa_trust)
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:
@@ -366,7 +392,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         token = secrets.token_urlsafe(16)
         logger.warning("no token given: writes need this one-time token: %s", token)
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
-                           ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics)
+                           ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
+                           signing=_signing(args))
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs
@@ -547,6 +574,8 @@ def _summarise_report(report: BatchReport) -> int:
         print(f"error: {error}", file=sys.stderr)
     for path, reason in report.skipped:
         print(f"skipped: {path}: {reason}", file=sys.stderr)
+    for path, warning in report.warnings:
+        print(f"warning: {path}: {warning}", file=sys.stderr)
     print(f"{len(report.records)} registered, {len(report.skipped)} skipped, {len(report.failed)} failed",
           file=sys.stderr)
     return 1 if report.failed else 0

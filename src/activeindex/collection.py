@@ -31,6 +31,7 @@ from .activation import ActivationConfig
 from .catalog import Catalog
 from .codec import Codec, load_index, save_index, set_nprobe
 from .config import DEFAULT_THRESHOLD, MAX_K
+from .credentials import SigningMaterial
 from .errors import InvalidInputError, ModelMismatchError, StorageFullError
 from .extractor import Extractor, ImageSource, PreprocessConfig
 from .faults import pause_point
@@ -224,21 +225,26 @@ class Collection:
     def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  config: ActivationConfig = ActivationConfig(), progress: bool | None = None,
                  ray: str | None = None, workers: int | None = None,
-                 on_batch: BatchCallback | None = None) -> BatchReport:
-        """Register and activate images, writing the activated PNGs to ``out_dir``.
+                 on_batch: BatchCallback | None = None, signing: SigningMaterial | None = None) -> BatchReport:
+        """Register and activate images, writing the files to release to ``out_dir``.
 
-        The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file.
+        The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file. Each file is
+        released in ``config.output`` (``auto``: the source's format) with the source's EXIF, IPTC, XMP and
+        ICC profile; every recorded figure is measured on the file as written (release.py).
 
         Args:
             images: files and/or folders.
-            out_dir: where the activated PNGs go (``<stem>.png``); on a Ray cluster, a folder every
+            out_dir: where the released files go (``<stem>.<ext>``); on a Ray cluster, a folder every
                 node sees at the same path.
-            config: activation settings.
+            config: activation settings, the output format and quality included.
             progress: progress bar.
             ray, workers, on_batch: as in `add`.
+            signing: sign each released file's Content Credentials (C2PA), its original as the ingredient.
 
         Returns:
-            a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement.
+            a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement, and
+            whose warnings say which released files lost their cell to a lossy encoding or their original's
+            Content Credentials.
         """
         out_dir = Path(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
@@ -246,21 +252,21 @@ class Collection:
         self._require_trained()
         out_dir.mkdir(parents=True, exist_ok=True)
         ingest.remove_stale_staged(out_dir)
-        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch)
+        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch, signing)
 
     def _ingest(self, images, batch_size: int, config: ActivationConfig | None, out_dir: Path | None,
                 progress: bool | None, ray: str | None, workers: int | None,
-                on_batch: BatchCallback | None) -> BatchReport:
+                on_batch: BatchCallback | None, signing: SigningMaterial | None = None) -> BatchReport:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
         stored, run = self.catalog.descriptor_dtype.name, ingest.run_tag()
         if ray is None:
-            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run)
+            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run, signing)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
 
             def prepare(batches, pool):
                 return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers,
-                                      stored, run)
+                                      stored, run, signing)
         def commit(prepared: list[Prepared], report: BatchReport) -> None:
             self.commit(prepared, out_dir, report)
 

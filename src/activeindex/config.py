@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 from .errors import InvalidInputError, UnknownNameError
 
 __all__ = ["ActivationConfig", "PRESETS", "get_preset", "TORCH_MODES", "PRECISIONS", "JND_PADDINGS",
-           "TARGET_KINDS", "EDIT_FAMILIES", "MAX_K", "DEFAULT_THRESHOLD"]
+           "TARGET_KINDS", "EDIT_FAMILIES", "OUTPUT_FORMATS", "MAX_K", "DEFAULT_THRESHOLD"]
 
 TORCH_MODES = ("ste", "relu")  # how the gradient graph is built (onnx_torch.py)
 PRECISIONS = ("auto", "float32", "bfloat16")  # of the gradient pass
 JND_PADDINGS = ("replicate", "zeros")  # the padding modes of perceptual.jnd_heatmap
 TARGET_KINDS = ("index", "ivf_cluster_half")  # see Codec.targets
 EDIT_FAMILIES = ("crop", "rotate", "flip", "color", "blur", "jpeg")  # edit-aware activation (transforms.py)
+OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp")  # the released file's format (release.py)
 MAX_K = 1000  # results per query
 DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (docs/service.md, "Copy decision")
 
@@ -59,6 +60,10 @@ class ActivationConfig:
     # each of a family drawn from `edits` (transforms.EDIT_FAMILIES); () is the paper's unedited-only loss
     edits: tuple[str, ...] = ()
     edit_draws: int = 2
+    # the released file (release.py): "auto" keeps the source's format (JPEG stays JPEG, PNG stays PNG, others
+    # become PNG); every recorded figure and the PSNR floor are about the file as written
+    output: str = "auto"
+    quality: int | None = None  # JPEG / WebP quality; default: a JPEG source's estimated quality, else 95
 
     def __post_init__(self) -> None:
         """Refuse values the optimiser cannot use (a NaN scaling would silently destroy the images).
@@ -83,6 +88,9 @@ class ActivationConfig:
             "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
             "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),
                      "None or a number of dB from 20 to 80"),
+            "output": (self.output in OUTPUT_FORMATS, f"one of {list(OUTPUT_FORMATS)}"),
+            "quality": (self.quality is None or (_is_int(self.quality) and 1 <= self.quality <= 100),
+                        "None or an integer from 1 to 100"),
         }
         for name, (valid, rule) in rules.items():
             if not valid:

@@ -2,6 +2,10 @@
 
 Every image enters the library as an (H, W, 3) uint8 RGB array: EXIF orientation applied, any PIL mode
 (CMYK, RGBA, palette, grayscale, 16/32-bit and float) converted, and size limits enforced before decoding pixels.
+The encoded values are kept as they are (no colour conversion: a wide-gamut photo's values stay in its own
+profile, which release.py carries over). HEIC/HEIF (phones) and AVIF are read through Pillow plugins.
+What a publisher's file says about itself (format, EXIF orientation, JPEG quality and chroma subsampling)
+is read from its header: `source_info`.
 """
 from __future__ import annotations
 
@@ -21,16 +25,21 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_avif  # noqa: F401  (registers AVIF with Pillow)
+import pillow_heif
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageDecodeError, storage_errors
 
+pillow_heif.register_heif_opener()  # HEIC/HEIF, as phones write them
+
 Item, Result = TypeVar("Item"), TypeVar("Result")
 
-__all__ = ["ImageLimits", "load_image", "read_file", "decode_image", "image_size", "save_png", "sha256_file",
+__all__ = ["ImageLimits", "SourceInfo", "source_info", "load_image", "read_file", "decode_image", "image_size",
+           "save_png", "sha256_file",
            "sha256_bytes", "list_images", "read_ahead", "write_atomically", "IMAGE_SUFFIXES", "PNG_COMPRESS_LEVEL"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
 # zlib level of written PNGs: 1 encodes 3.6-4.7x faster than PIL's default 6 for files 8-13 % bigger (activated
 # photos, 512x768: 32 vs 149 ms a photo; docs/performance.md, "Speed"): at level 6 it was ~10 % of an activation
 PNG_COMPRESS_LEVEL = 1
@@ -76,6 +85,56 @@ def decode_image(data: bytes, name: str = "<bytes>", limits: ImageLimits = Image
         image.load()
         image = ImageOps.exif_transpose(image)
     return _to_rgb(image, name)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What an image file says about itself, for releasing its activated copy the same way."""
+
+    format: str  # PIL's format name: "JPEG", "PNG", "WEBP", "HEIF", ...
+    orientation: int = 1  # EXIF orientation (1: as stored); decoding applied it to the pixels
+    jpeg_quality: int | None = None  # estimated from a JPEG's luminance quantization table
+    subsampling: int | None = None  # a JPEG's chroma subsampling: 0 (4:4:4), 1 (4:2:2), 2 (4:2:0)
+    metadata: bool = False  # EXIF, IPTC, XMP, an ICC profile or text chunks to carry over
+
+
+def source_info(data: bytes, name: str = "<bytes>") -> SourceInfo:
+    """The `SourceInfo` of image bytes, from the header (no pixel is decoded)."""
+    with _decode_errors(name, ImageLimits()):
+        image = Image.open(io.BytesIO(data))
+        orientation = int(image.getexif().get(0x0112, 1) or 1)
+        metadata = bool(set(image.info) - _TECHNICAL_INFO) or any(
+            marker in ("APP13", "APP11") for marker, _ in getattr(image, "applist", []))
+        if image.format != "JPEG":
+            return SourceInfo(image.format, orientation, metadata=metadata)
+        return SourceInfo("JPEG", orientation, _jpeg_quality(image.quantization.get(0)),
+                          JpegImagePlugin.get_sampling(image), metadata)
+
+
+# what PIL reports about how a file is encoded, not about the photo
+_TECHNICAL_INFO = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "progressive", "progression",
+                   "adobe", "adobe_transform", "gamma", "transparency", "interlace", "aspect", "compression",
+                   "loop", "duration", "background", "srgb", "chromaticity", "lossless"}
+
+
+# The IJG's standard luminance quantization table (quality 50), whose scaled versions libjpeg writes
+_IJG_LUMINANCE_SUM = sum([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57,
+                          69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64,
+                          81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+
+
+def _jpeg_quality(table: Sequence[int] | None) -> int | None:
+    """The IJG quality (1-100) whose scaled standard table is closest to ``table`` (by its sum: independent of
+    the order PIL gives it in); None without a table."""
+    if not table:
+        return None
+    target = sum(table)
+
+    def scaled_sum(quality: int) -> float:
+        scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+        return _IJG_LUMINANCE_SUM * scale / 100  # close enough: the per-entry rounding and clipping aside
+
+    return min(range(1, 101), key=lambda q: abs(scaled_sum(q) - target))
 
 
 def image_size(data: bytes, name: str = "<bytes>") -> tuple[int, int]:

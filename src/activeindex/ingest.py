@@ -30,22 +30,35 @@ from pathlib import Path
 
 import numpy as np
 
-from .activation import ActivationConfig, Activator
+from .activation import ActivatedImage, ActivationConfig, Activator
 from .catalog import Catalog, Record
 from .codec import Codec
+from .credentials import SigningMaterial, manifest_store, sign_activated
 from .errors import ActiveIndexError
 from .extractor import Extractor, ImageSource
 from .faults import pause_point
-from .imageio import ImageLimits, decode_image, list_images, read_ahead, read_file, save_png, sha256_bytes, sha256_file
+from .imageio import (
+    ImageLimits,
+    SourceInfo,
+    decode_image,
+    list_images,
+    read_ahead,
+    read_file,
+    sha256_bytes,
+    sha256_file,
+    source_info,
+    write_atomically,
+)
 from .live_index import LiveIndex
 from .progress import progress_bar
+from .release import Release, copy_metadata, resolve_release
 
 __all__ = ["BatchReport", "Prepared", "Preparer", "PlannedFile", "read_and_decode", "plan_batches",
            "prepare_here", "commit_batch", "run", "run_tag", "embed_stream", "remove_stale_staged", "BatchCallback"]
 
 logger = logging.getLogger(__name__)
 
-STAGED_SUFFIX = ".staged.png"
+STAGED = ".staged"  # staged files: .SHA~HOST~PID~RANDOM.staged.EXT
 STALE_STAGED_SECONDS = 3600.0  # a staged PNG this old belongs to a run that died (a batch commits in minutes)
 BatchCallback = Callable[[int, int], None]  # (files handled, files in total)
 PlannedFile = tuple[str, str, bytes | None]  # (path, sha256 of its bytes, the bytes when kept for decoding)
@@ -59,6 +72,7 @@ class BatchReport:
     records: list[Record] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line error)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what a registered file's owner must know)
 
     @property
     def handled(self) -> int:
@@ -68,7 +82,8 @@ class BatchReport:
     def to_dict(self) -> dict:
         return {"records": [r.to_dict() for r in self.records],
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-                "failed": [{"path": p, "error": e} for p, e in self.failed]}
+                "failed": [{"path": p, "error": e} for p, e in self.failed],
+                "warnings": [{"path": p, "warning": w} for p, w in self.warnings]}
 
 
 @dataclass
@@ -80,7 +95,9 @@ class Prepared:
     image: np.ndarray | None = field(default=None, repr=False)  # decoded; dropped once prepared
     record: Record | None = None
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
-    staged: str | None = None  # the activated PNG under its staging name; the commit renames it
+    staged: str | None = None  # the activated file under its staging name; the commit renames it
+    source: SourceInfo | None = field(default=None, repr=False)  # how the original is encoded
+    warnings: list[str] = field(default_factory=list)  # about the released file, for its owner
     error: str | None = None  # one line: why this file is not registered
     writing: Future | None = field(default=None, repr=False, compare=False)  # the staged PNG, being written
 
@@ -132,7 +149,7 @@ def read_and_decode(path: str, sha256: str, data: bytes | None = None,
     try:
         if data is None and sha256_bytes(data := read_file(path)) != sha256:
             raise ActiveIndexError(f"{path}: the file changed while it was being registered; run again")
-        return Prepared(path, sha256, image=decode_image(data, path, limits))
+        return Prepared(path, sha256, image=decode_image(data, path, limits), source=source_info(data, path))
     except ActiveIndexError as e:
         return Prepared(path, sha256, error=str(e))
 
@@ -141,7 +158,8 @@ def read_and_decode(path: str, sha256: str, data: bytes | None = None,
 
 class Preparer:
     """The heavy work on a batch of decoded files: embed them (``config=None``: passive references) or
-    activate them and write each PNG under a staging name in ``out_dir``. Holds no collection, so Ray's
+    activate them and write each released file (its format, the original's metadata) under a staging name
+    in ``out_dir``. Holds no collection, so Ray's
     actors hold one each (pipeline.py); a batch gives the same bytes wherever it runs.
 
     Args:
@@ -152,12 +170,13 @@ class Preparer:
         writer: threads that write the staged PNGs while the next batch is prepared (None: in line).
         stored_dtype: how the catalog stores descriptors (the activation targets the code it will index).
         run: the run's `run_tag`, part of every staged name (which run, of which process, wrote it).
+        signing: sign each released file's Content Credentials (C2PA), the original as its ingredient.
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
                  out_dir: str | os.PathLike | None = None, writer: Executor | None = None,
-                 stored_dtype: str = "float16", run: str | None = None):
-        self.extractor, self.config, self.writer = extractor, config, writer
+                 stored_dtype: str = "float16", run: str | None = None, signing: SigningMaterial | None = None):
+        self.extractor, self.config, self.writer, self.signing = extractor, config, writer, signing
         self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.activator = Activator(extractor, codec, config, stored_dtype) if config is not None else None
@@ -167,45 +186,64 @@ class Preparer:
         if not ready:
             return batch
         pause_point("prepare")
-        images = [p.image for p in ready]
+        images, results, releases = [p.image for p in ready], [None] * len(ready), [None] * len(ready)
         if self.activator is None:
-            descriptors, results = self.extractor.encode_arrays(images), [None] * len(ready)
+            descriptors = self.extractor.encode_arrays(images)
         else:
-            results = self.activator.activate(images, progress=False)
+            releases = [resolve_release(self.config.output, self.config.quality, p.source) for p in ready]
+            results = self.activator.activate(images, progress=False, releases=releases)
             descriptors = np.stack([r.descriptor for r in results])
-        for item, descriptor, result in zip(ready, descriptors, results):
+        for item, descriptor, result, release in zip(ready, descriptors, results, releases):
             item.record = Record(id=None, kind="passive" if result is None else "active",
                                  original_path=str(Path(item.path).resolve()), original_sha256=item.sha256,
                                  width=item.image.shape[1], height=item.image.shape[0],
                                  **(result.metrics() if result is not None else {}))
             item.descriptor, item.image = descriptor, None
             if result is not None:  # a name of its own: two processes may activate the same image at once
-                item.staged = str(self.out_dir / f".{item.sha256[:16]}~{self.run}{STAGED_SUFFIX}")
+                item.staged = str(self.out_dir / f".{item.sha256[:16]}~{self.run}{STAGED}{release.extension}")
+                if result.lost_in_encoding:
+                    item.warnings.append(f"released as {release.format.upper()} {release.quality}, the activated "
+                                         "image left its cell: edited copies are found less often (try a higher "
+                                         "--quality, or --format png)")
                 if self.writer is None:
-                    _write_staged(item, result.image)
-                else:  # PNG encoding is CPU-heavy: done while the next batch is activated
-                    item.writing = self.writer.submit(_write_staged, item, result.image)
+                    _write_staged(item, result, release, self.signing)
+                else:  # encoding, metadata and signing are slow: done while the next batch is activated
+                    item.writing = self.writer.submit(_write_staged, item, result, release, self.signing)
         return batch
 
 
-def _write_staged(item: Prepared, image: np.ndarray) -> None:
-    save_png(item.staged, image)
-    item.record.activated_sha256 = sha256_file(item.staged)
+def _write_staged(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None) -> None:
+    """The released file, under its staging name: the measured bytes (a PNG: encoded here), the original's
+    metadata, then its Content Credentials (with signing material; else a warning when the original had some)."""
+    staged, original = Path(item.staged), Path(item.path)
+    write_atomically(staged, lambda f: f.write(result.encoded or release.encode(result.image)))
+    if item.source is not None and item.source.metadata:
+        copy_metadata(original, staged)
+    if signing is not None:
+        item.record.manifest_id = sign_activated(
+            original, staged, staged, signing, title=f"{original.stem}{release.extension}",
+            parameters={"format": release.format, "quality": release.quality, "psnr": round(result.psnr, 2),
+                        "scaling": round(result.scaling, 4)})
+    elif item.source is not None and item.source.metadata and manifest_store(original) is not None:
+        item.warnings.append("the original's Content Credentials are not carried over: activate with --c2pa-sign "
+                             "CERT KEY to sign the released file with the original as its ingredient")
+    item.record.activated_sha256 = sha256_file(staged)
 
 
 def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-                 stored_dtype: str, run: str) -> Prepare:
-    """The in-process executor: the pool's two threads decode the next batch and write this one's PNGs while
+                 stored_dtype: str, run: str, signing: SigningMaterial | None = None) -> Prepare:
+    """The in-process executor: the pool's two threads decode the next batch and write this one's files while
     the model runs."""
     def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
-        preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype, run=run)
+        preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype, run=run,
+                            signing=signing)
         return map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=extractor.limits), pool))
     return prepare
 
 
 def _driver_dead(staged_name: str) -> bool:
     """Whether the staged file's run was driven by a process of this host that no longer exists."""
-    parts = staged_name[:-len(STAGED_SUFFIX)].split("~")
+    parts = staged_name[1:].split(STAGED)[0].split("~")
     if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
         return False
     try:
@@ -231,7 +269,7 @@ def remove_stale_staged(out_dir: Path) -> int:
     process on this host, and any older than `STALE_STAGED_SECONDS` (a live run's are never touched);
     returns how many."""
     removed, now = 0, time.time()
-    for path in out_dir.glob(f".*{STAGED_SUFFIX}"):
+    for path in out_dir.glob(f".*{STAGED}.*"):
         try:
             if _driver_dead(path.name) or now - path.stat().st_mtime > STALE_STAGED_SECONDS:
                 path.unlink()
@@ -264,22 +302,25 @@ def commit_batch(prepared: list[Prepared], out_dir: Path | None, index: LiveInde
                 Path(item.staged).unlink(missing_ok=True)
         else:
             if item.staged:
-                final = activated_path(catalog, out_dir, Path(item.path), item.sha256, item.record.activated_sha256)
+                final = activated_path(catalog, out_dir, Path(item.path), item.sha256, item.record.activated_sha256,
+                                       Path(item.staged).suffix)
                 os.replace(item.staged, final)
                 item.record.activated_path = str(final.resolve())
             keep.append(item)
+            report.warnings += [(item.path, warning) for warning in item.warnings]
     if keep:
         index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]))
         report.records += [item.record for item in keep]
 
 
-def activated_path(catalog: Catalog, out_dir: Path, source: Path, data_sha: str, activated_sha: str) -> Path:
-    """``<stem>.png``, or ``<stem>-<sha8>.png`` when that name is taken (never overwrite another file; a
-    file with the very same bytes, left by a run killed before its commit, is taken over)."""
-    path = out_dir / f"{source.stem}.png"
+def activated_path(catalog: Catalog, out_dir: Path, source: Path, data_sha: str, activated_sha: str,
+                   extension: str = ".png") -> Path:
+    """``<stem><extension>``, or ``<stem>-<sha8><extension>`` when that name is taken (never overwrite another
+    file; a file with the very same bytes, left by a run killed before its commit, is taken over)."""
+    path = out_dir / f"{source.stem}{extension}"
     taken = catalog.activated_path_taken(str(path.resolve()))
     if taken or (path.exists() and sha256_file(path) != activated_sha):
-        path = out_dir / f"{source.stem}-{data_sha[:8]}.png"
+        path = out_dir / f"{source.stem}-{data_sha[:8]}{extension}"
     return path
 
 

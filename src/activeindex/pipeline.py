@@ -24,6 +24,7 @@ import ray
 
 from .activation import ActivationConfig
 from .codec import Codec
+from .credentials import SigningMaterial
 from .extractor import Extractor, PreprocessConfig
 from .faults import ENVIRONMENT
 from .imageio import ImageLimits
@@ -63,14 +64,15 @@ class WorkerSpec:
     threads: int  # torch threads on a CPU actor
     stored_dtype: str  # how the catalog stores descriptors
     run: str  # the driver's run tag (ingest.run_tag), in the staged files' names
+    signing: SigningMaterial | None  # Content Credentials (every node sees the files at the same paths)
 
     @classmethod
     def of(cls, extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-           threads: int, stored_dtype: str, run: str) -> WorkerSpec:
+           threads: int, stored_dtype: str, run: str, signing: SigningMaterial | None) -> WorkerSpec:
         trained = faiss.serialize_index(codec.trained).tobytes()
         return cls(extractor.model_source, extractor.preprocessing.to_dict(), trained,
                    config.to_dict() if config else None, str(out_dir) if out_dir else None, threads, stored_dtype,
-                   run)
+                   run, signing)
 
 
 class _Worker:
@@ -84,7 +86,8 @@ class _Worker:
         extractor = Extractor(spec.model, preprocessing=PreprocessConfig.from_dict(spec.preprocessing))
         codec = Codec(faiss.deserialize_index(np.frombuffer(spec.codec, np.uint8)))
         config = ActivationConfig.from_dict(spec.config) if spec.config else None
-        self.preparer = Preparer(extractor, codec, config, spec.out_dir, stored_dtype=spec.stored_dtype, run=spec.run)
+        self.preparer = Preparer(extractor, codec, config, spec.out_dir, stored_dtype=spec.stored_dtype, run=spec.run,
+                                 signing=spec.signing)
 
     def __call__(self, batch: dict) -> dict:
         prepared = self.preparer(pickle.loads(batch["prepared"][0]))
@@ -113,7 +116,8 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
 
 def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: list[list[PlannedFile]],
                    config: ActivationConfig | None, out_dir: Path | None, workers: int | None = None,
-                   stored_dtype: str = "float16", run: str | None = None) -> Iterator[list[Prepared]]:
+                   stored_dtype: str = "float16", run: str | None = None,
+                   signing: SigningMaterial | None = None) -> Iterator[list[Prepared]]:
     """Prepare the planned batches on Ray; yields each batch's results in their planned order.
 
     Args:
@@ -125,6 +129,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
         workers: actors (default: one per GPU, or one per `THREADS_PER_CPU_ACTOR` CPUs).
         stored_dtype: how the catalog stores descriptors.
         run: the driver's run tag (`ingest.run_tag`).
+        signing: Content Credentials signing material (its files at the same paths on every node).
     """
     if not batches:
         return
@@ -134,7 +139,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
-    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag())
+    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag(), signing)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
                 options["compute"].min_size, threads)
     faults = {"runtime_env": {"env_vars": {ENVIRONMENT: os.environ[ENVIRONMENT]}}} if ENVIRONMENT in os.environ else {}

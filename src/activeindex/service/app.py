@@ -38,6 +38,7 @@ from .._version import __version__
 from ..activation import ActivationConfig
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
+from ..credentials import SigningMaterial
 from ..errors import ActiveIndexError
 from ..imageio import load_image, sha256_bytes, sha256_file, write_atomically
 from . import http
@@ -74,6 +75,7 @@ class ServiceConfig:
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
     public_reads: bool = False  # records, activated files and jobs without the token (passive thumbnails never)
     public_metrics: bool = False  # /metrics without the token
+    signing: SigningMaterial | None = None  # sign every released file's Content Credentials (C2PA)
 
 
 class _Searches:
@@ -100,7 +102,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     threshold = collection.threshold if config.threshold is None else config.threshold
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
-                              max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads)
+                              max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads,
+                              signing=config.signing)
     discard = partial(discard_unregistered, collection, worker.queue, uploads)
 
     @asynccontextmanager
@@ -162,7 +165,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
              "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
-              responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}},
+              responses={200: {"content": {t: {"schema": http.IMAGE_BODY} for t in http.RELEASED_TYPES.values()},
                                "description": "the activated PNG; headers X-Image-Id and X-PSNR"},
                          202: http.JOB_RESPONSE, **http.errors(400, 401, 403, 409, 413, 422, 500, 503)},
               max_body_size=config.max_upload_bytes + 64 * 1024,
@@ -178,7 +181,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             return _accepted(job)
         job = await worker.wait(job.id)
         record = await anyio.to_thread.run_sync(_activation_record, collection, job, data)
-        return FileResponse(record.activated_path, media_type="image/png", filename=f"{Path(name).stem}.png",
+        released = Path(record.activated_path)
+        return FileResponse(released, media_type=_media_type(record), filename=f"{Path(name).stem}{released.suffix}",
                             headers={"X-Image-Id": str(record.id), "X-PSNR": f"{record.psnr:.2f}",
                                      **({"X-Scaling": f"{record.scaling:.3f}"} if record.scaling else {})})
 
@@ -224,13 +228,13 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         return {"removed": _public(report.removed[0]), "file_deleted": bool(report.deleted_files)}
 
     @app.get("/v1/images/{image_id}/activated", response_class=Response, dependencies=[Depends(require_reader)],
-             responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}}},
+             responses={200: {"content": {t: {"schema": http.IMAGE_BODY} for t in http.RELEASED_TYPES.values()}},
                         **http.errors(401, 403, 404, 422)})
     def activated_file(image_id: int = image_id_param) -> Response:
         record = _record(collection, image_id)
         if record.activated_path is None:
             raise HTTPException(404, f"image {image_id} is a passive reference: it has no activated file")
-        return FileResponse(_activated_file(record), media_type="image/png")
+        return FileResponse(_activated_file(record), media_type=_media_type(record))
 
     @app.get("/v1/images/{image_id}/thumbnail", response_class=Response, dependencies=[Depends(require_reader)],
              responses={200: {"content": {"image/jpeg": {"schema": http.IMAGE_BODY}}},
@@ -332,6 +336,8 @@ def _public_job(job: Job) -> dict:
             "skipped": [{"filename": Path(s["path"]).name, "reason": s["reason"]} for s in result["skipped"]],
             "failed": [{"filename": Path(f["path"]).name, "error": f["error"].replace(f["path"], Path(f["path"]).name)}
                        for f in result["failed"]],
+            "warnings": [{"filename": Path(w["path"]).name, "warning": w["warning"]}
+                         for w in result.get("warnings", [])],
             "error": job.error}
 
 
@@ -374,3 +380,8 @@ def _existing(collection: Collection, data: bytes) -> Record:
     if record.activated_path is None:
         raise HTTPException(409, f"this image is already registered as passive reference {record.id}")
     return record
+
+
+def _media_type(record: Record) -> str:
+    """The released file's media type (records made before formats existed were PNGs)."""
+    return http.RELEASED_TYPES[record.format or "png"]

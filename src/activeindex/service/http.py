@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..activation import PRESETS, ActivationConfig, get_preset
+from ..config import OUTPUT_FORMATS, PRESETS, ActivationConfig, get_preset
 from ..errors import (
     ActiveIndexError,
     CollectionLockedError,
@@ -57,6 +57,7 @@ class JobStatus(JobAccepted):
     records: list[dict]  # the images it activated, as GET /v1/images/{id} shows them
     skipped: list[dict]  # {"filename", "reason"}: already registered, or twice in the job
     failed: list[dict]  # {"filename", "error"}
+    warnings: list[dict]  # {"filename", "warning"}: a lossy release that lost its cell, credentials not carried
     error: str | None  # why the job as a whole failed
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
@@ -64,7 +65,11 @@ SETTINGS_FIELDS = {  # optional form fields of the activation requests
     "preset": {"type": "string", "enum": sorted(PRESETS),
                "description": "activation settings (default: the server's); robust: also for crops, rotations..."},
     "psnr": {"type": "number", "minimum": 20, "maximum": 80,
-             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"}}
+             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"},
+    "format": {"type": "string", "enum": list(OUTPUT_FORMATS),
+               "description": "the released file's format (default: the server's; auto: the source's)"},
+    "quality": {"type": "integer", "minimum": 1, "maximum": 100, "description": "JPEG / WebP quality"}}
+RELEASED_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}  # media types of released files
 JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
                 "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
 
@@ -154,17 +159,23 @@ async def image_files(request: Request, max_files: int, max_bytes: int,
 
 
 def activation_settings(form, default: ActivationConfig) -> ActivationConfig:
-    """The server's settings, or the ``preset`` asked for, with a ``psnr`` floor if one is given; 422 otherwise."""
-    preset, psnr = form.get("preset"), form.get("psnr")
+    """The server's settings, or the ``preset`` asked for, with the ``psnr`` floor, ``format`` and ``quality``
+    given (an empty field: the default); 422 otherwise."""
+    preset = form.get("preset")
     if preset not in (None, "") and preset not in PRESETS:
         raise HTTPException(422, f"preset: one of {sorted(PRESETS)}")
     settings = default if preset in (None, "") else get_preset(preset)
-    if psnr in (None, ""):
-        return settings
-    try:
-        return dataclasses.replace(settings, psnr=float(psnr))
-    except (ValueError, InvalidInputError):
-        raise HTTPException(422, "psnr: a number of dB from 20 to 80") from None
+    fields = {"psnr": (float, "a number of dB from 20 to 80"), "quality": (int, "an integer from 1 to 100"),
+              "format": (str, f"one of {list(OUTPUT_FORMATS)}")}
+    for name, (parse, rule) in fields.items():
+        value = form.get(name)
+        if value in (None, ""):
+            continue
+        try:
+            settings = dataclasses.replace(settings, **{"output" if name == "format" else name: parse(value)})
+        except (ValueError, InvalidInputError):
+            raise HTTPException(422, f"{name}: {rule}") from None
+    return settings
 
 
 async def read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
