@@ -7,8 +7,9 @@ PHOTOS := .photos-installed
 BROWSER := .browser-installed
 # Debian packages with real photos (STACK.md): telescope photos, object cut-outs, scenic wallpapers
 PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds
-# libmagic1: python-magic's library, which AugLy imports
-DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1
+# libmagic1: python-magic's library, which AugLy imports; exiftool: the released files keep their sources'
+# metadata (release.py); icc-profiles-free: a wide-gamut (Adobe RGB) profile for the tests
+DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1 libimage-exiftool-perl icc-profiles-free
 
 .PHONY: install photos demo test lint data bench bench-speed clean
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml requirements.txt
 
 photos: $(PHOTOS)
 
-$(PHOTOS):
+$(PHOTOS): Makefile
 	dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEBIAN_PACKAGES); }
 	touch $(PHOTOS)

@@ -201,3 +201,26 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in activated]
     run_benchmark(config)  # resumes: activated files are reused, not rewritten
     assert [p.stat().st_mtime_ns for p in activated] == stamps
+
+
+def test_published_formats_are_queried_from_the_released_files(corpus, tmp_path):
+    """`publish`: the activated files released as JPEG 50 get their own rows and their paired difference with
+    the lossless PNG; their quality and sizes are the released files'."""
+    config = BenchmarkConfig(corpus=str(corpus.root), out=str(tmp_path / "bench"), nlists=[4],
+                             factories=["IVF{nlist},PQ8x4"], edits=["none", "brightness_2.0"], sweeps=[],
+                             iterations=2, n_activate=6, publish=["jpeg:50"], train_vectors=300,
+                             distractor_crops=40, bootstrap=200, device="cpu")
+    [index] = run_benchmark(config)["indexes"]
+    modes = {r["mode"] for r in index["edits"]}
+    assert {"JPEG 50", "JPEG 50-active"} <= modes
+    released = index["compared"]["JPEG 50"]
+    files = sorted(Path(released["activated_dir"]).iterdir())
+    assert [p.suffix for p in files] == [".jpg"] * 6
+    assert np.mean(released["quality"]["psnr"]) < np.mean(index["quality"]["psnr"])  # JPEG 50 costs quality
+    assert np.mean(released["bytes"]) < np.mean(index["bytes"])
+    rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
+    for edit in ("none", "brightness_2.0"):
+        difference = rows[edit, "JPEG 50"]["r1"] - rows[edit, "active"]["r1"]
+        assert rows[edit, "JPEG 50-active"]["r1"] == pytest.approx(difference)
+    with pytest.raises(ValueError, match="FORMAT:QUALITY"):
+        BenchmarkConfig(publish=["jpeg"])

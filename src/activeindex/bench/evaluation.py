@@ -40,9 +40,10 @@ from ..codec import MIN_POINTS_PER_CENTROID, TARGET_KINDS, Codec, search, set_np
 from ..edits import AUTO_DEVIATIONS, FIXED_EDITS, PAPER_EDITS, SWEEPS, apply_edit, random_resized_crop, sweep
 from ..errors import InvalidInputError
 from ..extractor import Extractor
-from ..imageio import load_image, save_png
+from ..imageio import load_image, save_png, write_atomically
 from ..perceptual import quality
 from ..progress import progress_bar
+from ..release import Release
 from .baselines import BASELINES, PDQ_MATCH_THRESHOLD, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
 from .corpus import open_corpus, save_atomic
 from .metrics import (
@@ -85,6 +86,9 @@ class BenchmarkConfig:
     sweeps: list[str] = field(default_factory=lambda: ["rotation", "center_crop", "jpeg"])
     preset: str = "default"
     compare: list[str] = field(default_factory=list)  # presets activated beside `preset`, rows named after them
+    # the main preset's activated files released in these formats ("jpeg:90", "webp:90"): the files a desk
+    # publishes; each is queried like the PNG and gets its own rows ("JPEG 90") and its difference with it
+    publish: list[str] = field(default_factory=list)
     psnr: float | None = None  # every preset activated to this PSNR floor (equal quality) instead of its scaling
     iterations: int | None = None  # override the presets'
     scalings: list[float] = field(default_factory=list)  # extra scalings for the R@1-vs-PSNR curve
@@ -108,6 +112,7 @@ class BenchmarkConfig:
             raise InvalidInputError(f"compare: {self.compare} must name distinct presets other than {self.preset!r}")
         if self.psnr is not None and self.scalings:
             raise InvalidInputError("psnr sets every image's scaling: it cannot be combined with scalings")
+        self.releases()  # a bad FORMAT:QUALITY fails here
         self.activation()  # an unknown preset or an invalid psnr fails here, before any work
         for preset in self.compare:
             self.activation(preset=preset)
@@ -130,6 +135,17 @@ class BenchmarkConfig:
         if self.iterations:
             config = dataclasses.replace(config, iterations=self.iterations)
         return dataclasses.replace(config, scaling=scaling) if scaling else config
+
+    def releases(self) -> dict[str, Release]:
+        """Mode ("JPEG 90") -> the release of each `publish` entry ("jpeg:90")."""
+        releases = {}
+        for spec in self.publish:
+            fmt, _, quality = spec.partition(":")
+            lossy_ok = quality.isdigit() and 1 <= int(quality) <= 100
+            if fmt not in ("jpeg", "webp", "png") or not (fmt == "png" or lossy_ok):
+                raise InvalidInputError(f"publish: {spec!r} is not FORMAT:QUALITY (jpeg:90, webp:90, png)")
+            releases[f"{fmt.upper()} {quality}".strip()] = Release(fmt, int(quality) if quality else None)
+        return releases
 
     def activations(self, target: str = "index") -> dict[str, ActivationConfig]:
         """Mode -> settings: "active" (the main preset), then each compared preset under its own name."""
@@ -369,7 +385,9 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
             "edits": rows, "icd": _copy_detection(index, results, data, config) if "auto" in results else None,
             "activated_dir": str(activated["active"][0].parent), "originals": [str(p) for p in data.originals],
             "quality": _qualities(data.originals, activated["active"]),
-            "compared": {mode: {"activated_dir": str(files[0].parent), "quality": _qualities(data.originals, files)}
+            "bytes": [p.stat().st_size for p in activated["active"]],
+            "compared": {mode: {"activated_dir": str(files[0].parent), "quality": _qualities(data.originals, files),
+                                "bytes": [p.stat().st_size for p in files]}
                          for mode, files in activated.items() if mode != "active"}}
 
 
@@ -480,6 +498,9 @@ def _activate_and_query(codec, index, settings: dict[str, ActivationConfig], con
     activated = {mode: _activate(codec, extractor, s, data.originals, cache_root, progress)
                  for mode, s in settings.items()}
     keys = {mode: _activation_key(codec, s) for mode, s in settings.items()}
+    for mode, release in config.releases().items():  # the main preset's files, as released
+        activated[mode] = _publish(activated["active"], release)
+        keys[mode] = f"{keys['active']}-{release.format}{release.quality or ''}"
     results = {}
     for label, edit, value in _bar(labels, f"queries, {settings['active'].target} target", progress):
         queries = {"passive": data.passive[label]}
@@ -581,6 +602,18 @@ def _activate(codec: Codec, extractor: Extractor, settings: ActivationConfig, or
             save_png(targets[i], result.image)
         bar.update(len(chunk))
     bar.close()
+    return targets
+
+
+def _publish(activated: list[Path], release: Release) -> list[Path]:
+    """The activated PNGs released in ``release``'s format (cached beside them): what a desk publishes. Without a
+    PSNR floor this is the very file `activeindex activate --format` writes (the optimisation does not depend
+    on the format)."""
+    folder = activated[0].parent.with_name(f"{activated[0].parent.name}-{release.format}{release.quality or ''}")
+    targets = [folder / f"{p.stem}{release.extension}" for p in activated]
+    for png, target in zip(activated, targets):
+        if not target.exists():
+            write_atomically(target, lambda f, png=png: f.write(release.encode(load_image(png))))
     return targets
 
 

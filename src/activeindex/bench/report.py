@@ -219,7 +219,8 @@ def activations_figure(index: dict, image: int = 0) -> bytes:
     original = Path(index["originals"][image])
     o = load_image(original).astype(int)
     modes = {"active": index["activated_dir"]} | {m: c["activated_dir"] for m, c in index.get("compared", {}).items()}
-    activated = {mode: load_image(Path(folder) / f"{original.stem}.png") for mode, folder in modes.items()}
+    activated = {mode: load_image(next(Path(folder).glob(f"{original.stem}.*")))  # .png, or a published format's
+                 for mode, folder in modes.items()}
     changes = {mode: np.abs(a.astype(int) - o) for mode, a in activated.items()}
     gain = 255 / max(1.0, max(float(np.percentile(c, 99.5)) for c in changes.values()))
     fig, axes = plt.subplots(1, 1 + 2 * len(modes), figsize=(3 * (1 + 2 * len(modes)), 3.2))
