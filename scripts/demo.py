@@ -103,7 +103,8 @@ def main() -> None:
     hits = {m: np.stack(v, 1).astype(float) for m, v in hits.items()}  # (photos, edits)
     in_cell = {m: np.stack(v, 1).astype(float) for m, v in in_cell.items()}
     quality = {k: float(np.mean([getattr(r, k) for r in active])) for k in ("psnr", "ssim", "linf")}
-    print_table(hits, in_cell, quality, config.scaling, collection)
+    formats = sorted({r.format.upper() for r in active})
+    print_table(hits, in_cell, quality, config.scaling, collection, formats)
     summary = {m: {"r1": float(hits[m].mean()), "r1_ci": mean_interval(hits[m]), "cell": float(in_cell[m].mean())}
                for m in hits}
     (out / "results.json").write_text(json.dumps({
@@ -113,7 +114,8 @@ def main() -> None:
           f"({time.monotonic() - started:.0f} s)")
 
 
-def print_table(hits: dict, in_cell: dict, quality: dict, scaling: float, collection: Collection) -> None:
+def print_table(hits: dict, in_cell: dict, quality: dict, scaling: float, collection: Collection,
+                formats: list[str]) -> None:
     info = collection.info()
     print(f"\n{info['factory']}, nprobe {info['nprobe']}, {info['ntotal']} vectors indexed, "
           f"{len(hits['passive'])} queries per edit")
@@ -130,8 +132,8 @@ def print_table(hits: dict, in_cell: dict, quality: dict, scaling: float, collec
           f"intervals (photos resampled):\n  passive {hits['passive'].mean():.2f} [{plo:.2f}, {phi:.2f}]   active "
           f"{hits['active'].mean():.2f} [{alo:.2f}, {ahi:.2f}]   active - passive "
           f"{(hits['active'] - hits['passive']).mean():+.2f} [{dlo:+.2f}, {dhi:+.2f}]")
-    print(f"\nactivated PNGs (scaling {scaling}): PSNR {quality['psnr']:.2f} dB, SSIM {quality['ssim']:.4f}, "
-          f"L-inf {quality['linf']:.1f} levels (means)")
+    print(f"\nreleased files ({', '.join(formats)}, as their originals; scaling {scaling}): PSNR {quality['psnr']:.2f} "
+          f"dB, SSIM {quality['ssim']:.4f}, L-inf {quality['linf']:.1f} levels (means)")
 
 
 if __name__ == "__main__":

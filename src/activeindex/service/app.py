@@ -192,7 +192,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                   "type": "object", "required": ["images"], "properties": {"images": {
                       "type": "array", "items": http.IMAGE_BODY, "minItems": 1, "maxItems": config.max_files,
-                      "description": f"at most {config.max_files} images (413 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
+                      "description": f"at most {config.max_files} images (422 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
         named, settings = await http.image_files(request, config.max_files, config.max_upload_bytes, config.activation)
         stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)

@@ -62,13 +62,15 @@ class JobStatus(JobAccepted):
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
 SETTINGS_FIELDS = {  # optional form fields of the activation requests
-    "preset": {"type": "string", "enum": sorted(PRESETS),
-               "description": "activation settings (default: the server's); robust: also for crops, rotations..."},
-    "psnr": {"type": "number", "minimum": 20, "maximum": 80,
-             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image)"},
-    "format": {"type": "string", "enum": list(OUTPUT_FORMATS),
-               "description": "the released file's format (default: the server's; auto: the source's)"},
-    "quality": {"type": "integer", "minimum": 1, "maximum": 100, "description": "JPEG / WebP quality"}}
+    "preset": {"type": "string", "enum": ["", *sorted(PRESETS)],
+               "description": "activation settings (empty: the server's); robust: also for crops, rotations..."},
+    "psnr": {"anyOf": [{"type": "number", "minimum": 20, "maximum": 80}, {"type": "string", "maxLength": 0}],
+             "description": "a quality floor in dB: every activated image meets it (its scaling is set per image); "
+                            "empty: none"},
+    "format": {"type": "string", "enum": ["", *OUTPUT_FORMATS],
+               "description": "the released file's format (empty: the server's; auto: the source's)"},
+    "quality": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"type": "string", "maxLength": 0}],
+                "description": "JPEG / WebP quality (empty: the source's, or 95)"}}
 RELEASED_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}  # media types of released files
 JOB_RESPONSE = {"model": JobAccepted, "description": "queued: follow it at the Location header, /v1/jobs/{id}",
                 "headers": {"Location": {"schema": {"type": "string"}, "description": "/v1/jobs/{id}"}}}
@@ -154,7 +156,7 @@ async def image_files(request: Request, max_files: int, max_bytes: int,
     if not images or not all(hasattr(image, "read") for image in images):
         raise HTTPException(422, "images: send one or more files in the field 'images'")
     if len(images) > max_files:
-        raise HTTPException(413, f"at most {max_files} images per request")
+        raise HTTPException(422, f"images: at most {max_files} images per request")  # the schema's maxItems
     return [await read_upload(image, max_bytes) for image in images], activation_settings(form, default)
 
 
