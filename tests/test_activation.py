@@ -66,7 +66,8 @@ def test_paper_scaling_spends_more_budget(extractor, codec, small_photos, activa
 
 def test_metrics_dict_has_no_arrays(activated):
     metrics = activated[1][0].metrics()
-    assert set(metrics) == {"psnr", "ssim", "linf", "cos_before", "cos_after", "same_cell", "same_code", "scaling"}
+    assert set(metrics) == {"psnr", "ssim", "linf", "cos_before", "cos_after", "same_cell", "same_code", "scaling",
+                            "format", "lost_in_encoding"}
 
 
 @pytest.mark.parametrize("field, value", [

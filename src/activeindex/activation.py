@@ -142,30 +142,37 @@ class Activator:
         releases = list(releases or [Release()] * len(images))
         cfg, device = self.config, self.extractor.device
         originals, targets = [image.to(device) for image in images], targets.to(device)
-        std, alpha = self._std.to(device), self._alpha.to(device)
-        units = [jnd_heatmap(image, cfg.jnd_padding) * alpha * std for image in originals]  # budget at scaling 1
-        scalings = [cfg.scaling if cfg.psnr is None else _scaling_for(unit, cfg.psnr) for unit in units]
-        budgets = [s * unit for s, unit in zip(scalings, units)]
+        per_channel = (self._alpha * self._std).to(device)  # alpha_c and the normalisation, folded: (1, 3, 1, 1)
+        maps = [jnd_heatmap(image, cfg.jnd_padding) for image in originals]  # (1, 1, H, W): the budget's shape
+        scalings = [cfg.scaling if cfg.psnr is None else _scaling_for_map(m, per_channel, cfg.psnr) for m in maps]
+        for m, s in zip(maps, scalings):
+            m.mul_(s)  # one precomputed map: JND x scaling; the channels' factors stay a (1, 3, 1, 1) vector
+        preprocessing = self.extractor.preprocessing
+        size = preprocessed_size(originals[0].shape[-2:], preprocessing)
+        views_of_originals = [_resize(o, size, preprocessing) for o in originals]  # resize(o + c) = resize(o) + ...
         deltas = [_init_delta(image.shape[1:], cfg.seed + int(s)).to(device).requires_grad_(True)
                   for image, s in zip(originals, seeds or range(len(originals)))]
         edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         # elementwise, so each image's steps are its own; fused: one pass over full-resolution tensors, not ten
         optimizer = torch.optim.Adam(deltas, lr=cfg.lr, fused=True)
+        mse_weight = (1.0 / self._std.to(device).square()).flatten()
         for _ in range(cfg.iterations):
             optimizer.zero_grad()
-            changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
-            inputs = torch.cat([preprocess(o + c, self.extractor.preprocessing) for o, c in zip(originals, changes)])
+            seen, mse = zip(*[_Change.apply(d, m, per_channel, mse_weight, size, preprocessing)
+                              for d, m in zip(deltas, maps)])
+            inputs = torch.cat([_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
             views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
                                 for _ in range(cfg.edit_draws if cfg.edits else 0)]
             cosine = torch.stack([F.cosine_similarity(
                 self.extractor.embed_preprocessed(view, cfg.gradient, self._precision), targets, dim=1)
                 for view in views]).mean(0)
-            mse = torch.stack([(c / std).square().mean() for c in changes])
-            loss = (-cosine + cfg.lambda_mse * mse).sum()  # a sum: each image's gradient is its own
+            loss = (-cosine + cfg.lambda_mse * torch.stack(mse)).sum()  # a sum: each image's gradient is its own
             loss.backward()
             optimizer.step()
+        del optimizer  # its full-resolution moments are not needed to compose the result
         with torch.no_grad():
-            changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
+            changes = [torch.tanh(d).mul_(m).mul_(per_channel) for d, m in zip(deltas, maps)]
+            del deltas, maps
             if cfg.psnr is None:
                 return [_release(_to_uint8(o + c), s, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
             return [_meet_floor(o, c, s, cfg.psnr, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
@@ -207,6 +214,83 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
                   else torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         precision = "bfloat16" if native else "float32"
     return getattr(torch, precision)
+
+
+class _Change(torch.autograd.Function):
+    """delta -> (what the network sees of the change, its MSE): resize(m * k * tanh(delta)) at the network's
+    size, and mean(((m * k * tanh(delta)) / std)^2), with m the (1, 1, H, W) budget map (JND x scaling) and
+    k the channels' factors (alpha_c x std).
+
+    At full resolution this chain was ~30 memory-bound passes an iteration under autograd, each keeping a
+    full-resolution tensor for the backward pass. Here the forward pass makes one full-resolution tensor (the
+    change, freed once resized) and keeps none; the backward pass gets the resize's gradient, then adds the
+    MSE's and multiplies by the tanh's derivative in row blocks, recomputing tanh instead of storing it:
+    about 8 passes, and peak memory of delta, its gradient, Adam's two moments and one block.
+    """
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, budget: torch.Tensor, per_channel: torch.Tensor, mse_weight: torch.Tensor,
+                size: tuple[int, int], preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
+        change = torch.tanh(delta).mul_(budget).mul_(per_channel)
+        seen = _resize(change, size, preprocessing)
+        squares = torch.stack([torch.linalg.vector_norm(change[0, c]).square() for c in range(change.shape[1])])
+        mse = (squares * mse_weight).sum() / change.numel()
+        ctx.save_for_backward(delta, budget, per_channel, mse_weight)
+        ctx.size, ctx.preprocessing = size, preprocessing
+        return seen, mse
+
+    @staticmethod
+    def backward(ctx, grad_seen: torch.Tensor, grad_mse: torch.Tensor):
+        delta, budget, per_channel, mse_weight = ctx.saved_tensors
+        grad = _resize_gradient(grad_seen, delta.shape, ctx.preprocessing)
+        mse_factor = (2.0 * grad_mse / delta.numel()) * mse_weight.view(1, -1, 1, 1)
+        for rows in _row_blocks(delta.shape[-2], delta.shape[-1]):
+            t = torch.tanh(delta[..., rows, :])
+            unit = budget[..., rows, :] * per_channel  # d change / d tanh
+            change = unit * t
+            block = grad[..., rows, :]
+            block.addcmul_(change, mse_factor)  # + the MSE's gradient
+            block.mul_(unit.sub_(change.mul_(t)))  # x d change / d delta = unit (1 - tanh^2)
+        return grad, None, None, None, None, None
+
+
+def _resize_gradient(grad_seen: torch.Tensor, shape: torch.Size, preprocessing) -> torch.Tensor:
+    """The gradient that `_resize` passes back to its full-resolution input (a linear map's transpose)."""
+    if tuple(grad_seen.shape[-2:]) == tuple(shape[-2:]):
+        return grad_seen.clone()
+    if (preprocessing.interpolation, preprocessing.antialias) == ("bilinear", True):  # the default: direct
+        return torch.ops.aten._upsample_bilinear2d_aa_backward(grad_seen, list(grad_seen.shape[-2:]), list(shape),
+                                                                False, None, None)
+    with torch.enable_grad():  # any other resize: its gradient does not depend on the input (linear)
+        probe = torch.zeros(shape, dtype=grad_seen.dtype, device=grad_seen.device, requires_grad=True)
+        return torch.autograd.grad(_resize(probe, tuple(grad_seen.shape[-2:]), preprocessing), probe, grad_seen)[0]
+
+
+def _row_blocks(height: int, width: int, values: int = 1 << 20) -> list[slice]:
+    """Row ranges of about ``values`` pixels each (bounded temporaries at any image size)."""
+    step = max(1, values // max(1, width))
+    return [slice(start, min(height, start + step)) for start in range(0, height, step)]
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int], preprocessing) -> torch.Tensor:
+    """The preprocessing's resize (extractor.preprocess) without its rounding: linear in ``image``."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode=preprocessing.interpolation, antialias=preprocessing.antialias,
+                         align_corners=False)
+
+
+def _to_levels(image: torch.Tensor) -> torch.Tensor:
+    """The preprocessing's rounding to 8-bit levels, gradients passed straight through (extractor.preprocess)."""
+    levels = (image * 255.0).round().clamp(0.0, 255.0) / 255.0
+    return image + (levels - image).detach()
+
+
+def _scaling_for_map(budget: torch.Tensor, per_channel: torch.Tensor, floor: float) -> float:
+    """`_scaling_for` of the unit budget ``budget`` (1, 1, H, W) x ``per_channel`` (1, 3, 1, 1), without making
+    it: its mean square is the map's times the channels' factors'."""
+    mse = float(torch.linalg.vector_norm(budget)) ** 2 / budget.numel() * float(per_channel.square().mean()) * 255 ** 2
+    return 255.0 / math.sqrt(mse * 10 ** (floor / 10))
 
 
 def _scaling_for(change: torch.Tensor, floor: float) -> float:

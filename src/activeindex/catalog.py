@@ -139,6 +139,8 @@ class Catalog:
             self._db.execute(_SCHEMA)
             self._db.execute(_REMOVED_SCHEMA)
             self._add_missing_columns()
+            # records found by their released file's C2PA manifest (service/c2pa.py); built once on older catalogs
+            self._db.execute("CREATE INDEX IF NOT EXISTS images_manifest_id ON images (manifest_id)")
 
     def _add_missing_columns(self) -> None:
         """Bring a catalog written by an earlier version up to the schema (another process may race us)."""
@@ -227,6 +229,11 @@ class Catalog:
             found |= dict(self._query(f"SELECT original_sha256, id FROM images WHERE original_sha256 IN "
                                       f"({', '.join('?' * len(chunk))})", chunk))
         return found
+
+    def find_manifest(self, manifest_id: str) -> int | None:
+        """The id of the image whose released file carries this C2PA manifest (``urn:c2pa:...``), if registered."""
+        rows = self._query("SELECT id FROM images WHERE manifest_id = ?", (manifest_id,))
+        return rows[0][0] if rows else None
 
     def activated_path_taken(self, path: str) -> bool:
         return bool(self._query("SELECT 1 FROM images WHERE activated_path = ?", (path,)))

@@ -149,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection")
     p.add_argument("images", nargs="+", help="image files or folders")
 
-    p = sub.add_parser("activate", parents=[common, ray], help="register and activate images, writing PNGs")
+    p = sub.add_parser("activate", parents=[common, ray],
+                       help="register and activate images, writing the files to release")
     p.add_argument("collection")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for the activated PNGs")
+    p.add_argument("--out", required=True, help="folder for the released (activated) files")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="'default' (scaling 2: about 41-45 dB PSNR on large photos, lower on small or textured "
                         "ones), 'paper' (Fernandez et al.: scaling 3, about 3 dB lower; exact float32 gradients "
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("collection")
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("-k", type=int_in(1, MAX_K), default=5, help=f"results per query, 1..{MAX_K} (default 5)")
+
+    p = sub.add_parser("fingerprint", parents=[common],
+                       help="print each image's fingerprint as a C2PA soft binding value (base64; no collection)")
+    p.add_argument("images", nargs="+", help="image files")
 
     p = sub.add_parser("remove", parents=[common], help="remove registered images (takedown)")
     p.add_argument("collection")
@@ -350,6 +355,28 @@ def _search_batch(collection: Collection, queries: list[str], k: int) -> list[di
     for entry in entries:
         if "error" not in entry:
             entry["matches"] = [m.to_dict() for m in next(found)]
+    return entries
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> list[dict]:
+    """One entry per image, in order: ``{"image", "alg", "value"}`` (binding.py), or ``{"image", "error"}`` for a
+    bad file. No collection: the default model (or --model), on the CPU unless --device says otherwise (the
+    alg's reference is onnxruntime on CPU); ``alg`` is null for a model the alg is not defined on."""
+    from .binding import ALG, defines, encode_binding
+    from .extractor import Extractor
+
+    extractor = Extractor(args.model or "sscd", device=args.device or "cpu")
+    alg = ALG if defines(extractor.model_id, extractor.preprocessing.to_dict()) else None
+    if alg is None:
+        logger.warning("%s is not the model %s is defined on: these values match only a collection built with it",
+                       extractor.model.name, ALG)
+    entries: list[dict] = []
+    for image in args.images:  # one at a time: a bad file fails alone, memory holds one image
+        try:
+            entries.append({"image": image, "alg": alg,
+                            "value": encode_binding(extractor.encode(extractor.load(image), progress=False))})
+        except ActiveIndexError as e:
+            entries.append({"image": image, "error": str(e)})
     return entries
 
 
@@ -564,6 +591,13 @@ def _print_search(results: list[dict]) -> None:
                   f"{m['original_path']}")
 
 
+def _print_fingerprints(results: list[dict]) -> None:
+    """``VALUE  IMAGE`` per good image, as sha256sum prints (failed images are reported on stderr)."""
+    for result in results:
+        if "error" not in result:
+            print(f"{result['value']}  {result['image']}")
+
+
 def _print_nothing(result: Any) -> None:
     """For commands whose output is their side effect (``serve``)."""
 
@@ -581,13 +615,16 @@ def _summarise_report(report: BatchReport) -> int:
     return 1 if report.failed else 0
 
 
-def _summarise_search(results: list[dict]) -> int:
-    """Failed queries one line each, then a summary on stderr; 1 if any query failed."""
-    failed = [r["error"] for r in results if "error" in r]
-    for error in failed:  # the error names the file
-        print(f"error: {error}", file=sys.stderr)
-    print(f"{len(results) - len(failed)} searched, {len(failed)} failed", file=sys.stderr)
-    return 1 if failed else 0
+def _summarise_each(done: str) -> Callable[[list[dict]], int]:
+    """Per-file commands (search, fingerprint): failed files one line each, then a summary on stderr
+    ("3 searched, 1 failed"); 1 if any file failed."""
+    def summarise(results: list[dict]) -> int:
+        failed = [r["error"] for r in results if "error" in r]
+        for error in failed:  # the error names the file
+            print(f"error: {error}", file=sys.stderr)
+        print(f"{len(results) - len(failed)} {done}, {len(failed)} failed", file=sys.stderr)
+        return 1 if failed else 0
+    return summarise
 
 
 def _succeeded(result: Any) -> int:
@@ -605,7 +642,8 @@ class Command(NamedTuple):
 
 COMMANDS = {"init": Command(cmd_init, _print_info), "add": Command(cmd_add, _print_report, _summarise_report),
             "activate": Command(cmd_activate, _print_report, _summarise_report),
-            "search": Command(cmd_search, _print_search, _summarise_search),
+            "search": Command(cmd_search, _print_search, _summarise_each("searched")),
+            "fingerprint": Command(cmd_fingerprint, _print_fingerprints, _summarise_each("fingerprinted")),
             "remove": Command(cmd_remove, _print_removal, _summarise_removal), "info": Command(cmd_info, _print_info),
             "calibrate": Command(cmd_calibrate, _print_calibration),
             "data": Command(cmd_data, _print_dict), "serve": Command(cmd_serve, _print_nothing),

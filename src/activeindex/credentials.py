@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from ._version import __version__
 from .errors import InvalidInputError
 from .imageio import read_file, write_atomically
 
-__all__ = ["SigningMaterial", "manifest_store", "active_manifest_id", "sign_activated", "validation", "ALGORITHMS",
-           "DESCRIPTION"]
+__all__ = ["SigningMaterial", "manifest_store", "active_manifest", "active_manifest_id", "sign_activated", "validation",
+           "ALGORITHMS", "DESCRIPTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,25 @@ def manifest_store(path: str | Path) -> bytes | None:
     if mime == "image/webp":
         return _riff_chunk(data, b"C2PA")
     return None
+
+
+def active_manifest(store: bytes) -> bytes:
+    """A manifest store (`manifest_store`) holding only its active manifest, the last one (C2PA 2.x, 11.1).
+
+    The ingredients' own manifests are left out, so a validator reports them missing
+    (``ingredient.manifest.missing``); the active manifest's claim and signature validate as before.
+
+    Raises:
+        InvalidInputError: not a C2PA manifest store.
+    """
+    boxes = list(_boxes(store, 0, len(store)))
+    at, size, header = boxes[0] if len(boxes) == 1 else (0, 0, 0)
+    children = list(_boxes(store, at + header, at + size))
+    if size != len(store) or store[at + header + 4:at + header + 12] != _JUMBF_C2PA or len(children) < 2:
+        raise InvalidInputError("not a C2PA manifest store (a JUMBF superbox of manifests)")
+    (desc_at, desc_size, _), (last_at, last_size, _) = children[0], children[-1]
+    body = store[desc_at:desc_at + desc_size] + store[last_at:last_at + last_size]
+    return struct.pack(">I", 8 + len(body)) + b"jumb" + body
 
 
 def active_manifest_id(path: str | Path) -> str | None:
@@ -251,6 +271,21 @@ def _jpeg_store(data: bytes) -> bytes | None:
         if box[12:20] == _JUMBF_C2PA:
             return box
     return None
+
+
+def _boxes(data: bytes, at: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(offset, size, header size) of the ISO BMFF / JUMBF boxes between ``at`` and ``end`` (a box: 4-byte size,
+    4-byte type, then an 8-byte size when the first is 1, or to the end when it is 0); stops at a malformed one."""
+    while at + 8 <= end:
+        (size,), header = struct.unpack_from(">I", data, at), 8
+        if size == 1 and at + 16 <= end:
+            (size,), header = struct.unpack_from(">Q", data, at + 8), 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield at, size, header
+        at += size
 
 
 def _one_line(error: Exception) -> str:

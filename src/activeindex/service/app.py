@@ -9,7 +9,7 @@ activations are jobs (service/jobs.py) in the collection's durable queue, run on
 collection's job runner process at a lower CPU priority, so searches keep being answered while it activates. Both
 are bounded: 503 + Retry-After when full. ``POST /v1/jobs`` queues a job of one or more images and
 answers 202 at once (``GET /v1/jobs/{id}`` follows it); ``POST /v1/activate`` queues a job of one image
-and waits for it, answering the PNG, unless the image is larger than ``sync_max_pixels`` (then: 202).
+and waits for it, answering the released file, unless the image is larger than ``sync_max_pixels`` (then: 202).
 Limits are enforced before work: the body size while it streams in (and from Content-Length), the
 token before an activation's body is read, the pixel count from image headers before decoding. No path
 from a request ever reaches the filesystem: uploads get names the server makes.
@@ -42,6 +42,7 @@ from ..credentials import SigningMaterial
 from ..errors import ActiveIndexError
 from ..imageio import load_image, sha256_bytes, sha256_file, write_atomically
 from . import http
+from .c2pa import c2pa_router
 from .jobs import ActivationWorker, discard_unregistered
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .queue import Job
@@ -166,7 +167,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
               responses={200: {"content": {t: {"schema": http.IMAGE_BODY} for t in http.RELEASED_TYPES.values()},
-                               "description": "the activated PNG; headers X-Image-Id and X-PSNR"},
+                               "description": "the released file; headers X-Image-Id, X-PSNR, X-Scaling"},
                          202: http.JOB_RESPONSE, **http.errors(400, 401, 403, 409, 413, 422, 500, 503)},
               max_body_size=config.max_upload_bytes + 64 * 1024,
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -264,6 +265,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             authorised(credentials, "metrics")
         return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(c2pa_router(collection, config, threshold, searches.run, require_reader))
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return resources.files(__package__).joinpath("static/index.html").read_text()
@@ -355,7 +358,7 @@ def _record(collection: Collection, image_id: int) -> Record:
 
 
 def _activated_file(record: Record) -> str:
-    """The activated PNG's path, checked: a file deleted on the server is a clear 404, not a 500."""
+    """The released file's path, checked: a file deleted on the server is a clear 404, not a 500."""
     if not Path(record.activated_path).is_file():
         raise HTTPException(404, f"image {record.id}: its activated file {Path(record.activated_path).name} is "
                                  "missing on the server; the operator must restore it")

@@ -97,7 +97,7 @@ class Job:
     total: int  # input files
     done: int  # input files handled so far (activated, skipped or failed)
     inputs: list[str]  # the image files to activate
-    out_dir: str  # where the activated PNGs go
+    out_dir: str  # where the released files go
     config: dict  # ActivationConfig.to_dict()
     result: dict | None = None  # BatchReport.to_dict() once done
     error: str | None = None  # one line, when the job as a whole failed
@@ -185,7 +185,7 @@ class JobQueue:
 
         Args:
             inputs: image files (at least one).
-            out_dir: the folder for the activated PNGs.
+            out_dir: the folder for the released files.
             config: activation settings, stored with the job.
             max_pending: refuse when this many jobs are already queued or running (None: no limit).
 
