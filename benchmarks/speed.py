@@ -1,17 +1,20 @@
-"""Throughput of the two hot paths, today's (--baseline) and the current one side by side in ONE run.
+"""Throughput of the hot paths, the earlier ones (--baseline) and the current ones side by side in ONE run.
 
   embedding   end to end from JPEG files on disk (decode, resize, network), images/s:
               512-px telescope photos (Stellarium, saved as JPEG q90 once) and full-size wallpapers
-  activation  512x768 crops and full-size wallpapers (decoding excluded), images/s, with what each path
-              buys: cosine gain towards the target, the share of edited copies in their original's IVF cell
-              (the paper's photometric edits plus rotation 25 and centre crop), PSNR; 95 % bootstrap
-              intervals over photos (sample sizes printed)
+  activation  512x768 crops, full-size wallpapers (median >= 9 MP) and the largest real photos resized to
+              24 MP (decoding excluded): images/s and the peak RSS an image adds, with what each path buys:
+              cosine gain towards the target, the share of edited copies in their original's IVF cell (the
+              paper's photometric edits plus rotation 25 and centre crop), PSNR; 95 % bootstrap intervals over
+              photos (sample sizes printed). Paths: "now" (activation.py) and, with --baseline, "autograd"
+              (the same optimisation with its full-resolution chain under autograd, as before the fused step)
   PNG         encoding time and size of the activated photos at zlib levels 6 (before) and 1 (now)
 
 Photos are seeded random draws (one file per wallpaper, its largest), never a file-order prefix. Usage:
 
-    python benchmarks/speed.py --baseline [--device auto|cpu|cuda] [--activate 12] [--full-size 4]
+    python benchmarks/speed.py --baseline [--device auto|cpu|cuda] [--activate 12] [--full-size 4] [--large 2]
         [--photos GLOB] [--wallpapers GLOB ...]   # elsewhere than Debian with the photo packages
+    python benchmarks/speed.py --tiny         # two small images per case: checks that it runs (tests, CI)
 """
 from __future__ import annotations
 
@@ -21,23 +24,28 @@ import glob
 import io
 import os
 import platform
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from activeindex import ActivationConfig, Activator, Codec, Extractor
+from activeindex.activation import Optimized, _init_delta, _to_uint8
 from activeindex.bench.metrics import mean_interval
 from activeindex.edits import apply_edit
+from activeindex.extractor import preprocess, to_tensor
 from activeindex.imageio import PNG_COMPRESS_LEVEL
+from activeindex.perceptual import jnd_heatmap
 
 NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
 WALLPAPERS = ["/usr/share/wallpapers/*/contents/images/*.jpg", "/usr/share/backgrounds/mate/**/*.jpg"]
-# today's activation path before issue 10: the exact (ste) graph in float32, 10 iterations
-BASELINE = ActivationConfig(gradient="ste", precision="float32", iterations=10)
+LARGE_PIXELS = 24_000_000  # the 24 MP case: the largest real photos, resized to this
 EDITS = ["contrast_0.5", "contrast_2.0", "brightness_0.5", "brightness_2.0", "hue_0.2", "blur_11", "jpeg_50",
          "rotation_25", "center_crop_0.5"]
 
@@ -92,42 +100,92 @@ def embedding(extractor: Extractor, paths: list[str], label: str, repeats: int =
     return vectors[2]
 
 
+class AutogradActivator(Activator):
+    """The optimisation before the fused step (--baseline): the same loss and steps, its full-resolution chain
+    (tanh, the budget, the sum with the original, the resize, the MSE) under autograd."""
+
+    def optimize(self, images, targets, seeds=(), releases=None):
+        cfg, device = self.config, self.extractor.device
+        originals, targets = [to_tensor(image).to(device) for image in images], targets.to(device)
+        std, alpha = self._std.to(device), self._alpha.to(device)
+        budgets = [cfg.scaling * jnd_heatmap(o, cfg.jnd_padding) * alpha * std for o in originals]
+        deltas = [_init_delta(o.shape[1:], cfg.seed + int(s)).to(device).requires_grad_(True)
+                  for o, s in zip(originals, seeds or range(len(originals)))]
+        optimizer = torch.optim.Adam(deltas, lr=cfg.lr, fused=True)
+        for _ in range(cfg.iterations):
+            optimizer.zero_grad()
+            changes = [b * torch.tanh(d) for b, d in zip(budgets, deltas)]
+            inputs = torch.cat([preprocess(o + c, self.extractor.preprocessing) for o, c in zip(originals, changes)])
+            cosine = F.cosine_similarity(self.extractor.embed_preprocessed(inputs, cfg.gradient, self._precision),
+                                         targets, dim=1)
+            mse = torch.stack([(c / std).square().mean() for c in changes])
+            (-cosine + cfg.lambda_mse * mse).sum().backward()
+            optimizer.step()
+        with torch.no_grad():
+            lossless = [_to_uint8(o + b * torch.tanh(d)) for o, b, d in zip(originals, budgets, deltas)]
+        return [Optimized(image, cfg.scaling, image, None) for image in lossless]
+
+
+class PeakRSS:
+    """The largest resident set size while the block runs, above what it was before (sampled every 20 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.process, self.stop = psutil.Process(), threading.Event()
+        self.before = self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.added = max(0, self.peak - self.before)
+
+
 def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], label: str,
-               configs: dict[str, ActivationConfig]) -> dict[str, list]:
-    """Each config on the same images (timed after a one-image warm-up), with gain, cell agreement, PSNR."""
+               paths: dict[str, Activator]) -> dict[str, list]:
+    """Each path on the same images, one at a time (timed after a small warm-up), with gain, cell agreement,
+    PSNR and the peak RSS an image adds."""
     originals = extractor.encode_arrays(images)
     original_cells = codec.cells(originals)
     h, w = images[0].shape[:2] if len({im.shape for im in images}) == 1 else (0, 0)
     megapixels = np.median([im.shape[0] * im.shape[1] for im in images]) / 1e6
-    size = f"{h}x{w}" if h else f"full size, median {megapixels:.1f} MP"
+    size = f"{h}x{w}, {megapixels:.1f} MP" if h else f"full size, median {megapixels:.1f} MP"
     print(f"activation  {label}: {len(images)} photos ({size}), codec IVF{codec.nlist},PQ8x8, {len(EDITS)} edits "
           "per photo for the cell agreement")
-    results, rates = {}, {}
-    for name, config in configs.items():
-        activator = Activator(extractor, codec, replace(config, batch_size=len(images)))
-        activator.activate(images[:1], progress=False)  # warm-up: graph conversion, allocations
-        start = time.perf_counter()
-        results[name] = activator.activate(images, progress=False)
+    results, rates, memory = {}, {}, {}
+    for name, activator in paths.items():
+        activator.activate([images[0][:256, :384]], progress=False)  # warm-up: graph conversion, allocations
+        start, results[name], memory[name] = time.perf_counter(), [], []
+        for image in images:
+            with PeakRSS() as peak:
+                results[name] += activator.activate([image], progress=False)
+            memory[name].append(peak.added)
         _sync(extractor.device)
         rates[name] = len(images) / (time.perf_counter() - start)
-    for name, config in configs.items():
+    for name, activator in paths.items():
+        config = activator.config
         gain = np.array([r.cos_after - r.cos_before for r in results[name]])
         edited = [[apply_edit(edit, r.image, seed=i) for edit in EDITS] for i, r in enumerate(results[name])]
         cells = codec.cells(extractor.encode_arrays([e for per_image in edited for e in per_image]))
         same_cell = (cells.reshape(len(images), len(EDITS)) == original_cells[:, None]).astype(float)
         psnr = np.array([r.psnr for r in results[name]])
         print(f"  {name:28s} {rates[name]:6.2f} img/s  gain {gain.mean():+.4f} {_ci(gain, 4)}  edited copies in "
-              f"cell {same_cell.mean():.3f} {_ci(same_cell, 3)}  PSNR {psnr.mean():.2f} dB {_ci(psnr, 2)}  "
-              f"({config.gradient}, {config.precision}, {config.iterations} it)")
-    names = list(configs)
-    if "baseline" in configs and len(names) > 1:
-        now = names[1]
-        now_gain = np.array([r.cos_after - r.cos_before for r in results[now]])
-        base_gain = np.array([r.cos_after - r.cos_before for r in results["baseline"]])
-        difference = now_gain - base_gain
-        print(f"  {now} vs baseline: {rates[now] / rates['baseline']:.2f}x img/s; gain difference "
-              f"{difference.mean():+.4f} {_ci(difference, 4)} ({difference.mean() / np.mean(base_gain):+.1%}); PSNR "
-              f"difference {np.mean([a.psnr - b.psnr for a, b in zip(results[now], results['baseline'])]):+.2f} dB")
+              f"cell {same_cell.mean():.3f} {_ci(same_cell, 3)}  PSNR {psnr.mean():.2f} dB {_ci(psnr, 2)}  peak "
+              f"RSS +{max(memory[name]) / 1e6:.0f} MB an image ({config.gradient}, {config.precision}, "
+              f"{config.iterations} it)")
+    if {"autograd", "now"} <= set(paths):
+        gain = {n: np.array([r.cos_after - r.cos_before for r in results[n]]) for n in ("now", "autograd")}
+        cells = {n: results[n] for n in ("now", "autograd")}
+        difference = gain["now"] - gain["autograd"]
+        psnr = np.mean([a.psnr - b.psnr for a, b in zip(cells["now"], cells["autograd"])])
+        print(f"  now vs autograd: {rates['now'] / rates['autograd']:.2f}x img/s; gain difference "
+              f"{difference.mean():+.4f} {_ci(difference, 4)} ({difference.mean() / np.mean(gain['autograd']):+.1%});"
+              f" PSNR difference {psnr:+.2f} dB")
     return results
 
 
@@ -156,10 +214,12 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--baseline", action="store_true", help="also run today's paths (before issue 10)")
+    parser.add_argument("--baseline", action="store_true", help="also run the earlier paths")
+    parser.add_argument("--tiny", action="store_true", help="two small images per case: that the script runs")
     parser.add_argument("--embed", type=int, default=300, help="512-px JPEG queries to embed")
     parser.add_argument("--activate", type=int, default=12, help="512x768 photos to activate")
     parser.add_argument("--full-size", type=int, default=4, help="full-size photos to activate")
+    parser.add_argument("--large", type=int, default=2, help="24 MP photos to activate")
     parser.add_argument("--iterations", default="4,6", help="extra iteration counts of the current path (gain per "
                                                              "iteration), on the 512x768 photos")
     parser.add_argument("--cache", default=str(Path.home() / ".cache/activeindex/speed"))
@@ -167,6 +227,8 @@ def main() -> None:
                                                           "are, others saved as JPEG q90 once)")
     parser.add_argument("--wallpapers", nargs="+", default=WALLPAPERS, help="globs of the full-size photos")
     args = parser.parse_args()
+    if args.tiny:
+        args.embed, args.activate, args.full_size, args.large, args.iterations = 40, 2, 2, 0, ""
 
     extractor = Extractor(device=args.device)
     device = extractor.device
@@ -174,21 +236,45 @@ def main() -> None:
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     queries = embedding(extractor, query_jpegs(args.embed, Path(args.cache), args.photos), "512-px photos")
-    embedding(extractor, wallpapers(24, 1, args.wallpapers), "full-size wallpapers")
-    codec = Codec.create("IVF32,PQ8x8", extractor.dim)  # 300 real vectors: coarse, enough to compare two paths
+    embedding(extractor, wallpapers(4 if args.tiny else 24, 1, args.wallpapers), "full-size wallpapers")
+    codec = Codec.create("IVF8,PQ8x8" if args.tiny else "IVF32,PQ8x8", extractor.dim)  # real vectors: coarse
     codec.train(queries)
 
-    configs = {"baseline": BASELINE} if args.baseline else {}
-    configs["now"] = ActivationConfig()
+    def paths(config: ActivationConfig = ActivationConfig()) -> dict[str, Activator]:
+        now = {"now": Activator(extractor, codec, config)}
+        return ({"autograd": AutogradActivator(extractor, codec, config)} if args.baseline else {}) | now
+
     crops = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (768, 512), Image.BICUBIC))
              for p in wallpapers(args.activate, 2, args.wallpapers)]
-    extra = {f"now, {n} iterations": replace(ActivationConfig(), iterations=int(n))
+    extra = {f"now, {n} iterations": Activator(extractor, codec, replace(ActivationConfig(), iterations=int(n)))
              for n in args.iterations.split(",") if n}
-    results = activation(extractor, codec, crops, "512x768", configs | extra)
-    full = [np.asarray(Image.open(p).convert("RGB")) for p in wallpapers(args.full_size, 3, args.wallpapers)]
-    full_results = activation(extractor, codec, full, "full size", configs)
+    results = activation(extractor, codec, crops, "512x768", paths() | extra)
+    side = 384 if args.tiny else None  # --tiny: full-size photos reduced, so that the script runs in seconds
+    full = [_photo(p, side) for p in wallpapers(args.full_size, 3, args.wallpapers)]
+    full_results = activation(extractor, codec, full, "full size", paths())
+    if args.large:
+        large = [_photo(p, pixels=LARGE_PIXELS) for p in largest(args.large, args.wallpapers)]
+        activation(extractor, codec, large, "24 MP (the largest real photos, resized)", paths())
     png_levels([r.image for r in results["now"]], "512x768")
     png_levels([r.image for r in full_results["now"]], "full size")
+
+
+def largest(n: int, patterns: list[str]) -> list[str]:
+    """The n largest real photos (by pixel count) among ``patterns``."""
+    files = {p for pattern in patterns for p in glob.glob(pattern, recursive=True)}
+    return sorted(files, key=lambda p: -np.prod(Image.open(p).size))[:n]
+
+
+def _photo(path: str, short_side: int | None = None, pixels: int | None = None) -> np.ndarray:
+    """A photo as it is, or with its shorter side ``short_side``, or resized to about ``pixels`` pixels."""
+    image = Image.open(path).convert("RGB")
+    if short_side:
+        scale = short_side / min(image.size)
+    elif pixels:
+        scale = (pixels / (image.width * image.height)) ** 0.5
+    else:
+        return np.asarray(image)
+    return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
 
 
 def _cpu_name() -> str:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,6 @@ import torch
 from activeindex import ActivationConfig, Activator, get_preset
 from activeindex.edits import apply_edit
 from activeindex.errors import InvalidInputError, UnknownNameError
-from activeindex.extractor import to_tensor
 from activeindex.transforms import EDIT_FAMILIES
 
 FAST = ActivationConfig(iterations=5)  # fewer iterations keep the suite fast; defaults otherwise
@@ -112,7 +113,7 @@ def test_mixed_resolutions_of_one_aspect_share_a_batch(extractor, codec, small_p
     activator = Activator(extractor, codec, dataclasses.replace(FAST, iterations=3, precision="float32"))
     assert activator._batches([small, large, small_photos[1]]) == [[0, 1], [2]]
     together = activator.activate([small, large])
-    alone = activator.optimize([to_tensor(large)], torch.from_numpy(codec.targets(
+    alone = activator.optimize([large], torch.from_numpy(codec.targets(
         extractor.encode_arrays([large]), "index")), seeds=[1])[0][0]
     assert together[1].image.shape == large.shape
     assert np.abs(together[1].image.astype(int) - alone).max() <= 1
@@ -180,3 +181,44 @@ def test_targets_come_from_the_descriptor_as_the_index_stores_it(extractor, code
     np.testing.assert_array_equal(asked[0], rounded)
     np.testing.assert_array_equal(np.stack([r.descriptor for r in results]), rounded)
     assert not np.array_equal(rounded, exact)  # the test would not see a float32 target
+
+
+def test_activating_a_24_megapixel_photo_fits_in_1_5_gb_above_the_loaded_model(tmp_path):
+    """Measured, in a process of its own: the peak RSS while activating a real photo at 6000 x 4000 (one
+    iteration: every full-resolution buffer is made in the first), above the process's peak once the model,
+    the codec and a small activation have run."""
+    script = """
+import glob, resource, sys
+import numpy as np
+from PIL import Image
+from activeindex import ActivationConfig, Activator, Codec, Extractor
+from activeindex.activation import activation_memory
+photo = np.asarray(Image.open(sys.argv[1]).convert("RGB").resize((6000, 4000), Image.BICUBIC))
+extractor = Extractor(device="cpu")
+codec = Codec.create("IVF8,PQ8x4", 512)
+codec.train(extractor.encode(sorted(glob.glob("/usr/share/stellarium/nebulae/default/*.png"))[:320], progress=False))
+activator = Activator(extractor, codec, ActivationConfig(iterations=1))
+activator.activate([photo[:500, :750]])
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+[result] = activator.activate([photo])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(peak - baseline, activation_memory(photo.shape[0] * photo.shape[1]), result.psnr)
+"""
+    photo = "/usr/share/backgrounds/mate/abstract/Elephants_5640x3172.jpg"
+    out = subprocess.run([sys.executable, "-c", script, photo], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth, estimate, psnr = (float(v) for v in out.stdout.split())
+    print(f"24 MP activation: peak RSS +{growth / 1e6:.0f} MB (the estimate the service admits by: "
+          f"{estimate / 1e6:.0f} MB)")
+    assert growth <= 1.5e9 and psnr > 35
+    assert growth <= estimate  # `activation_memory` bounds what was measured
+
+
+def test_batches_are_cut_to_the_memory_budget(extractor, codec):
+    """Full-size photos are not optimised sixteen at a time on a small server: the batch fits the budget."""
+    from activeindex.activation import activation_memory
+
+    photos = [np.zeros((1000, 1500, 3), np.uint8)] * 3
+    two = 2 * activation_memory(1000 * 1500)
+    assert Activator(extractor, codec, FAST, memory=two)._batches(photos) == [[0, 1], [2]]
+    assert Activator(extractor, codec, FAST)._batches(photos) == [[0, 1, 2]]

@@ -475,3 +475,22 @@ def _quiet(root: Path) -> None:
         assert time.monotonic() < deadline, "jobs still pending"
         time.sleep(0.1)
     queue.close()
+
+
+def test_an_activation_larger_than_the_memory_budget_is_refused(tmp_path, training_npy, small_photos):
+    """--activation-memory: an image whose activation would need more is refused from its header (413)."""
+    (tmp_path / "originals").mkdir()
+    served_collection(tmp_path / "col", tmp_path / "originals", small_photos, training_npy)
+    process, url = start_server(tmp_path / "col", None, "--activation-memory", "0.5")
+    try:
+        big = np.asarray(Image.fromarray(small_photos[0]).resize((3000, 3000)))  # ~0.7 GB to activate
+        refused = httpx.post(f"{url}/v1/jobs", files={"images": ("big.jpg", _png(big, "JPEG"))}, headers=READ,
+                             timeout=60)
+        assert refused.status_code == 413
+        assert refused.json()["detail"].startswith("big.jpg: activating 3000x3000 pixels needs about 0.7 GB; "
+                                                   "this server allows 0.5 GB (--activation-memory)")
+        small = httpx.post(f"{url}/v1/jobs", files={"images": ("small.png", _png(small_photos[4]))},
+                           headers=READ, timeout=60)
+        assert small.status_code == 202
+    finally:
+        stop_server(process)

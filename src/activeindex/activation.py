@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .codec import Codec
 from .config import PRESETS, ActivationConfig, get_preset
 from .extractor import IMAGENET_STD, Extractor, preprocess, preprocessed_size, to_tensor
-from .perceptual import jnd_heatmap, psnr, quality
+from .perceptual import jnd_heatmap, psnr, quality, row_blocks
 from .progress import progress_bar
 from .release import Release
 from .transforms import random_edit
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FILL = 2.0  # a PSNR floor may scale the optimised change up to 2x (6 dB) to spend what it allows
 MAX_FLOOR_STEPS = 30  # shrinking steps towards a PSNR floor before the release format itself is blamed
+ACTIVATION_BYTES_PER_PIXEL = 56  # an upper bound of the measured peak (`activation_memory`)
+ACTIVATION_FIXED_BYTES = 200e6  # the network's activations and gradients at 288 px, per image
 
 
 @dataclass
@@ -82,9 +84,10 @@ class Activator:
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig = ActivationConfig(),
-                 stored_dtype: str = "float32"):
+                 stored_dtype: str = "float32", memory: float | None = None):
         self.extractor, self.codec, self.config = extractor, codec, config
         self.stored_dtype = np.dtype(stored_dtype)
+        self.memory = memory  # bytes a batch may use (`activation_memory`); None: batch_size alone decides
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self._alpha = torch.tensor(config.alpha_c).view(1, 3, 1, 1)
         self._precision = compute_dtype(config.precision, extractor.device)
@@ -109,7 +112,7 @@ class Activator:
         out: list[Optimized | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):
-            activated = self.optimize([to_tensor(images[i]) for i in idx], torch.from_numpy(targets[idx]), seeds=idx,
+            activated = self.optimize([images[i] for i in idx], torch.from_numpy(targets[idx]), seeds=idx,
                                       releases=[releases[i] for i in idx])
             for i, result in zip(idx, activated):
                 out[i] = result
@@ -118,20 +121,34 @@ class Activator:
         return self._assess(images, out, releases, descriptors, targets)
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
-        """Indices grouped by the size the network sees (one aspect ratio, any resolution), in chunks of
-        ``batch_size``: mixed-size uploads still fill the network's batches."""
+        """Indices grouped by the size the network sees (one aspect ratio, any resolution), in chunks of at most
+        ``batch_size`` whose `activation_memory` fits ``memory``: mixed-size uploads still fill the network's
+        batches, and full-size photos are not optimised sixteen at a time on a small server."""
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(preprocessed_size(image.shape[:2], self.extractor.preprocessing), []).append(i)
-        size = self.config.batch_size
-        return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
+        batches = []
+        for group in groups.values():
+            batch, used = [], 0.0
+            for i in group:
+                need = activation_memory(images[i].shape[0] * images[i].shape[1])
+                if batch and (len(batch) == self.config.batch_size or (self.memory and used + need > self.memory)):
+                    batches.append(batch)
+                    batch, used = [], 0.0
+                batch.append(i)
+                used += need
+            batches.append(batch)
+        return batches
 
-    def optimize(self, images: Sequence[torch.Tensor], targets: torch.Tensor, seeds: Sequence[int] = (),
+    def optimize(self, images: Sequence[np.ndarray], targets: torch.Tensor, seeds: Sequence[int] = (),
                  releases: Sequence[Release] | None = None) -> list[Optimized]:
         """Run the optimisation on images that the network sees at one size.
 
+        Memory per image, at full resolution: the budget map (1 channel), delta, its gradient and Adam's two
+        moments (3 channels, float32 each), and row blocks; the original stays 8-bit.
+
         Args:
-            images: (1, 3, H_i, W_i) float in [0, 1], each at its full resolution.
+            images: (H_i, W_i, 3) uint8, each at its full resolution.
             targets: (B, d) float target descriptors.
             seeds: one extra seed per image (its position), so results do not depend on batching.
             releases: how each is released (default: PNG); a PSNR floor holds on the released file.
@@ -140,18 +157,16 @@ class Activator:
             B `Optimized`: the released pixels, the scaling each got, the lossless result, the lossy bytes.
         """
         releases = list(releases or [Release()] * len(images))
-        cfg, device = self.config, self.extractor.device
-        originals, targets = [image.to(device) for image in images], targets.to(device)
+        cfg, device, preprocessing = self.config, self.extractor.device, self.extractor.preprocessing
+        targets = targets.to(device)
         per_channel = (self._alpha * self._std).to(device)  # alpha_c and the normalisation, folded: (1, 3, 1, 1)
-        maps = [jnd_heatmap(image, cfg.jnd_padding) for image in originals]  # (1, 1, H, W): the budget's shape
+        size = preprocessed_size(images[0].shape[:2], preprocessing)
+        maps, views_of_originals = map(list, zip(*[self._budget_and_view(image, size) for image in images]))
         scalings = [cfg.scaling if cfg.psnr is None else _scaling_for_map(m, per_channel, cfg.psnr) for m in maps]
         for m, s in zip(maps, scalings):
             m.mul_(s)  # one precomputed map: JND x scaling; the channels' factors stay a (1, 3, 1, 1) vector
-        preprocessing = self.extractor.preprocessing
-        size = preprocessed_size(originals[0].shape[-2:], preprocessing)
-        views_of_originals = [_resize(o, size, preprocessing) for o in originals]  # resize(o + c) = resize(o) + ...
-        deltas = [_init_delta(image.shape[1:], cfg.seed + int(s)).to(device).requires_grad_(True)
-                  for image, s in zip(originals, seeds or range(len(originals)))]
+        deltas = [_init_delta((3, *image.shape[:2]), cfg.seed + int(s)).to(device).requires_grad_(True)
+                  for image, s in zip(images, seeds or range(len(images)))]
         edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         # elementwise, so each image's steps are its own; fused: one pass over full-resolution tensors, not ten
         optimizer = torch.optim.Adam(deltas, lr=cfg.lr, fused=True)
@@ -171,11 +186,19 @@ class Activator:
             optimizer.step()
         del optimizer  # its full-resolution moments are not needed to compose the result
         with torch.no_grad():
-            changes = [torch.tanh(d).mul_(m).mul_(per_channel) for d, m in zip(deltas, maps)]
-            del deltas, maps
-            if cfg.psnr is None:
-                return [_release(_to_uint8(o + c), s, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
-            return [_meet_floor(o, c, s, cfg.psnr, r) for o, c, s, r in zip(originals, changes, scalings, releases)]
+            results = []
+            for i, (image, s, r) in enumerate(zip(images, scalings, releases)):  # one image's change at a time
+                change = torch.tanh(deltas[i]).mul_(maps[i]).mul_(per_channel)
+                deltas[i] = maps[i] = None  # freed as we go
+                results.append(_release(_compose(image, change), s, r) if cfg.psnr is None
+                               else _meet_floor(image, change, s, cfg.psnr, r))
+            return results
+
+    def _budget_and_view(self, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's JND map (1, 1, H, W) and what the network sees of it (resized, not rounded); the
+        full-resolution float copy is freed on return."""
+        original = to_tensor(image).to(self.extractor.device)
+        return jnd_heatmap(original, self.config.jnd_padding), _resize(original, size, self.extractor.preprocessing)
 
     def _assess(self, images, activated: list[Optimized], releases: list[Release], descriptors,
                 targets) -> list[ActivatedImage]:
@@ -204,6 +227,13 @@ class Activator:
         cells = self.codec.cells(after) == self.codec.cells(descriptors)
         codes = (self.codec.codes(after) == self.codec.codes(descriptors)).all(axis=1)
         return list(zip(cells.tolist(), codes.tolist()))
+
+
+def activation_memory(pixels: int) -> float:
+    """Bytes that activating one image of ``pixels`` pixels needs at most, above the loaded model: measured
+    (tests/test_activation.py) at about 50 bytes a pixel at full size (delta, its gradient, Adam's moments,
+    the budget map, the original), plus the network's batch at 288 px."""
+    return ACTIVATION_BYTES_PER_PIXEL * pixels + ACTIVATION_FIXED_BYTES
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -244,7 +274,7 @@ class _Change(torch.autograd.Function):
         delta, budget, per_channel, mse_weight = ctx.saved_tensors
         grad = _resize_gradient(grad_seen, delta.shape, ctx.preprocessing)
         mse_factor = (2.0 * grad_mse / delta.numel()) * mse_weight.view(1, -1, 1, 1)
-        for rows in _row_blocks(delta.shape[-2], delta.shape[-1]):
+        for rows in row_blocks(delta.shape[-2], delta.shape[-1]):
             t = torch.tanh(delta[..., rows, :])
             unit = budget[..., rows, :] * per_channel  # d change / d tanh
             change = unit * t
@@ -264,12 +294,6 @@ def _resize_gradient(grad_seen: torch.Tensor, shape: torch.Size, preprocessing) 
     with torch.enable_grad():  # any other resize: its gradient does not depend on the input (linear)
         probe = torch.zeros(shape, dtype=grad_seen.dtype, device=grad_seen.device, requires_grad=True)
         return torch.autograd.grad(_resize(probe, tuple(grad_seen.shape[-2:]), preprocessing), probe, grad_seen)[0]
-
-
-def _row_blocks(height: int, width: int, values: int = 1 << 20) -> list[slice]:
-    """Row ranges of about ``values`` pixels each (bounded temporaries at any image size)."""
-    step = max(1, values // max(1, width))
-    return [slice(start, min(height, start + step)) for start in range(0, height, step)]
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int], preprocessing) -> torch.Tensor:
@@ -308,7 +332,7 @@ def _release(lossless: np.ndarray, scaling: float, release: Release) -> Optimize
     return Optimized(image, scaling, lossless, encoded)
 
 
-def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, floor: float,
+def _meet_floor(original: np.ndarray, change: torch.Tensor, scaling: float, floor: float,
                 release: Release) -> Optimized:
     """The released result whose change costs ``floor`` dB and no more: the change is scaled to spend exactly
     the floor (up to `MAX_FILL` times when the optimiser left part of the budget unused, as it does at lr < 1),
@@ -316,9 +340,9 @@ def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, fl
     even an unchanged image misses it (a lossy release costs more than the floor on its own), the unchanged
     image is released, and its PSNR says so."""
     factor = min(MAX_FILL, _scaling_for(change, floor)) if bool(change.any()) else 1.0
-    reference = _to_uint8(original)
+    reference = original
     for _ in range(MAX_FLOOR_STEPS):
-        result = _release(_to_uint8(original + factor * change), scaling * factor, release)
+        result = _release(_compose(original, change, factor), scaling * factor, release)
         achieved = psnr(result.image, reference)
         if achieved >= floor:
             return result
@@ -326,6 +350,16 @@ def _meet_floor(original: torch.Tensor, change: torch.Tensor, scaling: float, fl
     logger.warning("a %s release at quality %s costs more than the %.1f dB floor on its own", release.format,
                    release.quality, floor)
     return _release(reference, 0.0, release)
+
+
+def _compose(original: np.ndarray, change: torch.Tensor, factor: float = 1.0) -> np.ndarray:
+    """``original`` (H, W, 3) uint8 plus ``factor`` x ``change`` (1, 3, H, W), as the 8-bit file will hold it,
+    composed in row blocks."""
+    out = np.empty_like(original)
+    for rows in row_blocks(*original.shape[:2]):
+        block = torch.from_numpy(original[rows]).to(change.device).permute(2, 0, 1)[None].float().div_(255.0)
+        out[rows] = _to_uint8(block.add_(change[..., rows, :], alpha=factor))
+    return out
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

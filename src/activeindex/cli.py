@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let anyone read records, activated files and jobs (default: the token is needed; the "
                         "thumbnail of a passive reference, never published, always needs it)")
     p.add_argument("--public-metrics", action="store_true", help="let anyone read /metrics (default: the token)")
+    p.add_argument("--activation-memory", type=finite_float(above=0), default=4.0, metavar="GB",
+                   help="memory an activation batch may use, in GB (default 4: a 64-megapixel photo); images that "
+                        "need more are refused (413), batches are cut to fit")
     p.add_argument("--c2pa-sign", nargs=2, default=None, metavar=("CERT", "KEY"),
                    help="sign every released file's Content Credentials (as for activate)")
     p.add_argument("--c2pa-trust", default=None, metavar="ROOTS", help="as for activate")
@@ -420,7 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         logger.warning("no token given: writes need this one-time token: %s", token)
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
                            ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
-                           signing=_signing(args))
+                           signing=_signing(args), activation_memory=args.activation_memory * 1e9)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs

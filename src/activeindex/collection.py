@@ -225,7 +225,8 @@ class Collection:
     def activate(self, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  config: ActivationConfig = ActivationConfig(), progress: bool | None = None,
                  ray: str | None = None, workers: int | None = None,
-                 on_batch: BatchCallback | None = None, signing: SigningMaterial | None = None) -> BatchReport:
+                 on_batch: BatchCallback | None = None, signing: SigningMaterial | None = None,
+                 memory: float | None = None) -> BatchReport:
         """Register and activate images, writing the files to release to ``out_dir``.
 
         The ORIGINAL descriptor is indexed; the catalog records the sha256 of each written file. Each file is
@@ -240,6 +241,8 @@ class Collection:
             progress: progress bar.
             ray, workers, on_batch: as in `add`.
             signing: sign each released file's Content Credentials (C2PA), its original as the ingredient.
+            memory: bytes an activation batch may use (`activation.activation_memory` per image); None: the
+                batch size alone decides.
 
         Returns:
             a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement, and
@@ -252,21 +255,22 @@ class Collection:
         self._require_trained()
         out_dir.mkdir(parents=True, exist_ok=True)
         ingest.remove_stale_staged(out_dir)
-        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch, signing)
+        return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch, signing,
+                            memory)
 
     def _ingest(self, images, batch_size: int, config: ActivationConfig | None, out_dir: Path | None,
-                progress: bool | None, ray: str | None, workers: int | None,
-                on_batch: BatchCallback | None, signing: SigningMaterial | None = None) -> BatchReport:
+                progress: bool | None, ray: str | None, workers: int | None, on_batch: BatchCallback | None,
+                signing: SigningMaterial | None = None, memory: float | None = None) -> BatchReport:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
         stored, run = self.catalog.descriptor_dtype.name, ingest.run_tag()
         if ray is None:
-            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run, signing)
+            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run, signing, memory)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
 
             def prepare(batches, pool):
                 return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers,
-                                      stored, run, signing)
+                                      stored, run, signing, memory)
         def commit(prepared: list[Prepared], report: BatchReport) -> None:
             self.commit(prepared, out_dir, report)
 

@@ -171,15 +171,17 @@ class Preparer:
         stored_dtype: how the catalog stores descriptors (the activation targets the code it will index).
         run: the run's `run_tag`, part of every staged name (which run, of which process, wrote it).
         signing: sign each released file's Content Credentials (C2PA), the original as its ingredient.
+        memory: bytes a batch of activations may use (`activation.activation_memory`); None: no limit.
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
                  out_dir: str | os.PathLike | None = None, writer: Executor | None = None,
-                 stored_dtype: str = "float16", run: str | None = None, signing: SigningMaterial | None = None):
+                 stored_dtype: str = "float16", run: str | None = None, signing: SigningMaterial | None = None,
+                 memory: float | None = None):
         self.extractor, self.config, self.writer, self.signing = extractor, config, writer, signing
         self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.activator = Activator(extractor, codec, config, stored_dtype) if config is not None else None
+        self.activator = Activator(extractor, codec, config, stored_dtype, memory) if config is not None else None
 
     def __call__(self, batch: list[Prepared]) -> list[Prepared]:
         ready = [p for p in batch if p.error is None]
@@ -231,12 +233,13 @@ def _write_staged(item: Prepared, result: ActivatedImage, release: Release, sign
 
 
 def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-                 stored_dtype: str, run: str, signing: SigningMaterial | None = None) -> Prepare:
+                 stored_dtype: str, run: str, signing: SigningMaterial | None = None,
+                 memory: float | None = None) -> Prepare:
     """The in-process executor: the pool's two threads decode the next batch and write this one's files while
     the model runs."""
     def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
         preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype, run=run,
-                            signing=signing)
+                            signing=signing, memory=memory)
         return map(preparer, read_ahead(batches, functools.partial(_read_planned, limits=extractor.limits), pool))
     return prepare
 

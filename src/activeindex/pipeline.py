@@ -65,14 +65,16 @@ class WorkerSpec:
     stored_dtype: str  # how the catalog stores descriptors
     run: str  # the driver's run tag (ingest.run_tag), in the staged files' names
     signing: SigningMaterial | None  # Content Credentials (every node sees the files at the same paths)
+    memory: float | None  # bytes an activation batch may use
 
     @classmethod
     def of(cls, extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
-           threads: int, stored_dtype: str, run: str, signing: SigningMaterial | None) -> WorkerSpec:
+           threads: int, stored_dtype: str, run: str, signing: SigningMaterial | None,
+           memory: float | None = None) -> WorkerSpec:
         trained = faiss.serialize_index(codec.trained).tobytes()
         return cls(extractor.model_source, extractor.preprocessing.to_dict(), trained,
                    config.to_dict() if config else None, str(out_dir) if out_dir else None, threads, stored_dtype,
-                   run, signing)
+                   run, signing, memory)
 
 
 class _Worker:
@@ -87,7 +89,7 @@ class _Worker:
         codec = Codec(faiss.deserialize_index(np.frombuffer(spec.codec, np.uint8)))
         config = ActivationConfig.from_dict(spec.config) if spec.config else None
         self.preparer = Preparer(extractor, codec, config, spec.out_dir, stored_dtype=spec.stored_dtype, run=spec.run,
-                                 signing=spec.signing)
+                                 signing=spec.signing, memory=spec.memory)
 
     def __call__(self, batch: dict) -> dict:
         prepared = self.preparer(pickle.loads(batch["prepared"][0]))
@@ -117,7 +119,7 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
 def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: list[list[PlannedFile]],
                    config: ActivationConfig | None, out_dir: Path | None, workers: int | None = None,
                    stored_dtype: str = "float16", run: str | None = None,
-                   signing: SigningMaterial | None = None) -> Iterator[list[Prepared]]:
+                   signing: SigningMaterial | None = None, memory: float | None = None) -> Iterator[list[Prepared]]:
     """Prepare the planned batches on Ray; yields each batch's results in their planned order.
 
     Args:
@@ -130,6 +132,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
         stored_dtype: how the catalog stores descriptors.
         run: the driver's run tag (`ingest.run_tag`).
         signing: Content Credentials signing material (its files at the same paths on every node).
+        memory: bytes an activation batch may use on an actor.
     """
     if not batches:
         return
@@ -139,7 +142,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
-    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag(), signing)
+    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag(), signing, memory)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
                 options["compute"].min_size, threads)
     faults = {"runtime_env": {"env_vars": {ENVIRONMENT: os.environ[ENVIRONMENT]}}} if ENVIRONMENT in os.environ else {}

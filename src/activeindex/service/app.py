@@ -35,7 +35,7 @@ from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .._version import __version__
-from ..activation import ActivationConfig
+from ..activation import ActivationConfig, activation_memory
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..credentials import SigningMaterial
@@ -71,6 +71,7 @@ class ServiceConfig:
     max_pending_searches: int = 32  # running or waiting; beyond: 503
     max_pending_activations: int = 4  # activation jobs queued or running; beyond: 503
     sync_max_pixels: int = 4_000_000  # POST /v1/activate waits for images up to this size; larger: 202 + a job
+    activation_memory: float = 4e9  # bytes an activation batch may use; an image that needs more is refused (413)
     activation: ActivationConfig = field(default_factory=ActivationConfig)  # the settings of every activation job
     ray: str | None = None  # where jobs activate: None in the worker process, else a Ray address ("local", "auto")
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host header allow-list (DNS-rebinding guard); "*": any
@@ -104,7 +105,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
                               max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads,
-                              signing=config.signing)
+                              signing=config.signing, memory=config.activation_memory)
     discard = partial(discard_unregistered, collection, worker.queue, uploads)
 
     @asynccontextmanager
@@ -176,7 +177,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     async def activate(request: Request) -> Response:
         (name, data), settings = await http.one_image(request, config.max_upload_bytes, config.activation)
         [(path, pixels)] = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
-                                              config.max_request_pixels)
+                                              config.max_request_pixels, config.activation_memory)
         job = await submit([path], settings)
         if pixels > config.sync_max_pixels:
             return _accepted(job)
@@ -196,7 +197,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                       "description": f"at most {config.max_files} images (422 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
         named, settings = await http.image_files(request, config.max_files, config.max_upload_bytes, config.activation)
-        stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels)
+        stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels,
+                                     config.activation_memory)
         return _accepted(await submit([path for path, _ in stored], settings))
 
     @app.get("/v1/jobs/{job_id}", response_model=http.JobStatus, responses=http.errors(401, 403, 404, 422),
@@ -288,14 +290,20 @@ def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_
     return collection.search_descriptors(queries, k)
 
 
-def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]],
-                    max_pixels: int) -> list[tuple[Path, int]]:
-    """(In a worker thread.) Validate uploads fully, then keep each as ``uploads/<sha256 prefix>/<name>``.
+def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]], max_pixels: int,
+                    memory: float) -> list[tuple[Path, int]]:
+    """(In a worker thread.) Validate uploads fully (an image whose activation would need more than ``memory``
+    bytes is refused from its header), then keep each as ``uploads/<sha256 prefix>/<name>``.
 
     Returns:
         (path, pixels) per upload.
     """
     sizes = http.check_pixels(named, max_pixels)
+    for (name, _), (w, h) in zip(named, sizes):
+        if activation_memory(w * h) > memory:
+            raise HTTPException(413, f"{name}: activating {w}x{h} pixels needs about "
+                                     f"{activation_memory(w * h) / 1e9:.1f} GB; this server allows "
+                                     f"{memory / 1e9:.1f} GB (--activation-memory): send a smaller image")
     for name, data in named:  # decoded one at a time: bounded memory
         collection.extractor.load_bytes(data, name)
     stored = []

@@ -72,6 +72,7 @@ class ActivationWorker:
             (``"local"``, ``"auto"``, ``"ray://host:10001"``).
         uploads: a folder whose files are the jobs' inputs: those a job did not register are deleted after it.
         signing: sign every released file's Content Credentials (C2PA).
+        memory: bytes an activation batch may use (`activation.activation_memory`).
 
     Example:
         >>> worker = ActivationWorker(collection.root, "sscd", "cpu")
@@ -82,9 +83,10 @@ class ActivationWorker:
     """
 
     def __init__(self, root: str | os.PathLike, model: str, device: str | None, max_pending: int = 4,
-                 ray: str | None = None, uploads: Path | None = None, signing: SigningMaterial | None = None):
+                 ray: str | None = None, uploads: Path | None = None, signing: SigningMaterial | None = None,
+                 memory: float | None = None):
         self.root, self.model, self.device, self.ray = str(root), model, device, ray
-        self.max_pending, self.uploads, self.signing = max_pending, uploads, signing
+        self.max_pending, self.uploads, self.signing, self.memory = max_pending, uploads, signing, memory
         self.queue = JobQueue(root)
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None
@@ -103,7 +105,7 @@ class ActivationWorker:
         self._process = self._context.Process(
             target=run_jobs, name="activeindex-jobs", daemon=True,
             args=(self.root, self.model, self.device, self.ray, self._runner_id, self._current, os.getpid(),
-                  str(self.uploads) if self.uploads else None, self.signing))
+                  str(self.uploads) if self.uploads else None, self.signing, self.memory))
         self._process.start()
 
     async def _watch(self) -> None:
@@ -156,7 +158,8 @@ class ActivationWorker:
 # ---------------------------------------------------------------- the runner process
 
 def run_jobs(root: str, model: str, device: str | None, ray: str | None, runner_id: str, current,
-             parent: int, uploads: str | None, signing: SigningMaterial | None = None) -> None:
+             parent: int, uploads: str | None, signing: SigningMaterial | None = None,
+             memory: float | None = None) -> None:
     """(The runner process.) Wait for the runner lock, then run queued jobs until the server stops it."""
     _die_with(parent)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # a job cut short here is resumed by the next runner
@@ -173,17 +176,18 @@ def run_jobs(root: str, model: str, device: str | None, ray: str | None, runner_
             time.sleep(IDLE_POLL)
             continue
         current.value = job.id
-        _run_job(collection, queue, job, ray, runner_id, Path(uploads) if uploads else None, signing)
+        _run_job(collection, queue, job, ray, runner_id, Path(uploads) if uploads else None, signing, memory)
         current.value = 0
 
 
 def _run_job(collection: Collection, queue: JobQueue, job: Job, ray: str | None, runner_id: str,
-             uploads: Path | None, signing: SigningMaterial | None) -> None:
+             uploads: Path | None, signing: SigningMaterial | None, memory: float | None) -> None:
     """Activate a claimed job's files, recording progress after each batch, then its outcome."""
     start = time.monotonic()
     try:
         report = collection.activate(job.inputs, job.out_dir, config=ActivationConfig.from_dict(job.config),
-                                     progress=False, ray=ray, signing=signing, on_batch=lambda done, total: _retrying(
+                                     progress=False, ray=ray, signing=signing, memory=memory,
+                                     on_batch=lambda done, total: _retrying(
                                          lambda: queue.progress(job.id, done, total)))
         outcome = {"result": _merged(collection, job, report).to_dict(), "seconds": time.monotonic() - start,
                    "activated": len(report.records)}
