@@ -1,10 +1,10 @@
 """End-to-end demo on real photos: train, register distractors, activate 10 photos, query edited copies.
 
-Run by `make demo`. Photos come from Debian packages (STACK.md): MATE's nature wallpapers are the images
-to publish; Stellarium's telescope photos, Tux Paint's photographic stamps and KDE's wallpapers are the
-training set and the distractors (disjoint). The training set is the benchmark's recipe (the photos plus
-seeded random crops of them), so the index can have enough cells for its quantisation to lose queries:
-that is what activation repairs. Everything goes to demo-output/.
+Run by `make demo`. Photos come from Debian packages (STACK.md): 10 of MATE's 12 nature wallpapers, a seeded
+random draw, are the images to publish; Stellarium's telescope photos, Tux Paint's photographic stamps and
+KDE's wallpapers are the training set and the distractors (disjoint). The training set is the benchmark's
+recipe (the photos plus seeded random crops of them), so the index can have enough cells for its quantisation
+to lose queries: that is what activation repairs. Everything goes to demo-output/.
 """
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ from activeindex.bench.metrics import mean_interval
 from activeindex.edits import apply_edit, random_resized_crop
 from activeindex.imageio import load_image
 
-PUBLISH = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))[:10]
+NATURE = sorted(glob.glob("/usr/share/backgrounds/mate/nature/*.jpg"))
+PUBLISH = [NATURE[i] for i in sorted(np.random.default_rng(0).choice(len(NATURE), 10, replace=False))]
 NEBULAE = sorted(glob.glob("/usr/share/stellarium/nebulae/default/*.png"))
 STAMPS = sorted(glob.glob("/usr/share/tuxpaint/stamps/**/*.png", recursive=True))
 WALLPAPERS = sorted(glob.glob("/usr/share/wallpapers/*/contents/images/*.*"))
 EDITS = ["brightness_0.5", "brightness_2.0", "contrast_0.5", "contrast_2.0", "hue_0.2", "blur_11", "jpeg_50"]
 FACTORY = "IVF128,PQ8x8"  # 8-byte codes as in the paper; 128 cells of ~6 references: coarse, like the paper's
-TRAIN_VECTORS = 5000  # the training photos + random crops of them: 39 per cell for k-means
+# the training photos + random crops of them: the PQ codebooks (256 centroids per sub-quantizer) want 39 x 256
+TRAIN_VECTORS = 10_000
 
 
 def split_corpus(seed: int = 0) -> tuple[list[str], list[str]]:
@@ -78,8 +80,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
 
     train, distractors = split_corpus()
-    print(f"corpus: {len(PUBLISH)} photos to publish, {len(train)} training photos (+ random crops, "
-          f"{TRAIN_VECTORS} vectors), {len(distractors)} distractors")
+    print(f"corpus: {len(PUBLISH)} photos to publish (a seeded draw of {len(NATURE)}), {len(train)} training photos "
+          f"(+ random crops, {TRAIN_VECTORS} vectors), {len(distractors)} distractors")
     collection = Collection.create(out / "collection", FACTORY)
     n_train = collection.train(augmented(train, TRAIN_VECTORS))
     report = collection.add(distractors)
