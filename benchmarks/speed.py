@@ -237,7 +237,7 @@ def main() -> None:
 
     queries = embedding(extractor, query_jpegs(args.embed, Path(args.cache), args.photos), "512-px photos")
     embedding(extractor, wallpapers(4 if args.tiny else 24, 1, args.wallpapers), "full-size wallpapers")
-    codec = Codec.create("IVF8,PQ8x8" if args.tiny else "IVF32,PQ8x8", extractor.dim)  # real vectors: coarse
+    codec = Codec.create("IVF8,PQ8x4" if args.tiny else "IVF32,PQ8x8", extractor.dim)  # real vectors: coarse
     codec.train(queries)
 
     def paths(config: ActivationConfig = ActivationConfig()) -> dict[str, Activator]:

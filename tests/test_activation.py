@@ -184,9 +184,9 @@ def test_targets_come_from_the_descriptor_as_the_index_stores_it(extractor, code
 
 
 def test_activating_a_24_megapixel_photo_fits_in_1_5_gb_above_the_loaded_model(tmp_path):
-    """Measured, in a process of its own: the peak RSS while activating a real photo at 6000 x 4000 (one
-    iterations: the second runs with every full-resolution buffer alive), above the process's peak once the model,
-    the codec and a small activation have run."""
+    """Measured, in a process of its own: the peak RSS while activating a real photo at 6000 x 4000 (two
+    iterations: the second runs with every full-resolution buffer alive), above the process's peak once the
+    model, the codec and a small activation have run."""
     script = """
 import glob, resource, sys
 import numpy as np

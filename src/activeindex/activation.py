@@ -383,7 +383,7 @@ def _compose(original: np.ndarray, change: torch.Tensor, factor: float = 1.0) ->
     composed in row blocks."""
     out = np.empty_like(original)
     for rows in row_blocks(*original.shape[:2]):
-        block = torch.from_numpy(original[rows]).to(change.device).permute(2, 0, 1)[None].float().div_(255.0)
+        block = torch.tensor(original[rows], device=change.device).permute(2, 0, 1)[None].float().div_(255.0)
         out[rows] = _to_uint8(block.add_(change[..., rows, :], alpha=factor))
     return out
 
