@@ -132,8 +132,10 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert lsh["nlist"] == 0 and all(r["cell"] is None for r in lsh["edits"])
     labels = 3 + 8  # three edits, eight JPEG qualities
     baselines = results["baselines"]
-    assert baselines["pdq"]["threshold"] == 31
     for name in ("pdq", "exact_sscd"):
+        point = baselines[name]["operating_point"]  # 5 non-matching queries: 1 % of them is none
+        assert point["nonmatching"] == 5 and point["false_copies"] == 0
+        assert point["ci"][0] <= point["rate"] <= point["ci"][1] and point["ci"][1] > 0
         assert baselines[name]["references"] == setup["references"]["total"] + 6  # the indexes' references
         assert len(baselines[name]["edits"]) == labels and baselines[name]["r1_paper_average"]["edits"] == 3
         assert baselines[name]["edits"]["none"]["r1"] == 1.0  # an unedited copy is found, hashed or exact
@@ -162,6 +164,15 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
             entry = index["icd"][name]
             assert 0 <= entry["active"]["uap"] <= 1 and entry["active"]["ci"][0] <= entry["active"]["ci"][1]
         assert 1 <= index["icd"]["list_length"]["passive"]["min"] <= index["icd"]["list_length"]["passive"]["max"]
+        points = index["icd"]["operating_point"]
+        assert points["active-passive"]["rate"] == pytest.approx(points["active"]["rate"] - points["passive"]["rate"])
+        assert all(points[m]["false_copies"] == 0 and points[m]["nonmatching"] == 5 for m in ("passive", "active"))
+        rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
+        for edit in ("none", "brightness_2.0", "auto"):  # a paired difference: the mean of per-image differences
+            assert rows[edit, "active-passive"]["r1"] == pytest.approx(
+                rows[edit, "active"]["r1"] - rows[edit, "passive"]["r1"])
+            low, high = rows[edit, "active-passive"]["r1_ci"]
+            assert low <= rows[edit, "active-passive"]["r1"] <= high and high - low > 0.1  # 6 images: never a point
         assert min(index["quality"]["psnr"]) > 35
     none = {r["mode"]: r for r in ivf["edits"] if r["edit"] == "none"}
     assert none["passive"]["cell"] == 1.0  # an unedited original falls in its own cell (PQ may still rank it lower)
@@ -172,7 +183,8 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * (7 * labels + 7 + 2 * 3)  # per index: per edit, the paper average, uAP x 2
+    # per index: per edit, the paper average, uAP x 2, true copies at 1 % false (2 baselines, 2 modes, difference)
+    assert len(rows) == 3 * (7 * labels + 7 + 2 * 3 + 5)
     pdq_none = [r for r in rows if r["edit"] == "none" and r["mode"] == "pdq"]
     assert len(pdq_none) == 3 and pdq_none[0]["r1"] == "1.0000"  # the baselines' rows in every index's table
     assert rows[0]["factory"] == "IVF4,PQ8x4" and rows[0]["r1_low"] <= rows[0]["r1"] <= rows[0]["r1_high"]
@@ -190,7 +202,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
         1, 1, 1]  # one summary row per index
     assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
     assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active (robust) | active - passive |") == 3
-    assert summary.count("<= 31 bits") == 3
+    assert summary.count("at any distance") == 3
 
     # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw
     data, _, extractor = prepare(config, progress=False)

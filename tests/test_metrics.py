@@ -13,6 +13,9 @@ from activeindex.bench.metrics import (
     list_lengths,
     mean_interval,
     micro_ap,
+    operating_point,
+    paired_difference_interval,
+    proportion_interval,
     recall_at_k,
     uap_difference_interval,
     uap_interval,
@@ -234,3 +237,52 @@ def test_uap_difference_interval_excludes_zero_when_a_is_clearly_better():
     D_b = np.sort(rng.random((nq, k)), axis=1)
     low, high = uap_difference_interval(D_a, I, D_b, I_b, gt, n_boot=300)
     assert 0 < low <= high
+
+
+def test_a_proportion_interval_is_wilsons_and_never_a_point_at_0_or_1():
+    assert proportion_interval(np.zeros(64, bool)) == pytest.approx((0.0, 1.959964 ** 2 / (64 + 1.959964 ** 2)))
+    low, high = proportion_interval(np.ones(64, bool))
+    assert high == 1.0 and 0.94 < low < 0.95  # 64/64: not [1, 1]
+    assert proportion_interval(np.arange(10) < 5) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # textbook 5/10
+
+
+def test_a_paired_difference_interval_is_honest_where_every_pair_agrees():
+    same = np.ones(64, bool)
+    low, high = paired_difference_interval(same, same)
+    wilson_low = proportion_interval(same)[0]
+    assert (low, high) == pytest.approx((-(1 - wilson_low), 1 - wilson_low))  # not [0, 0]
+    a, b = np.arange(50) < 40, np.arange(50) < 30  # 10 pairs gained, none lost
+    low, high = paired_difference_interval(a, b)
+    assert 0 < low < a.mean() - b.mean() < high < 1
+
+
+@pytest.mark.parametrize("p_a, p_b, agreement", [(0.8, 0.6, 0.7), (0.95, 0.95, 0.9), (0.5, 0.1, 0.0)])
+def test_the_intervals_cover_the_truth_95_times_in_100(p_a, p_b, agreement):
+    """2,000 simulated experiments of 40 paired items: each interval covers the true value at least 93 % of the
+    time (an interval that was too narrow, or off-centre, would not)."""
+    rng = np.random.default_rng(0)
+    covered_a = covered_diff = 0
+    for _ in range(2000):
+        shared = rng.random(40)  # correlated pairs: the same draw decides both where `agreement` says so
+        own = rng.random((2, 40))
+        coupled = rng.random(40) < agreement
+        a = np.where(coupled, shared, own[0]) < p_a
+        b = np.where(coupled, shared, own[1]) < p_b
+        low, high = proportion_interval(a)
+        covered_a += low <= p_a <= high
+        low, high = paired_difference_interval(a, b)
+        covered_diff += low <= p_a - p_b <= high
+    assert covered_a / 2000 >= 0.93 and covered_diff / 2000 >= 0.93
+
+
+def test_the_operating_point_is_set_on_the_non_matching_queries_alone():
+    nonmatching = np.arange(100, 300, dtype=float)  # 200 strangers: 1 % = 2 may be called copies
+    distance = np.array([50.0, 101.0, 101.9, 102.0, 150.0])
+    correct = np.array([True, True, False, True, True])
+    point = operating_point(distance, correct, nonmatching)
+    assert point.threshold == 102.0 and point.false_copies == 2 and point.nonmatching == 200
+    assert point.true_copies.tolist() == [True, True, False, False, False] and point.rate == 0.4
+    moved = operating_point(distance * 0.5, correct, nonmatching)  # the matching queries do not move it
+    assert moved.threshold == point.threshold
+    assert operating_point(distance, correct, nonmatching + 100).threshold == 202.0
+    assert operating_point(distance, correct, np.full(200, 7.0)).rate == 0.0  # ties at the threshold are no copy

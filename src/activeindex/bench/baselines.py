@@ -3,7 +3,9 @@ hash (what deployed hash-matching systems use), and exact search over the uncomp
 quantisation: what the descriptor alone achieves, so a passive index's gap to it is the index's doing).
 
 Shapes: PDQ hashes are (n, 32) uint8, the 256 bits packed; ``ids`` are the references' ids, as the indexes
-hold them; an ``I`` returned here is (n, 1) int64 with -1 for "no match", ready for `metrics.hits_at_k`.
+hold them; a ``D, I`` returned here are (n, 1): the Hamming distance and the id (int64, -1 for "no match"),
+ready for `metrics.hits_at_k` and `metrics.operating_point`. As for every index in the benchmark, R@1 is plain
+nearest-neighbour top-1: no distance threshold (copy detection at a chosen false-copy rate is measured apart).
 """
 from __future__ import annotations
 
@@ -13,14 +15,11 @@ import faiss
 import numpy as np
 import pdqhash
 
-__all__ = ["BASELINES", "PDQ_BITS", "PDQ_MATCH_THRESHOLD", "PDQ_VERSION", "pdq_hash", "pdq_hashes", "pdq_distance",
+__all__ = ["BASELINES", "PDQ_BITS", "PDQ_VERSION", "pdq_hash", "pdq_hashes", "pdq_distance",
            "pdq_nearest", "exact_index"]
 
 BASELINES = ("pdq", "exact_sscd")  # their rows come first in every per-edit table, in this order
 PDQ_BITS = 256
-# Meta's recommended starting point, "Distance Threshold to consider two hashes to be similar/matching: <=31"
-# (PDQ reference implementation, facebook/ThreatExchange pdq/README.md, section "Matching")
-PDQ_MATCH_THRESHOLD = 31
 PDQ_VERSION = f"pdqhash {pdqhash.__version__}"  # part of the cache keys: another binding may hash differently
 
 
@@ -41,19 +40,18 @@ def pdq_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
 
 
-def pdq_nearest(queries: np.ndarray, references: np.ndarray, ids: np.ndarray,
-                threshold: int = PDQ_MATCH_THRESHOLD) -> np.ndarray:
-    """Per query, the id of its nearest reference by Hamming distance, or -1 when that distance is above
-    ``threshold`` or another reference is as near (a tie names no copy: faiss's order among equal integer
-    distances would otherwise decide): (n, 1) int64.
+def pdq_nearest(queries: np.ndarray, references: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the Hamming distance to its nearest reference and that reference's id, -1 when another
+    reference is as near (a tie names no copy: faiss's order among equal integer distances would otherwise
+    decide): (n, 1) float32 and (n, 1) int64.
     """
     assert queries.shape[1:] == references.shape[1:] == (PDQ_BITS // 8,), "packed 256-bit PDQ hashes"
     index = faiss.IndexBinaryFlat(PDQ_BITS)
     index.add(np.ascontiguousarray(references))
     D, I = index.search(np.ascontiguousarray(queries), min(2, len(references)))
     alone = D[:, 1] > D[:, 0] if D.shape[1] > 1 else np.ones(len(D), bool)
-    found = (I[:, 0] >= 0) & (D[:, 0] <= threshold) & alone
-    return np.where(found, np.asarray(ids)[I[:, 0]], -1)[:, None].astype(np.int64)
+    found = (I[:, 0] >= 0) & alone
+    return D[:, :1].astype(np.float32), np.where(found, np.asarray(ids)[I[:, 0]], -1)[:, None].astype(np.int64)
 
 
 def exact_index(database: np.ndarray, ids: np.ndarray) -> faiss.Index:

@@ -44,14 +44,18 @@ from ..imageio import load_image, save_png, write_atomically
 from ..perceptual import quality
 from ..progress import progress_bar
 from ..release import Release
-from .baselines import BASELINES, PDQ_MATCH_THRESHOLD, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
+from .baselines import BASELINES, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
 from .corpus import open_corpus, save_atomic
 from .metrics import (
+    OperatingPoint,
     cell_agreement,
     hits_at_k,
     list_lengths,
     mean_interval,
     micro_ap,
+    operating_point,
+    paired_difference_interval,
+    proportion_interval,
     recall_at_k,
     uap_difference_interval,
     uap_interval,
@@ -194,6 +198,8 @@ class BenchmarkData:
     labels: list[tuple[str, str, float | None]]
     passive: dict[str, np.ndarray]  # label -> (n, d) descriptors of the edited originals
     negatives: np.ndarray  # (m, d) non-matching queries
+    nonmatching: list[Path]  # their images: edited by `_edited` ("auto"), or already edited (DISC21)
+    nonmatching_edited: bool
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict:
@@ -272,7 +278,8 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
         negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
                                   stream="nonmatching_edits")
     data = BenchmarkData(originals=originals, x_orig=x_orig, x_train=x_train, x_refs=x_refs, distractors=dist_paths,
-                         labels=labels, passive=passive, negatives=negatives)
+                         labels=labels, passive=passive, negatives=negatives, nonmatching=nonmatching,
+                         nonmatching_edited=corpus.nonmatching_edited)
     return data, setup, extractor
 
 
@@ -417,16 +424,19 @@ def _reference_ids(data: BenchmarkData) -> np.ndarray:
 
 
 def _baselines(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache, progress: bool | None) -> dict:
-    """PDQ and exact SSCD search of the passive queries among the same references and originals: R@1 per
-    edit and over the paper's edits, with 95 % intervals."""
+    """PDQ and exact SSCD search of the passive queries among the same references and originals: nearest-
+    neighbour R@1 per edit and over the paper's edits, and the true-copy rate at 1 % false copies, with 95 %
+    intervals."""
     gt, ids = np.arange(len(data.originals)), _reference_ids(data)
     references = _pdq_references(config, data, cache, progress)
     pdq = {label: pdq_nearest(_pdq_queries(config, data, cache, label, edit, value), references, ids)
            for label, edit, value in _bar(data.labels, "pdq queries", progress)}
     exact = exact_index(np.concatenate([data.x_refs, data.x_orig]), ids)
-    found = {"pdq": pdq, "exact_sscd": {label: search(exact, q, 10)[1] for label, q in data.passive.items()}}
-    baselines = {name: _baseline(found[name], gt, config) | {"references": len(ids)} for name in BASELINES}
-    baselines["pdq"]["threshold"] = PDQ_MATCH_THRESHOLD
+    found = {"pdq": pdq, "exact_sscd": {label: search(exact, q, 10) for label, q in data.passive.items()}}
+    negatives = {"pdq": pdq_nearest(_pdq_negatives(config, data, cache), references, ids),
+                 "exact_sscd": search(exact, data.negatives, 1)}
+    baselines = {name: _baseline(found[name], negatives[name], gt, config) | {"references": len(ids)}
+                 for name in BASELINES}
     for name in BASELINES:
         logger.info("%s: R@1 over the paper's edits %s", name, baselines[name]["r1_paper_average"])
     return baselines
@@ -458,17 +468,41 @@ def _pdq_queries(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache, la
                      lambda: pdq_hashes(_edited(data.originals, edit, value, config.seed)))
 
 
-def _baseline(found: dict[str, np.ndarray], gt: np.ndarray, config: BenchmarkConfig) -> dict:
-    """Per edit: R@1 with its interval (R@10 where 10 results were ranked); and R@1 over the paper's edits,
-    images resampled with all their edits (as `_paired`)."""
-    hits = {label: hits_at_k(I, gt, 1).astype(float) for label, I in found.items()}
-    edits = {label: {"n": len(gt), "r1": float(h.mean()), "r1_ci": mean_interval(h, config.bootstrap, config.seed),
-                     "r10": recall_at_k(found[label], gt, 10) if found[label].shape[1] >= 10 else None}
+def _pdq_negatives(config: BenchmarkConfig, data: BenchmarkData, cache: _Cache) -> np.ndarray:
+    """PDQ hashes of the non-matching queries: the copies `prepare` encodes as ``negatives``."""
+    def compute() -> np.ndarray:
+        if data.nonmatching_edited:
+            return pdq_hashes(map(load_image, data.nonmatching))
+        return pdq_hashes(_edited(data.nonmatching, "auto", None, config.seed, stream="nonmatching_edits"))
+
+    return cache.get("pdq-nonmatching", _key(data.nonmatching, data.nonmatching_edited, "auto", config.seed,
+                                             "nonmatching_edits", PDQ_VERSION), compute)
+
+
+def _baseline(found: dict[str, tuple[np.ndarray, np.ndarray]], negatives: tuple[np.ndarray, np.ndarray],
+              gt: np.ndarray, config: BenchmarkConfig) -> dict:
+    """Per edit: R@1 with its interval (R@10 where 10 results were ranked); R@1 over the paper's edits, images
+    resampled with all their edits (as `_paired`); the "auto" copies' true-copy rate at 1 % false copies."""
+    hits = {label: hits_at_k(I, gt, 1) for label, (_, I) in found.items()}
+    edits = {label: {"n": len(gt), "r1": float(h.mean()), "r1_ci": proportion_interval(h),
+                     "r10": recall_at_k(found[label][1], gt, 10) if found[label][1].shape[1] >= 10 else None}
              for label, h in hits.items()}
-    paper = np.stack([hits[label] for label in PAPER_EDITS if label in hits], 1)
+    paper = np.stack([hits[label] for label in PAPER_EDITS if label in hits], 1).astype(float)
     average = {"r1": float(paper.mean()), "ci": mean_interval(paper, config.bootstrap, config.seed),
                "edits": paper.shape[1]}
-    return {"edits": edits, "r1_paper_average": average}
+    detection = _operating_point(*found["auto"], negatives[0], gt) if "auto" in found else None
+    return {"edits": edits, "r1_paper_average": average,
+            "operating_point": _point_summary(detection) if detection else None}
+
+
+def _operating_point(D: np.ndarray, I: np.ndarray, nonmatching_D: np.ndarray, gt: np.ndarray) -> OperatingPoint:
+    """The true-copy rate at 1 % false copies of top-1 results (``gt`` all matching)."""
+    return operating_point(D[:, 0], I[:, 0] == gt, nonmatching_D[:, 0])
+
+
+def _point_summary(point: OperatingPoint) -> dict:
+    return {"rate": point.rate, "ci": proportion_interval(point.true_copies), "threshold": point.threshold,
+            "false_copies": point.false_copies, "nonmatching": point.nonmatching}
 
 
 def _with_baselines(rows: list[dict], baselines: dict) -> list[dict]:
@@ -516,23 +550,23 @@ def _differences(modes: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, config: BenchmarkConfig) -> list:
-    """Per edit: R@1 (with intervals), R@10 and cell agreement, per mode and for the active-minus-passive
-    difference (R@1 paired per image; a difference of means for the others)."""
+    """Per edit: R@1 (with Wilson intervals), R@10 and cell agreement, per mode and for the paired differences
+    (R@1 paired per image, Newcombe's interval; a difference of means for the others)."""
     cells = codec.cells(x_orig) if codec.nlist else None
     rows = []
     for label, by_mode in results.items():
-        top1 = {m: hits_at_k(found.I, gt, 1).astype(float) for m, found in by_mode.items()}
+        top1 = {m: hits_at_k(found.I, gt, 1) for m, found in by_mode.items()}
         r10 = {m: recall_at_k(found.I, gt, 10) for m, found in by_mode.items()}
         cell = {m: cell_agreement(codec.cells(found.queries), cells) if codec.nlist else None
                 for m, found in by_mode.items()}
         for mode in by_mode:
             rows.append({"edit": label, "mode": mode, "n": len(gt), "r1": float(top1[mode].mean()),
-                         "r1_ci": mean_interval(top1[mode], config.bootstrap, config.seed), "r10": r10[mode],
+                         "r1_ci": proportion_interval(top1[mode]), "r10": r10[mode],
                          "cell": cell[mode]})
         for a, b in _differences(by_mode):
-            diff = top1[a] - top1[b]
+            diff = top1[a].astype(float) - top1[b]
             rows.append({"edit": label, "mode": f"{a}-{b}", "n": len(gt), "r1": float(diff.mean()),
-                         "r1_ci": mean_interval(diff, config.bootstrap, config.seed), "r10": r10[a] - r10[b],
+                         "r1_ci": paired_difference_interval(top1[a], top1[b]), "r10": r10[a] - r10[b],
                          "cell": cell[a] - cell[b] if codec.nlist else None})
     return rows
 
@@ -560,8 +594,9 @@ def _paired(hits: dict[str, np.ndarray], config: BenchmarkConfig) -> dict:
 
 
 def _copy_detection(index, results: dict, data: BenchmarkData, config: BenchmarkConfig) -> dict:
-    """uAP (plain and normalised) of "auto" copies pooled with the non-matching queries, with intervals and
-    the result-list lengths (short nprobe-1 lists inflate the normalised score, METHOD.md section 5)."""
+    """uAP (plain and normalised) of "auto" copies pooled with the non-matching queries, the true-copy rate at
+    1 % false copies (its threshold set on the non-matching queries alone), with intervals, and the result-list
+    lengths (short nprobe-1 lists inflate the normalised score, METHOD.md section 5)."""
     gt = np.concatenate([np.arange(len(data.originals)), -np.ones(len(data.negatives), int)])
     D_neg, I_neg = search(index, data.negatives, config.k)
     found = {m: (np.concatenate([results["auto"][m].D, D_neg]), np.concatenate([results["auto"][m].I, I_neg]))
@@ -581,6 +616,11 @@ def _copy_detection(index, results: dict, data: BenchmarkData, config: Benchmark
             "ci": uap_difference_interval(*found["active"], *found["passive"], gt, normalize, config.bootstrap,
                                           config.seed)}
         icd[name] = entry
+    points = {m: _operating_point(results["auto"][m].D, results["auto"][m].I, D_neg, gt[gt >= 0]) for m in MODES}
+    icd["operating_point"] = {m: _point_summary(p) for m, p in points.items()}
+    icd["operating_point"]["active-passive"] = {
+        "rate": points["active"].rate - points["passive"].rate,
+        "ci": paired_difference_interval(points["active"].true_copies, points["passive"].true_copies)}
     lengths = {m: list_lengths(found[m][1]) for m in MODES}
     icd["list_length"] = {m: {"mean": float(v.mean()), "min": int(v.min()), "max": int(v.max())}
                           for m, v in lengths.items()}
@@ -655,6 +695,11 @@ def _write_results(out: Path, results: dict) -> None:
             entry = index["icd"][name]
             rows += [[*head, f"uap_{name}", mode, n_icd, entry[mode]["uap"], *entry[mode]["ci"], None, None]
                      for mode in (*MODES, "active-passive")]
+        if index["icd"]:  # the "auto" copies' true-copy rate at 1 % false copies (the baselines', then the index's)
+            points = {name: results["baselines"][name]["operating_point"] for name in BASELINES}
+            points |= index["icd"]["operating_point"]
+            rows += [[*head, "true_copies_at_1pct_false", mode, n, point["rate"], *point["ci"], None, None]
+                     for mode, point in points.items()]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["factory", "target", "nlist", "edit", "mode", "n", "r1", "r1_low", "r1_high", "r10", "cell"])

@@ -4,7 +4,10 @@ Shapes: ``I`` and ``D`` are (nq, k) (ids, -1 for no result; distances ascending)
 true id of each query, or -1 for a non-matching query (an image that is not indexed).
 
 Uncertainty: with a few hundred queries one query moves R@1 or uAP by a visible amount, so every number
-can be given a 95 % percentile bootstrap interval that resamples queries (numpy only, seeded).
+can be given a 95 % interval. A share of hits (R@1 of one edit) gets Wilson's score interval and a paired
+difference of two such shares Newcombe's (both stay honest at 0 and 1, where a percentile bootstrap collapses
+to a point); means of other per-item values and uAP get a percentile bootstrap that resamples queries (numpy
+only, seeded).
 """
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ __all__ = [
     "bootstrap",
     "interval",
     "mean_interval",
+    "proportion_interval",
+    "paired_difference_interval",
+    "OperatingPoint",
+    "operating_point",
     "uap_interval",
     "uap_difference_interval",
 ]
@@ -185,6 +192,77 @@ def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tupl
     """
     values = np.asarray(values, dtype=np.float64)
     return interval(bootstrap(lambda idx: float(values[idx].mean()), len(values), n_boot=n_boot, seed=seed))
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def _wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
+    p = k / n
+    centre, spread = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n)
+    half = spread * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_interval(hits: np.ndarray) -> tuple[float, float]:
+    """Wilson's 95 % score interval of a share of hits ((n,) booleans or 0/1): never a point, even at 0/n or
+    n/n, where 0/64 gives [0, 0.057] (nan, nan for no item)."""
+    hits = np.asarray(hits, dtype=bool)
+    return _wilson(float(hits.sum()), hits.size) if hits.size else (float("nan"), float("nan"))
+
+
+def paired_difference_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """95 % interval of mean(a) - mean(b) for paired hits on the same items ((n,) booleans each): Newcombe's
+    method 10 (Statistics in Medicine 17, 1998), built from the two Wilson intervals and the correlation of the
+    pairs. Honest where every pair agrees: n identical pairs give about +-(1 - Wilson's lower bound)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    assert a.shape == b.shape and a.ndim == 1, "one pair of hits per item"
+    n = a.size
+    if not n:
+        return float("nan"), float("nan")
+    both, only_a, only_b = float((a & b).sum()), float((a & ~b).sum()), float((~a & b).sum())
+    neither = n - both - only_a - only_b
+    p_a, p_b = (both + only_a) / n, (both + only_b) / n
+    (low_a, high_a), (low_b, high_b) = _wilson(both + only_a, n), _wilson(both + only_b, n)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / np.sqrt(margins) if margins > 0 else 0.0
+    down = np.sqrt(max(0.0, (p_a - low_a) ** 2 - 2 * phi * (p_a - low_a) * (high_b - p_b) + (high_b - p_b) ** 2))
+    up = np.sqrt(max(0.0, (high_a - p_a) ** 2 - 2 * phi * (high_a - p_a) * (p_b - low_b) + (p_b - low_b) ** 2))
+    return float(p_a - p_b - down), float(p_a - p_b + up)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Copy detection at a matched false-copy rate: the distance below which a top-1 result is called a copy,
+    chosen on the non-matching queries alone, and per matching query whether it was called a copy of its true
+    original."""
+
+    threshold: float
+    false_copies: int  # non-matching queries called a copy at that threshold
+    nonmatching: int
+    true_copies: np.ndarray  # (n_matching,) booleans
+
+    @property
+    def rate(self) -> float:
+        return float(self.true_copies.mean())
+
+
+def operating_point(distance: np.ndarray, correct: np.ndarray, nonmatching_distance: np.ndarray,
+                    false_rate: float = 0.01) -> OperatingPoint:
+    """True-copy rate at ``false_rate`` false copies: a query is called a copy when its top-1 distance is
+    strictly below the threshold, the (m + 1)-th smallest non-matching top-1 distance with m = floor(false_rate x
+    n_nonmatching), so at most m non-matching queries are called copies (ties at the threshold are not).
+
+    Args:
+        distance, correct: (n_matching,) top-1 distance of each matching query and whether that result is its
+            true original (a query with no result: distance inf).
+        nonmatching_distance: (n_nonmatching,) top-1 distance of each non-matching query.
+    """
+    ranked = np.sort(np.asarray(nonmatching_distance, dtype=np.float64))
+    allowed = int(np.floor(false_rate * len(ranked)))
+    threshold = float(ranked[allowed]) if allowed < len(ranked) else float("inf")
+    return OperatingPoint(threshold=threshold, false_copies=int((ranked < threshold).sum()),
+                          nonmatching=len(ranked), true_copies=np.asarray(correct, bool) & (distance < threshold))
 
 
 def _uap_statistic(D: np.ndarray, I: np.ndarray, gt: np.ndarray, normalize: bool) -> Callable[[np.ndarray], float]:
