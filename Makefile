@@ -11,7 +11,7 @@ PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallp
 # metadata (release.py); icc-profiles-free: a wide-gamut (Adobe RGB) profile for the tests
 DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1 libimage-exiftool-perl icc-profiles-free
 
-.PHONY: install photos demo test lint data bench bench-speed clean
+.PHONY: install photos demo test lint data bench bench-large bench-speed clean
 
 install: $(STAMP)
 
@@ -52,6 +52,9 @@ data/corpus/manifest.json: | install photos
 
 bench: install photos data
 	$(VENV)/bin/activeindex benchmark benchmarks/default.toml
+
+bench-large: install photos data
+	$(VENV)/bin/activeindex benchmark benchmarks/large.toml
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts

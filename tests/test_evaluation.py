@@ -90,6 +90,10 @@ def test_config_refuses_unknown_targets_and_keys(tmp_path):
     (tmp_path / "bad.toml").write_text('simulated_distractors = 20000\n')
     with pytest.raises(InvalidInputError, match=r"unknown keys \['simulated_distractors'\]"):
         BenchmarkConfig.from_toml(tmp_path / "bad.toml")
+    with pytest.raises(InvalidInputError, match=r"variants.fast: unknown settings \['steps'\]"):
+        BenchmarkConfig(variants={"fast": {"steps": 4}})
+    with pytest.raises(InvalidInputError, match=r"ActivationConfig\.lr must be a finite number > 0"):
+        BenchmarkConfig(variants={"frozen": {"lr": 0}})
 
 
 def test_activation_raises_cell_agreement_under_edits(extractor, training_vectors, small_photos):
@@ -116,6 +120,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
                              factories=["IVF{nlist},PQ8x4", "IVF{nlist},Flat:ivf_cluster_half", "PCA16,LSH"],
                              edits=["none", "brightness_2.0", "auto"], sweeps=["jpeg"], iterations=2, n_activate=6,
                              compare=["robust"],
+                             variants={"lr 0.3, crops": {"lr": 0.3, "edits": ["crop"], "edit_draws": 1}},
                              train_vectors=300, distractor_crops=40, scalings=[1.0], bootstrap=200, device="cpu")
     results = run_benchmark(config)
     out = tmp_path / "bench"
@@ -178,8 +183,12 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert none["passive"]["cell"] == 1.0  # an unedited original falls in its own cell (PQ may still rank it lower)
     assert none["passive"]["r10"] == 1.0
     curve = results["scaling_curve"]
-    assert [p["scaling"] for p in curve["points"]] == [1.0, 2.0] and curve["factory"] == "IVF4,PQ8x4"
+    assert [p["scaling"] for p in curve["points"]] == [1.0, 2.0, 2.0] and curve["factory"] == "IVF4,PQ8x4"
     assert curve["points"][0]["psnr"] > curve["points"][1]["psnr"]  # a smaller budget costs less quality
+    default, variant = curve["points"][1:]
+    assert default["default"] and default["vs_default"]["r1"] == 0 and default["passes"] == 2
+    assert variant["name"] == "lr 0.3, crops" and variant["settings"]["lr"] == 0.3 and variant["passes"] == 4
+    assert variant["vs_default"]["r1"] == pytest.approx(variant["r1"]["active"] - default["r1"]["active"])
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -203,6 +212,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
     assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active (robust) | active - passive |") == 3
     assert summary.count("at any distance") == 3
+    assert "\n| lr 0.3, crops | 4 | " in summary and "\n| s=2 (default) | 2 | " in summary
 
     # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw
     data, _, extractor = prepare(config, progress=False)

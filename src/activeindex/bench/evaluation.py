@@ -96,6 +96,9 @@ class BenchmarkConfig:
     psnr: float | None = None  # every preset activated to this PSNR floor (equal quality) instead of its scaling
     iterations: int | None = None  # override the presets'
     scalings: list[float] = field(default_factory=list)  # extra scalings for the R@1-vs-PSNR curve
+    # named overrides of the main preset's settings ({"lr 0.3" = {lr = 0.3}}), on the same curve, each with its
+    # paired difference from the main preset: the sweep that chooses a default by gain per dB
+    variants: dict[str, dict] = field(default_factory=dict)
     n_activate: int = 64  # a seeded random subset of the activate split
     n_nonmatching: int | None = None  # None: the whole non-matching split
     train_vectors: int = 10_000  # training photos + random crops of them, in all
@@ -120,6 +123,8 @@ class BenchmarkConfig:
         self.activation()  # an unknown preset or an invalid psnr fails here, before any work
         for preset in self.compare:
             self.activation(preset=preset)
+        for name in self.variants:
+            self.variant(name)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> BenchmarkConfig:
@@ -139,6 +144,14 @@ class BenchmarkConfig:
         if self.iterations:
             config = dataclasses.replace(config, iterations=self.iterations)
         return dataclasses.replace(config, scaling=scaling) if scaling else config
+
+    def variant(self, name: str, target: str = "index") -> ActivationConfig:
+        """The main preset's settings with the overrides of ``variants[name]``."""
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in self.variants[name].items()}
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(ActivationConfig)}
+        if unknown:
+            raise InvalidInputError(f"variants.{name}: unknown settings {sorted(unknown)}")
+        return dataclasses.replace(self.activation(target=target), **overrides)
 
     def releases(self) -> dict[str, Release]:
         """Mode ("JPEG 90") -> the release of each `publish` entry ("jpeg:90")."""
@@ -220,7 +233,7 @@ def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict
         index["edits"] = _with_baselines(index["edits"], results["baselines"])
         results["indexes"].append(index)
         _write_results(out, results)
-    if config.scalings and runs:
+    if (config.scalings or config.variants) and runs:
         results["scaling_curve"] = _scaling_curve(runs, config, extractor, cache, cache_root, data, progress)
     _write_results(out, results)
     write_report(results, out)
@@ -659,20 +672,32 @@ def _publish(activated: list[Path], release: Release) -> list[Path]:
 
 def _scaling_curve(runs: list[tuple[str, str, str]], config: BenchmarkConfig, extractor, cache, cache_root,
                    data: BenchmarkData, progress) -> dict:
-    """R@1 over the paper's edits against PSNR, at each scaling, for the first factory at its finest nlist."""
+    """R@1 over the paper's edits against PSNR, at each scaling and each variant, for the first factory at its
+    finest nlist; each point with its cost (network passes per image) and its difference from the main preset,
+    paired per image over the same queries."""
     _, factory, target = [run for run in runs if run[0] == runs[0][0]][-1]
     codec, index = build_index(factory, data, config)
     labels = [q for q in data.labels if q[0] in PAPER_EDITS]
     gt = np.arange(len(data.originals))
     default = config.activation().scaling
+    settings = {f"s={s:g}": config.activation(s, target) for s in sorted(set(config.scalings) | {default})}
+    settings |= {name: config.variant(name, target) for name in config.variants}
+    measured = {}
+    for name, setting in settings.items():
+        activated, results = _activate_and_query(codec, index, {"active": setting}, config, extractor, cache,
+                                                 cache_root, data, labels, progress)
+        measured[name] = (setting, _paper_hits(results, gt), _qualities(data.originals, activated["active"]))
+    reference = measured[f"s={default:g}"][1]["active"].astype(float)
     points = []
-    for scaling in sorted(set(config.scalings) | {default}):
-        activated, results = _activate_and_query(codec, index, {"active": config.activation(scaling, target)},
-                                                 config, extractor, cache, cache_root, data, labels, progress)
-        hits = _paper_hits(results, gt)
-        psnr = _qualities(data.originals, activated["active"])["psnr"]
-        points.append({"scaling": scaling, "default": scaling == default, "psnr": float(np.mean(psnr)),
-                       "r1": _paired(hits, config)})
+    for name, (setting, hits, qualities) in measured.items():
+        gain = hits["active"].astype(float) - reference
+        points.append({"name": name, "scaling": setting.scaling, "default": name == f"s={default:g}",
+                       "variant": name in config.variants, "settings": setting.to_dict(),
+                       "passes": setting.iterations * (1 + (setting.edit_draws if setting.edits else 0)),
+                       "psnr": float(np.mean(qualities["psnr"])), "psnr_ci": mean_interval(np.array(qualities["psnr"])),
+                       "r1": _paired(hits, config),
+                       "vs_default": {"r1": float(gain.mean()), "ci": mean_interval(gain, config.bootstrap,
+                                                                                   config.seed)}})
     return {"factory": factory, "target": target, "points": points}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -162,21 +163,28 @@ def _precision_recall(indexes: list[dict]) -> bytes:
 
 
 def _scaling(curve: dict) -> bytes:
-    """R@1 (active, passive) against the PSNR that each scaling costs."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    points = curve["points"]
+    """R@1 (active, passive) against the PSNR that each scaling costs; the variants as points of their own."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    points = [p for p in curve["points"] if not p.get("variant")]
     psnr = [p["psnr"] for p in points]
     for mode in ("passive", "active"):
         mean = np.array([p["r1"][mode] for p in points])
         ci = np.array([p["r1"]["ci"][mode] for p in points]).T
-        ax.errorbar(psnr, mean, yerr=np.abs(ci - mean), marker="o", capsize=3, color=COLOURS[mode], label=mode)
-    for p in points:
-        ax.annotate(f"s={p['scaling']:g}" + (" (default)" if p["default"] else ""), (p["psnr"], p["r1"]["active"]),
+        ax.errorbar(psnr, mean, yerr=np.abs(ci - mean), marker="o", capsize=3, color=COLOURS[mode],
+                    label=f"{mode}, scalings")
+    variants = [p for p in curve["points"] if p.get("variant")]
+    for p, colour in zip(variants, itertools.cycle(COMPARED_COLOURS)):
+        ci = np.array(p["r1"]["ci"]["active"])[:, None]
+        ax.errorbar([p["psnr"]], [p["r1"]["active"]], yerr=np.abs(ci - p["r1"]["active"]), marker="s", capsize=3,
+                    color=colour, linestyle="none", label=f"active, {p['name']}")
+    for p in curve["points"]:
+        label = p.get("name", f"s={p['scaling']:g}") if not p.get("variant") else ""
+        ax.annotate(label + (" (default)" if p["default"] else ""), (p["psnr"], p["r1"]["active"]),
                     fontsize=7, xytext=(3, 4), textcoords="offset points")
     ax.set_xlabel("PSNR of the activated files (dB)")
     ax.set_ylabel("R@1, mean of the paper's 14 edits")
     ax.set_title(curve["factory"], fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
@@ -321,6 +329,17 @@ def _summary_table(results: dict) -> str:
             "<th>active</th></tr>" + paper + "</table>")
 
 
+def curve_markdown(curve: dict) -> str:
+    """The R@1-vs-PSNR points as a Markdown table: cost, quality, R@1 and the paired difference from the
+    main preset."""
+    rows = [{"settings": p.get("name", f"s={p['scaling']:g}") + (" (default)" if p["default"] else ""),
+             "network passes / image": str(p.get("passes", "-")), "PSNR dB": f"{p['psnr']:.2f}",
+             "R@1 active": _with_ci(p["r1"]["active"], p["r1"]["ci"]["active"]),
+             "vs the default, paired": _with_ci(p["vs_default"]["r1"], p["vs_default"]["ci"], "+.3f")
+             if "vs_default" in p else "-"} for p in curve["points"]]
+    return f"R@1 over the paper's edits against PSNR, {curve['factory']}:\n\n{_markdown_table(rows)}"
+
+
 def summary_markdown(results: dict) -> str:
     """The summary as a Markdown table (for READMEs)."""
     rows = summary_rows(results)
@@ -388,7 +407,8 @@ def write_report(results: dict, out: Path) -> Path:
         (out / "r1-per-edit.png").write_bytes(bars)
     if nlists:
         (out / "r1-vs-nlist.png").write_bytes(nlists)
-    (out / "summary.md").write_text("\n".join([summary_markdown(results), *map(per_edit_markdown, indexes)]))
+    curve = [curve_markdown(results["scaling_curve"])] if "scaling_curve" in results else []
+    (out / "summary.md").write_text("\n".join([summary_markdown(results), *map(per_edit_markdown, indexes), *curve]))
     body = ["<h1>activeindex robustness benchmark</h1>", "<h2>Setup</h2>", _setup_html(setup),
             "<h2>Summary</h2>", _summary_table(results) if indexes else "<p>No index was run.</p>"]
     if nlists:
