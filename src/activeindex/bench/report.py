@@ -164,7 +164,7 @@ def _precision_recall(indexes: list[dict]) -> bytes:
 
 def _scaling(curve: dict) -> bytes:
     """R@1 (active, passive) against the PSNR that each scaling costs; the variants as points of their own."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
     points = [p for p in curve["points"] if not p.get("variant")]
     psnr = [p["psnr"] for p in points]
     for mode in ("passive", "active"):
@@ -173,10 +173,11 @@ def _scaling(curve: dict) -> bytes:
         ax.errorbar(psnr, mean, yerr=np.abs(ci - mean), marker="o", capsize=3, color=COLOURS[mode],
                     label=f"{mode}, scalings")
     variants = [p for p in curve["points"] if p.get("variant")]
-    for p, colour in zip(variants, itertools.cycle(COMPARED_COLOURS)):
+    styles = zip(itertools.cycle(plt.cm.tab10.colors), itertools.cycle("s^Dvp<>h"))
+    for p, (colour, marker) in zip(variants, styles):
         ci = np.array(p["r1"]["ci"]["active"])[:, None]
-        ax.errorbar([p["psnr"]], [p["r1"]["active"]], yerr=np.abs(ci - p["r1"]["active"]), marker="s", capsize=3,
-                    color=colour, linestyle="none", label=f"active, {p['name']}")
+        ax.errorbar([p["psnr"]], [p["r1"]["active"]], yerr=np.abs(ci - p["r1"]["active"]), marker=marker, capsize=3,
+                    color=colour, linestyle="none", label=f"active, {p['name']} ({p['passes']} passes)")
     for p in curve["points"]:
         label = p.get("name", f"s={p['scaling']:g}") if not p.get("variant") else ""
         ax.annotate(label + (" (default)" if p["default"] else ""), (p["psnr"], p["r1"]["active"]),
