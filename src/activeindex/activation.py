@@ -17,7 +17,15 @@ import torch.nn.functional as F
 
 from .codec import Codec
 from .config import PRESETS, ActivationConfig, get_preset
-from .extractor import IMAGENET_STD, Extractor, preprocess, preprocessed_size, to_tensor
+from .extractor import (
+    IMAGENET_STD,
+    Extractor,
+    preprocess,
+    preprocessed_size,
+    resize_to,
+    round_to_levels,
+    to_tensor,
+)
 from .perceptual import jnd_heatmap, psnr, quality, row_blocks
 from .progress import progress_bar
 from .release import Release
@@ -173,7 +181,7 @@ class Activator:
         for _ in range(cfg.iterations):
             seen, mse = zip(*[_Change.apply(d, m, per_channel, mse_weight, size, preprocessing)
                               for d, m in zip(deltas, maps)])
-            inputs = torch.cat([_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
+            inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
             views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
                                 for _ in range(cfg.edit_draws if cfg.edits else 0)]
             cosine = torch.stack([F.cosine_similarity(
@@ -196,7 +204,7 @@ class Activator:
         """The image's JND map (1, 1, H, W) and what the network sees of it (resized, not rounded); the
         full-resolution float copy is freed on return."""
         original = to_tensor(image).to(self.extractor.device)
-        return jnd_heatmap(original, self.config.jnd_padding), _resize(original, size, self.extractor.preprocessing)
+        return jnd_heatmap(original, self.config.jnd_padding), resize_to(original, size, self.extractor.preprocessing)
 
     def _assess(self, images, activated: list[Optimized], releases: list[Release], descriptors,
                 targets) -> list[ActivatedImage]:
@@ -288,7 +296,7 @@ class _Change(torch.autograd.Function):
     def forward(ctx, delta: torch.Tensor, budget: torch.Tensor, per_channel: torch.Tensor, mse_weight: torch.Tensor,
                 size: tuple[int, int], preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
         change = torch.tanh(delta).mul_(budget).mul_(per_channel)
-        seen = _resize(change, size, preprocessing)
+        seen = resize_to(change, size, preprocessing)
         squares = torch.stack([torch.linalg.vector_norm(change[0, c]).square() for c in range(change.shape[1])])
         mse = (squares * mse_weight).sum() / change.numel()
         ctx.save_for_backward(delta, budget, per_channel, mse_weight)
@@ -311,7 +319,7 @@ class _Change(torch.autograd.Function):
 
 
 def _resize_gradient(grad_seen: torch.Tensor, shape: torch.Size, preprocessing) -> torch.Tensor:
-    """The gradient that `_resize` passes back to its full-resolution input (a linear map's transpose)."""
+    """The gradient that `resize_to` passes back to its full-resolution input (a linear map's transpose)."""
     if tuple(grad_seen.shape[-2:]) == tuple(shape[-2:]):
         return grad_seen.clone()
     if (preprocessing.interpolation, preprocessing.antialias) == ("bilinear", True):  # the default: direct
@@ -319,34 +327,24 @@ def _resize_gradient(grad_seen: torch.Tensor, shape: torch.Size, preprocessing) 
                                                                 False, None, None)
     with torch.enable_grad():  # any other resize: its gradient does not depend on the input (linear)
         probe = torch.zeros(shape, dtype=grad_seen.dtype, device=grad_seen.device, requires_grad=True)
-        return torch.autograd.grad(_resize(probe, tuple(grad_seen.shape[-2:]), preprocessing), probe, grad_seen)[0]
-
-
-def _resize(image: torch.Tensor, size: tuple[int, int], preprocessing) -> torch.Tensor:
-    """The preprocessing's resize (extractor.preprocess) without its rounding: linear in ``image``."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    return F.interpolate(image, size=size, mode=preprocessing.interpolation, antialias=preprocessing.antialias,
-                         align_corners=False)
-
-
-def _to_levels(image: torch.Tensor) -> torch.Tensor:
-    """The preprocessing's rounding to 8-bit levels, gradients passed straight through (extractor.preprocess)."""
-    levels = (image * 255.0).round().clamp(0.0, 255.0) / 255.0
-    return image + (levels - image).detach()
+        return torch.autograd.grad(resize_to(probe, tuple(grad_seen.shape[-2:]), preprocessing), probe, grad_seen)[0]
 
 
 def _scaling_for_map(budget: torch.Tensor, per_channel: torch.Tensor, floor: float) -> float:
     """`_scaling_for` of the unit budget ``budget`` (1, 1, H, W) x ``per_channel`` (1, 3, 1, 1), without making
     it: its mean square is the map's times the channels' factors'."""
-    mse = float(torch.linalg.vector_norm(budget)) ** 2 / budget.numel() * float(per_channel.square().mean()) * 255 ** 2
-    return 255.0 / math.sqrt(mse * 10 ** (floor / 10))
+    mean_square = float(torch.linalg.vector_norm(budget)) ** 2 / budget.numel() * float(per_channel.square().mean())
+    return _scaling_at(mean_square * 255 ** 2, floor)
 
 
 def _scaling_for(change: torch.Tensor, floor: float) -> float:
     """The factor that makes ``change`` cost exactly ``floor`` dB; for the unit budget (tanh = +-1 everywhere),
     the scaling whose whole budget does."""
-    mse = float((change * 255.0).square().mean())  # 8-bit levels, over pixels and channels
+    return _scaling_at(float((change * 255.0).square().mean()), floor)  # 8-bit levels, over pixels and channels
+
+
+def _scaling_at(mse: float, floor: float) -> float:
+    """The factor that turns a change of mean square error ``mse`` (8-bit levels) into one of ``floor`` dB."""
     return 255.0 / math.sqrt(mse * 10 ** (floor / 10))
 
 

@@ -63,10 +63,19 @@ def preprocess(images: torch.Tensor, config: PreprocessConfig = PreprocessConfig
     Returns:
         (B, 3, h, w) float in [0, 1] on the 1/255 grid, min(h, w) == config.short_side.
     """
-    size = preprocessed_size(images.shape[-2:], config)
-    if size != tuple(images.shape[-2:]):
-        images = F.interpolate(images, size=size, mode=config.interpolation, antialias=config.antialias,
-                               align_corners=False)
+    return round_to_levels(resize_to(images, preprocessed_size(images.shape[-2:], config), config))
+
+
+def resize_to(images: torch.Tensor, size: Sequence[int], config: PreprocessConfig = PreprocessConfig()) -> torch.Tensor:
+    """`preprocess`'s resize of (B, 3, H, W) to ``size`` (h, w), without its rounding: linear in ``images``."""
+    if tuple(size) == tuple(images.shape[-2:]):
+        return images
+    return F.interpolate(images, size=tuple(size), mode=config.interpolation, antialias=config.antialias,
+                         align_corners=False)
+
+
+def round_to_levels(images: torch.Tensor) -> torch.Tensor:
+    """`preprocess`'s rounding to 8-bit levels, gradients passed straight through."""
     levels = (images * 255.0).round().clamp(0.0, 255.0) / 255.0
     return images + (levels - images).detach()
 
