@@ -29,8 +29,9 @@ def test_paper_defaults_are_the_config_fields():
     assert (paper.scaling, paper.lambda_mse, paper.lr, paper.iterations) == (3.0, 0.01, 1.0, 10)
     assert (paper.gradient, paper.precision) == ("ste", "float32")
     assert paper.alpha_c == pytest.approx((0.072 / 0.299, 0.072 / 0.587, 0.072 / 0.114))
-    speed_ups = {"scaling": 2.0, "iterations": 8, "gradient": "relu", "precision": "auto"}
-    assert dataclasses.replace(paper, **speed_ups) == ActivationConfig()
+    # the default's departures: chosen by R@1 under edits per dB (scaling, lr) and for speed (the rest)
+    departures = {"scaling": 2.0, "lr": 0.3, "iterations": 8, "gradient": "relu", "precision": "auto"}
+    assert dataclasses.replace(paper, **departures) == ActivationConfig()
     with pytest.raises(UnknownNameError, match="unknown activation preset 'fast'"):
         get_preset("fast")
 
@@ -123,13 +124,14 @@ def test_a_psnr_floor_sets_each_images_scaling_and_every_result_meets_it(extract
     """Photos of different texture get different scalings; each 8-bit result is at or just above the floor,
     where one scaling for all lands anywhere from the floor's -3 dB to +4 dB."""
     floor = 42.0
-    results = Activator(extractor, codec, dataclasses.replace(FAST, psnr=floor)).activate(small_photos[:4])
+    saturating = dataclasses.replace(FAST, psnr=floor, lr=1.0)
+    results = Activator(extractor, codec, saturating).activate(small_photos[:4])
     assert all(floor <= r.psnr < floor + 0.5 for r in results), [r.psnr for r in results]
     assert max(r.scaling for r in results) > 1.2 * min(r.scaling for r in results)
     assert all(r.cos_after > r.cos_before for r in results)
-    # at lr 0.3 the tanh does not saturate and part of the budget is unused: the change is scaled up to the floor
-    slow = dataclasses.replace(FAST, psnr=floor, lr=0.3)
-    filled = Activator(extractor, codec, slow).activate(small_photos[:4])
+    # at the default lr 0.3 the tanh does not saturate and part of the budget is unused: the change is scaled
+    # up to the floor
+    filled = Activator(extractor, codec, dataclasses.replace(FAST, psnr=floor)).activate(small_photos[:4])
     assert all(floor <= r.psnr < floor + 0.5 for r in filled), [r.psnr for r in filled]
     assert all(f.scaling > 1.05 * r.scaling for f, r in zip(filled, results))
     fixed = Activator(extractor, codec, FAST).activate(small_photos[:4])
@@ -143,21 +145,23 @@ def test_the_floor_holds_where_rounding_alone_would_break_it(extractor, codec, s
     assert result.psnr >= 60.0 and result.scaling < 0.5
 
 
-def test_robust_preset_is_the_default_with_crops_rotations_and_smaller_steps():
+def test_robust_preset_is_the_default_with_crops_rotations_and_more_steps():
     robust = get_preset("robust")
     assert robust.edits == ("crop", "rotate") and robust.edit_draws == 2 and (robust.lr, robust.iterations) == (0.3, 12)
     assert set(robust.edits) < set(EDIT_FAMILIES)
-    assert dataclasses.replace(robust, edits=(), lr=1.0, iterations=8) == ActivationConfig()
+    assert dataclasses.replace(robust, edits=(), iterations=8) == ActivationConfig()
     assert ActivationConfig.from_dict(robust.to_dict()) == robust  # a JSON round trip keeps the tuple
 
 
 def test_edit_aware_activation_moves_rotated_copies_closer_to_the_target(extractor, codec, small_photos):
     """Same budget and iterations, the loss also over drawn rotations: the 25-degree rotated copy of each
-    activated photo ends nearer its target (what decides its cell and code) than with the unedited-only loss."""
+    activated photo ends nearer its target (what decides its cell and code) than with the unedited-only loss.
+    At lr 1 both fill the whole budget, so the two differ only by the loss, not by the PSNR spent."""
     photos = small_photos[:3]
     targets = codec.targets(extractor.encode_arrays(photos), "index")
-    plain = Activator(extractor, codec, FAST).activate(photos)
-    aware = Activator(extractor, codec, dataclasses.replace(FAST, edits=("rotate",))).activate(photos)
+    saturating = dataclasses.replace(FAST, lr=1.0)
+    plain = Activator(extractor, codec, saturating).activate(photos)
+    aware = Activator(extractor, codec, dataclasses.replace(saturating, edits=("rotate",))).activate(photos)
 
     def rotated_cosines(results):
         rotated = extractor.encode_arrays([apply_edit("rotation_25", r.image) for r in results])
