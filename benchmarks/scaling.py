@@ -19,15 +19,25 @@ import skimage
 
 from activeindex import ActivationConfig, Activator, Codec, Extractor
 from activeindex.imageio import load_image
-from speed import PHOTOS, load_nebulae
 
 MATE_NATURE = "/usr/share/backgrounds/mate/nature/*.jpg"
+NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
+SKIMAGE_PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
 
 
 def real_photos() -> list[np.ndarray]:
     """MATE's 12 nature photos (1280-2560 px) and scikit-image's 6 photos (300-800 px)."""
     folder = Path(skimage.__file__).parent / "data"
-    return [load_image(p) for p in sorted(glob.glob(MATE_NATURE))] + [load_image(folder / n) for n in PHOTOS]
+    return [load_image(p) for p in sorted(glob.glob(MATE_NATURE))] + [load_image(folder / n) for n in SKIMAGE_PHOTOS]
+
+
+def telescope_photos(n: int) -> list[np.ndarray]:
+    """The codec's training photos (stellarium-data, `make photos`)."""
+    paths = sorted(glob.glob(NEBULAE))[:n]
+    if len(paths) < n:
+        raise SystemExit(f"found {len(paths)} photos matching {NEBULAE}, need {n}: install stellarium-data "
+                         "(make photos)")
+    return [load_image(p) for p in paths]
 
 
 def main() -> None:
@@ -39,7 +49,7 @@ def main() -> None:
 
     extractor = Extractor(device=args.device)
     codec = Codec.create(args.factory, extractor.dim)
-    codec.train(extractor.encode_arrays(load_nebulae(555)))
+    codec.train(extractor.encode_arrays(telescope_photos(555)))
     photos = real_photos()
     print(f"{len(photos)} real photos, codec {args.factory} trained on 555 telescope photos, "
           f"{ActivationConfig.iterations} iterations, device {extractor.device}")
