@@ -1,0 +1,51 @@
+"""Peak memory of activating one photo of a given size on CPU, above the loaded model, in this process.
+
+A real photo resized to the size asked (memory depends on the pixel count, not on the content), two iterations
+(the second runs with every full-resolution buffer alive), against `activation_memory`, the estimate the
+service admits activations by. Usage:
+
+    python benchmarks/memory.py [--width 10000 --height 6400] [--photo FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import resource
+
+import numpy as np
+from PIL import Image
+
+from activeindex import ActivationConfig, Activator, Codec, Extractor
+from activeindex.activation import activation_memory
+
+PHOTO = "/usr/share/backgrounds/mate/abstract/Elephants_5640x3172.jpg"  # the largest real photo of `make photos`
+NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=10_000)
+    parser.add_argument("--height", type=int, default=6_400)
+    parser.add_argument("--photo", default=PHOTO)
+    args = parser.parse_args()
+
+    Image.MAX_IMAGE_PIXELS = None  # the point is a photo above Pillow's decompression-bomb guard
+    photo = np.asarray(Image.open(args.photo).convert("RGB").resize((args.width, args.height), Image.BICUBIC))
+    extractor = Extractor(device="cpu")
+    codec = Codec.create("IVF8,PQ8x4", extractor.dim)
+    codec.train(extractor.encode(sorted(glob.glob(NEBULAE))[:320], progress=False))
+    activator = Activator(extractor, codec, ActivationConfig(iterations=2))
+    activator.activate([photo[:500, :750]])  # the model and a small activation's buffers: the baseline
+    baseline = peak_rss()
+    activator.activate([photo])
+    pixels = args.width * args.height
+    print(f"{args.width}x{args.height} ({pixels / 1e6:.0f} MP): peak RSS +{(peak_rss() - baseline) / 1e6:,.0f} MB "
+          f"above the loaded model; activation_memory estimate {activation_memory(pixels) / 1e6:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
