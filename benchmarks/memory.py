@@ -41,10 +41,11 @@ def main() -> None:
     activator = Activator(extractor, codec, ActivationConfig(iterations=2))
     activator.activate([photo[:500, :750]])  # the model and a small activation's buffers: the baseline
     baseline = peak_rss()
-    activator.activate([photo])
+    [result] = activator.activate([photo])
     pixels = args.width * args.height
-    print(f"{args.width}x{args.height} ({pixels / 1e6:.0f} MP): peak RSS +{(peak_rss() - baseline) / 1e6:,.0f} MB "
-          f"above the loaded model; activation_memory estimate {activation_memory(pixels) / 1e6:,.0f} MB")
+    print(f"{args.width}x{args.height} ({pixels / 1e6:.0f} MP): peak RSS +{(peak_rss() - baseline) / 1e6:.0f} MB "
+          f"above the loaded model; activation_memory estimate {activation_memory(pixels) / 1e6:.0f} MB; "
+          f"PSNR {result.psnr:.2f} dB")
 
 
 if __name__ == "__main__":
