@@ -29,10 +29,10 @@ def activated(extractor, codec, small_photos):
 def test_paper_defaults_are_the_config_fields():
     paper = get_preset("paper")
     assert (paper.scaling, paper.lambda_mse, paper.lr, paper.iterations) == (3.0, 0.01, 1.0, 10)
-    assert (paper.gradient, paper.precision) == ("ste", "float32")
+    assert (paper.gradient, paper.precision, paper.resolution) == ("ste", "float32", 0)
     assert paper.alpha_c == pytest.approx((0.072 / 0.299, 0.072 / 0.587, 0.072 / 0.114))
     # the default's departures: chosen by R@1 under edits per dB (scaling, lr) and for speed (the rest)
-    departures = {"scaling": 2.0, "lr": 0.3, "iterations": 8, "gradient": "relu", "precision": "auto"}
+    departures = {"scaling": 2.0, "lr": 0.3, "iterations": 8, "gradient": "relu", "precision": "auto", "resolution": 2}
     assert dataclasses.replace(paper, **departures) == ActivationConfig()
     with pytest.raises(UnknownNameError, match="unknown activation preset 'fast'"):
         get_preset("fast")

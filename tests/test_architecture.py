@@ -88,8 +88,8 @@ def test_the_product_never_imports_the_benchmark():
 
 
 def test_the_method_modules_import_neither_the_collection_nor_the_service():
-    method = ["extractor", "onnx_torch", "codec", "perceptual", "activation", "transforms", "edits", "imageio",
-              "binding"]
+    method = ["extractor", "onnx_torch", "codec", "perceptual", "coarse", "activation", "transforms", "edits",
+              "imageio", "binding"]
     graph = import_graph()
     for name in method:
         assert not {m for m in graph[f"activeindex.{name}"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .coarse import CoarseChange
 from .codec import Codec
 from .config import PRESETS, ActivationConfig, get_preset
 from .extractor import (
@@ -173,14 +174,14 @@ class Activator:
         scalings = [cfg.scaling if cfg.psnr is None else _scaling_for_map(m, per_channel, cfg.psnr) for m in maps]
         for m, s in zip(maps, scalings):
             m.mul_(s)  # one precomputed map: JND x scaling; the channels' factors stay a (1, 3, 1, 1) vector
-        deltas = [_init_delta((3, *image.shape[:2]), cfg.seed + int(s)).to(device).requires_grad_(True)
-                  for image, s in zip(images, seeds or range(len(images)))]
+        changes = [self._change(m, size, per_channel) for m in maps]
+        del maps  # each change holds its own
+        deltas = [_init_delta(c.shape, cfg.seed + int(s)).to(device).requires_grad_(True)
+                  for c, s in zip(changes, seeds or range(len(images)))]
         edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         adam = _Adam(deltas, cfg.lr)  # elementwise: each image's steps are its own
-        mse_weight = (1.0 / self._std.to(device).square()).flatten()
         for _ in range(cfg.iterations):
-            seen, mse = zip(*[_Change.apply(d, m, per_channel, mse_weight, size, preprocessing)
-                              for d, m in zip(deltas, maps)])
+            seen, mse = zip(*[change(d) for change, d in zip(changes, deltas)])
             inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
             views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
                                 for _ in range(cfg.edit_draws if cfg.edits else 0)]
@@ -194,11 +195,20 @@ class Activator:
         with torch.no_grad():
             results = []
             for i, (image, s, r) in enumerate(zip(images, scalings, releases)):  # one image's change at a time
-                change = torch.tanh(deltas[i]).mul_(maps[i]).mul_(per_channel)
-                deltas[i] = maps[i] = None  # freed as we go
+                change = changes[i].full(deltas[i])
+                deltas[i] = changes[i] = None  # freed as we go
                 results.append(_release(_compose(image, change), s, r) if cfg.psnr is None
                                else _meet_floor(image, change, s, cfg.psnr, r))
             return results
+
+    def _change(self, budget: torch.Tensor, size: tuple[int, int], per_channel: torch.Tensor) -> _PixelChange:
+        """The change of one image: per full-resolution pixel, or at ``config.resolution`` x the network's size
+        when the image is larger than that."""
+        factor, preprocessing = self.config.resolution, self.extractor.preprocessing
+        mse_weight = (1.0 / self._std.to(budget.device).square()).flatten()
+        if factor and min(budget.shape[-2] / size[0], budget.shape[-1] / size[1]) > factor:
+            return _Coarse(CoarseChange(budget[0, 0], size, factor, preprocessing), per_channel, mse_weight)
+        return _PixelChange(budget, per_channel, mse_weight, size, preprocessing)
 
     def _budget_and_view(self, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's JND map (1, 1, H, W) and what the network sees of it (resized, not rounded); the
@@ -278,6 +288,44 @@ class _Adam:
                 m[..., rows, :], v[..., rows, :] = mb, vb
                 p[..., rows, :].addcdiv_(mb, vb.sqrt_().div_(correction).add_(self.eps), value=-size)
             p.grad = None
+
+
+class _PixelChange:
+    """A change with one delta per full-resolution pixel (the paper's): ``budget`` (1, 1, H, W) x the channels'
+    factors x tanh(delta). Calling it gives what the network sees of it and its MSE (`_Change`)."""
+
+    def __init__(self, budget: torch.Tensor, per_channel: torch.Tensor, mse_weight: torch.Tensor,
+                 size: tuple[int, int], preprocessing):
+        self.budget, self.per_channel, self.mse_weight = budget, per_channel, mse_weight
+        self.size, self.preprocessing = size, preprocessing
+        self.shape = (3, *budget.shape[-2:])  # delta's
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _Change.apply(delta, self.budget, self.per_channel, self.mse_weight, self.size, self.preprocessing)
+
+    @torch.no_grad()
+    def full(self, delta: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W): the change to add to the image."""
+        return torch.tanh(delta).mul_(self.budget).mul_(self.per_channel)
+
+
+class _Coarse(_PixelChange):
+    """A change whose delta is at a multiple of the network's size (`CoarseChange`): the same interface, every
+    term computed at that size."""
+
+    def __init__(self, coarse: CoarseChange, per_channel: torch.Tensor, mse_weight: torch.Tensor):
+        self.coarse, self.per_channel, self.mse_weight = coarse, per_channel, mse_weight
+        self.shape = (3, *coarse.size)
+        self._values = 3 * coarse.budget.numel()  # the MSE's mean is over the full-resolution change
+
+    def __call__(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.tanh(delta)
+        squares = self.coarse.square_sums(t)[0] * self.per_channel.flatten().square()
+        return self.coarse.seen(t) * self.per_channel, (squares * self.mse_weight).sum() / self._values
+
+    @torch.no_grad()
+    def full(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.coarse.full(torch.tanh(delta)).mul_(self.per_channel)
 
 
 class _Change(torch.autograd.Function):

@@ -63,6 +63,10 @@ class ActivationConfig:
     # each of a family drawn from `edits` (transforms.EDIT_FAMILIES); () is the paper's unedited-only loss
     edits: tuple[str, ...] = ()
     edit_draws: int = 2
+    # delta's resolution as a multiple of the network's input: a larger photo is optimised at it, its change
+    # upsampled and shaped by the full-resolution JND map, with the same loss computed exactly (coarse.py);
+    # 0: one delta per full-resolution pixel, the paper's
+    resolution: int = 2
     # the released file (release.py): "auto" keeps the source's format (JPEG stays JPEG, PNG stays PNG, others
     # become PNG); every recorded figure and the PSNR floor are about the file as written
     output: str = "auto"
@@ -89,6 +93,7 @@ class ActivationConfig:
             "edits": (isinstance(self.edits, (tuple, list)) and set(self.edits) <= set(EDIT_FAMILIES),
                       f"a list of edit families from {list(EDIT_FAMILIES)}"),
             "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
+            "resolution": (_is_int(self.resolution) and self.resolution >= 0, "an integer >= 0"),
             "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),
                      "None or a number of dB from 20 to 80"),
             "output": (self.output in OUTPUT_FORMATS, f"one of {list(OUTPUT_FORMATS)}"),
@@ -111,7 +116,7 @@ class ActivationConfig:
 PRESETS: dict[str, ActivationConfig] = {
     "default": ActivationConfig(),
     # Fernandez et al. 2023 (correct Gy, replicate padding): exact float32 gradients, 10 iterations
-    "paper": ActivationConfig(scaling=3.0, lr=1.0, iterations=10, gradient="ste", precision="float32"),
+    "paper": ActivationConfig(scaling=3.0, lr=1.0, iterations=10, gradient="ste", precision="float32", resolution=0),
     # beyond the paper: also for the crops and rotations copies go through, where the unedited-only loss barely
     # helps (photometric edits it already covers; drawing them too dilutes the geometric draws:
     # docs/benchmark.md). More of the default's small steps: the direction averages many drawn edits before

@@ -1,0 +1,72 @@
+"""The coarse change: its stencil is exactly the network's resize of the full-resolution change, on a real
+photo's JND map, and an activation optimised through it gains as much as one per pixel."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from activeindex import ActivationConfig, Activator
+from activeindex.coarse import CoarseChange, resize_matrix, upsample_matrix
+from activeindex.extractor import PreprocessConfig, preprocessed_size, resize_to, to_tensor
+from activeindex.imageio import load_image
+from activeindex.perceptual import jnd_heatmap
+
+from .conftest import small
+
+RESIZES = [PreprocessConfig(short_side=64), PreprocessConfig(short_side=64, interpolation="bicubic"),
+           PreprocessConfig(short_side=64, antialias=False)]
+
+
+@pytest.fixture(scope="module")
+def budget(photo_paths) -> torch.Tensor:
+    """A real photo's JND map at its full 512 x 512, times the default scaling."""
+    return 2.0 * jnd_heatmap(to_tensor(load_image(photo_paths[0])))[0, 0]
+
+
+@pytest.mark.parametrize("preprocessing", RESIZES, ids=["bilinear-aa", "bicubic-aa", "bilinear"])
+def test_the_measured_matrices_are_the_resizes(photo_paths, preprocessing):
+    photo = to_tensor(load_image(photo_paths[1]))  # 400 x 600
+    down = resize_matrix(400, 64, preprocessing)
+    assert torch.allclose(down @ photo[0, 0], resize_to(photo, (64, 600), preprocessing)[0, 0], atol=1e-6)
+    column = photo[:, :, :64, :1]
+    up = torch.nn.functional.interpolate(column, size=(400, 1), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsample_matrix(64, 400) @ column[0, 0, :, 0], up[0, 0, :, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+@pytest.mark.parametrize("preprocessing", RESIZES, ids=["bilinear-aa", "bicubic-aa", "bilinear"])
+def test_what_the_network_sees_and_the_mse_are_exact(budget, factor, preprocessing):
+    size = preprocessed_size(budget.shape, preprocessing)
+    change = CoarseChange(budget, size, factor, preprocessing)
+    t = torch.tanh(torch.randn(2, 3, *change.size, generator=torch.Generator().manual_seed(factor)))
+    full = change.full(t)
+    assert full.shape == (2, 3, 512, 512) and (full.abs() <= budget + 1e-6).all()  # the JND bounds every pixel
+    assert torch.allclose(change.seen(t), resize_to(full, size, preprocessing), atol=1e-6)
+    assert torch.allclose(change.square_sums(t), full.square().sum((-2, -1)), rtol=1e-5)
+
+
+def test_the_stencil_carries_gradients_to_every_coarse_value(budget):
+    change = CoarseChange(budget, (64, 64), 2, RESIZES[0])
+    t = torch.zeros(1, 3, *change.size, requires_grad=True)
+    (change.seen(t).sum() + change.square_sums(t + 1).sum()).backward()
+    assert (t.grad != 0).all()
+
+
+def test_a_photo_over_twice_the_networks_size_is_optimised_coarsely_and_gains_as_much(extractor, codec,
+                                                                                      photo_paths):
+    image = small(load_image(photo_paths[0]), 600)  # the network sees it at 288: delta at 576 x 576
+    config = ActivationConfig(iterations=5, precision="float32")
+    coarse, pixel = Activator(extractor, codec, config), Activator(extractor, codec,
+                                                                   dataclasses.replace(config, resolution=0))
+    per_channel = torch.ones(1, 3, 1, 1)
+    assert coarse._change(torch.ones(1, 1, 600, 600), (288, 288), per_channel).shape == (3, 576, 576)
+    assert pixel._change(torch.ones(1, 1, 600, 600), (288, 288), per_channel).shape == (3, 600, 600)
+    [fine], [smooth] = pixel.activate([image]), coarse.activate([image])
+    fine_gain, smooth_gain = fine.cos_after - fine.cos_before, smooth.cos_after - smooth.cos_before
+    assert smooth_gain > 0.9 * fine_gain > 0.05
+    assert abs(smooth.psnr - fine.psnr) < 1.0
+    assert smooth.same_cell
+    assert np.abs(smooth.image.astype(int) - fine.image).max() > 0  # really another parametrisation
