@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from activeindex.perceptual import jnd_heatmap, linf, psnr, ssim
 
@@ -72,6 +73,54 @@ def test_linf_and_ssim_known_cases():
     assert linf(a, b) == abs(int(a[3, 4, 1]) - int(b[3, 4, 1]))
     assert ssim(a, a) == pytest.approx(1.0)
     assert 0.0 < ssim(a, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) < 0.1
+
+
+def ssim_float64(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM by its definition on whole images, in float64 (with the same float32 window weights)."""
+    kernel = np.exp(-(np.arange(-5, 6) ** 2) / 4.5).astype(np.float32)
+    kernel = (kernel / kernel.sum()).astype(np.float64)
+    window = torch.from_numpy(np.outer(kernel, kernel))[None, None]
+    x, y = (torch.from_numpy(image).permute(2, 0, 1)[:, None].double() for image in (a, b))
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    var_x, var_y = F.conv2d(x * x, window) - mu_x ** 2, F.conv2d(y * y, window) - mu_y ** 2
+    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim_map = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean().item()
+
+
+def smooth_pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth RGB gradient (where float32 filters err most) and a copy with +-2 levels of noise."""
+    rows, cols, channels = np.mgrid[:height, :width, :3]
+    a = np.clip(128 + 100 * np.sin(cols / 37 + rows / 53 + channels), 0, 255).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(-2, 3, a.shape)
+    return a, np.clip(a + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape", [(11, 11), (20, 30), (161, 530)])  # one window; one tile; tiles and remainders
+def test_ssim_is_exact(shape):
+    a, b = smooth_pair(*shape)
+    assert ssim(a, b) == pytest.approx(ssim_float64(a, b), abs=1e-9)
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(2))
+    assert ssim(a, b) == pytest.approx(ssim_float64(a, b), abs=1e-9)
+
+
+def test_ssim_is_the_same_on_any_number_of_threads():
+    a, b = smooth_pair(300, 1100)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ssim(a, b)
+        torch.set_num_threads(2)
+        assert ssim(a, b) == one
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_ssim_refuses_images_smaller_than_its_window():
+    with pytest.raises(ValueError, match="at least 11"):
+        ssim(np.zeros((10, 40, 3), np.uint8), np.zeros((10, 40, 3), np.uint8))
 
 
 def test_metrics_refuse_float_images():
