@@ -95,8 +95,8 @@ def test_config_accepts_numpy_scalars_and_zero_mse_weight():
 
 
 def test_fast_gradients_reach_the_cell_the_exact_ones_reach(extractor, codec, small_photos):
-    """relu graph in bfloat16 (the default) against the paper's exact float32 gradients, same budget and
-    iterations: the written image's descriptor (always the exact function) moves as far on a real photo."""
+    """relu graph in bfloat16 (the default where it is faster) against the paper's exact float32 gradients, same
+    budget and iterations: the written image's descriptor (always the exact function) moves as far on a real photo."""
     fast = dataclasses.replace(FAST, gradient="relu", precision="bfloat16")
     exact = dataclasses.replace(FAST, gradient="ste", precision="float32")
     [fast_result] = Activator(extractor, codec, fast).activate(small_photos[:1])

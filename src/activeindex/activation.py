@@ -253,11 +253,11 @@ def activation_memory(pixels: int) -> float:
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The gradient pass's type: ``"auto"`` is bfloat16 where the device computes it natively (AVX-512
-    BF16 or AMX on CPU, Ampere and later on CUDA; elsewhere it would be emulated, slower than float32)."""
+    """The gradient pass's type: ``"auto"`` is bfloat16 where it is the faster one: CPUs with AMX tiles, and CUDA
+    cards from Ampere on. AVX-512 BF16 alone is not enough: on such a Xeon (2 cores) ResNet-50's forward and
+    input-gradient pass at 288 x 461 took 0.33 s in bfloat16 autocast against 0.25 s in float32."""
     if precision == "auto":
-        native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-                  else torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_amx_tile_supported()
         precision = "bfloat16" if native else "float32"
     return getattr(torch, precision)
 

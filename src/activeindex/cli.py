@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient", choices=TORCH_MODES, default=None,
                    help="override the preset's gradient graph: relu (fast) or ste (exact)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="override the preset's precision of the gradient pass (auto: bfloat16 where native)")
+                   help="override the preset's precision of the gradient pass (auto: bfloat16 where faster)")
     p.add_argument("--psnr", type=finite_float(at_least=20, at_most=80), default=None, metavar="DB",
                    help="a quality floor: each image gets the scaling that spends exactly this PSNR, and every "
                         "released file meets it (replaces --scaling)")

@@ -55,7 +55,7 @@ class ActivationConfig:
     # how gradients are computed (the written image's descriptor is always the exact function's); the
     # paper differentiates its float model exactly: here "ste" is the exact int8 forward, "relu" 2x faster
     gradient: str = "relu"
-    precision: str = "auto"  # of the gradient pass: "auto" is bfloat16 where the hardware has it
+    precision: str = "auto"  # of the gradient pass: "auto" is bfloat16 where it is faster (`compute_dtype`)
     # a quality floor in dB instead of one scaling for all: each image gets the scaling whose full budget
     # costs exactly this PSNR (the tanh saturates, so the result lands just above), checked on the 8-bit result
     psnr: float | None = None
