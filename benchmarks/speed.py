@@ -7,7 +7,9 @@
               cosine gain towards the target, the share of edited copies in their original's IVF cell (the
               paper's photometric edits plus rotation 25 and centre crop), PSNR; 95 % bootstrap intervals over
               photos (sample sizes printed). Paths: "now" (activation.py) and, with --baseline, "autograd"
-              (the same optimisation with its full-resolution chain under autograd, as before the fused step)
+              (the same optimisation, one delta per pixel under autograd, bfloat16 where the CPU has AVX-512
+              BF16: as before the speed work) and, at full size, "now, per pixel" (resolution 0), both also
+              at a 46 dB floor: the coarse change against the per-pixel one at equal PSNR
   PNG         encoding time and size of the activated photos at zlib levels 6 (before) and 1 (now)
 
 Photos are seeded random draws (one file per wallpaper, its largest), never a file-order prefix. Usage:
@@ -46,6 +48,9 @@ from activeindex.perceptual import jnd_heatmap
 NEBULAE = "/usr/share/stellarium/nebulae/default/*.png"
 WALLPAPERS = ["/usr/share/wallpapers/*/contents/images/*.jpg", "/usr/share/backgrounds/mate/**/*.jpg"]
 LARGE_PIXELS = 24_000_000  # the 24 MP case: the largest real photos, resized to this
+FLOOR = 46.0  # dB: the paired comparison of the coarse and the per-pixel change at equal PSNR
+COMPARISONS = [("now", "autograd"), ("now", "now, per pixel"),
+               (f"now, {FLOOR:g} dB floor", f"per pixel, {FLOOR:g} dB floor")]
 EDITS = ["contrast_0.5", "contrast_2.0", "brightness_0.5", "brightness_2.0", "hue_0.2", "blur_11", "jpeg_50",
          "rotation_25", "center_crop_0.5"]
 
@@ -101,8 +106,14 @@ def embedding(extractor: Extractor, paths: list[str], label: str, repeats: int =
 
 
 class AutogradActivator(Activator):
-    """The optimisation before the fused step (--baseline): the same loss and steps, its full-resolution chain
-    (tanh, the budget, the sum with the original, the resize, the MSE) under autograd."""
+    """The optimisation before the speed work (--baseline): the same loss and steps, one delta per full-resolution
+    pixel, its chain (tanh, the budget, the sum with the original, the resize, the MSE) under autograd, and the
+    gradient pass in bfloat16 wherever the CPU has AVX-512 BF16 (the earlier "auto")."""
+
+    def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig):
+        super().__init__(extractor, codec, config)
+        if config.precision == "auto" and extractor.device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
+            self._precision = torch.bfloat16
 
     def optimize(self, images, targets, seeds=(), releases=None):
         cfg, device = self.config, self.extractor.device
@@ -157,7 +168,7 @@ def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], lab
     size = f"{h}x{w}, {megapixels:.1f} MP" if h else f"full size, median {megapixels:.1f} MP"
     print(f"activation  {label}: {len(images)} photos ({size}), codec IVF{codec.nlist},PQ8x8, {len(EDITS)} edits "
           "per photo for the cell agreement")
-    results, rates, memory = {}, {}, {}
+    results, rates, memory, in_cell = {}, {}, {}, {}
     for name, activator in paths.items():
         activator.activate([images[0][:256, :384]], progress=False)  # warm-up: graph conversion, allocations
         start, results[name], memory[name] = time.perf_counter(), [], []
@@ -172,21 +183,27 @@ def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], lab
         gain = np.array([r.cos_after - r.cos_before for r in results[name]])
         edited = [[apply_edit(edit, r.image, seed=i) for edit in EDITS] for i, r in enumerate(results[name])]
         cells = codec.cells(extractor.encode_arrays([e for per_image in edited for e in per_image]))
-        same_cell = (cells.reshape(len(images), len(EDITS)) == original_cells[:, None]).astype(float)
+        same_cell = in_cell[name] = (cells.reshape(len(images), len(EDITS)) == original_cells[:, None]).astype(float)
         psnr = np.array([r.psnr for r in results[name]])
         print(f"  {name:28s} {rates[name]:6.2f} img/s  gain {gain.mean():+.4f} {_ci(gain, 4)}  edited copies in "
               f"cell {same_cell.mean():.3f} {_ci(same_cell, 3)}  PSNR {psnr.mean():.2f} dB {_ci(psnr, 2)}  peak "
-              f"RSS +{max(memory[name]) / 1e6:.0f} MB an image ({config.gradient}, {config.precision}, "
+              f"RSS +{max(memory[name]) / 1e6:.0f} MB an image ({config.gradient}, {str(activator._precision)[6:]}, "
               f"{config.iterations} it)")
-    if {"autograd", "now"} <= set(paths):
-        gain = {n: np.array([r.cos_after - r.cos_before for r in results[n]]) for n in ("now", "autograd")}
-        cells = {n: results[n] for n in ("now", "autograd")}
-        difference = gain["now"] - gain["autograd"]
-        psnr = np.mean([a.psnr - b.psnr for a, b in zip(cells["now"], cells["autograd"])])
-        print(f"  now vs autograd: {rates['now'] / rates['autograd']:.2f}x img/s; gain difference "
-              f"{difference.mean():+.4f} {_ci(difference, 4)} ({difference.mean() / np.mean(gain['autograd']):+.1%});"
-              f" PSNR difference {psnr:+.2f} dB")
+    for new, old in COMPARISONS:
+        if {new, old} <= set(paths):
+            compare(results, rates, in_cell, new, old)
     return results
+
+
+def compare(results: dict[str, list], rates: dict[str, float], in_cell: dict[str, np.ndarray], new: str,
+            old: str) -> None:
+    """Paired per photo: the speed ratio and the differences in gain, cell agreement and PSNR."""
+    gain = {n: np.array([r.cos_after - r.cos_before for r in results[n]]) for n in (new, old)}
+    difference, cells = gain[new] - gain[old], in_cell[new].mean(1) - in_cell[old].mean(1)
+    psnr = np.array([a.psnr - b.psnr for a, b in zip(results[new], results[old])])
+    print(f"  {new} vs {old}: {rates[new] / rates[old]:.2f}x img/s; gain difference {difference.mean():+.4f} "
+          f"{_ci(difference, 4)} ({difference.mean() / np.mean(gain[old]):+.1%}); cell agreement difference "
+          f"{cells.mean():+.3f} {_ci(cells, 3)}; PSNR difference {psnr.mean():+.2f} dB {_ci(psnr, 2)}")
 
 
 def png_levels(images: list[np.ndarray], label: str) -> None:
@@ -240,8 +257,15 @@ def main() -> None:
     codec = Codec.create("IVF8,PQ8x4" if args.tiny else "IVF32,PQ8x8", extractor.dim)  # real vectors: coarse
     codec.train(queries)
 
-    def paths(config: ActivationConfig = ActivationConfig()) -> dict[str, Activator]:
+    def paths(config: ActivationConfig = ActivationConfig(), coarse: bool = False) -> dict[str, Activator]:
+        """The current path and, with --baseline, the earlier one; ``coarse``: also the current path with one delta
+        per full-resolution pixel, at the default scaling and at an equal PSNR floor."""
         now = {"now": Activator(extractor, codec, config)}
+        if coarse and args.baseline:
+            per_pixel, floor = replace(config, resolution=0), replace(config, psnr=FLOOR)
+            now |= {"now, per pixel": Activator(extractor, codec, per_pixel),
+                    f"now, {FLOOR:g} dB floor": Activator(extractor, codec, floor),
+                    f"per pixel, {FLOOR:g} dB floor": Activator(extractor, codec, replace(floor, resolution=0))}
         return ({"autograd": AutogradActivator(extractor, codec, config)} if args.baseline else {}) | now
 
     crops = [np.asarray(ImageOps.fit(Image.open(p).convert("RGB"), (768, 512), Image.BICUBIC))
@@ -251,10 +275,10 @@ def main() -> None:
     results = activation(extractor, codec, crops, "512x768", paths() | extra)
     side = 384 if args.tiny else None  # --tiny: full-size photos reduced, so that the script runs in seconds
     full = [_photo(p, side) for p in wallpapers(args.full_size, 3, args.wallpapers)]
-    full_results = activation(extractor, codec, full, "full size", paths())
+    full_results = activation(extractor, codec, full, "full size", paths(coarse=True))
     if args.large:
         large = [_photo(p, pixels=LARGE_PIXELS) for p in largest(args.large, args.wallpapers)]
-        activation(extractor, codec, large, "24 MP (the largest real photos, resized)", paths())
+        activation(extractor, codec, large, "24 MP (the largest real photos, resized)", paths(coarse=True))
     png_levels([r.image for r in results["now"]], "512x768")
     png_levels([r.image for r in full_results["now"]], "full size")
 
