@@ -172,7 +172,7 @@ class Activator:
         targets = targets.to(device)
         per_channel = (self._alpha * self._std).to(device)  # alpha_c and the normalisation, folded: (1, 3, 1, 1)
         size = preprocessed_size(images[0].shape[:2], preprocessing)
-        detailed = bool(cfg.edits) and self._coarse(images[0].shape[:2], size)  # a batch is all coarse or not
+        detailed = self._edits_from_detail(images[0].shape[:2], size)  # a batch is all coarse or not
         maps, views_of_originals, details_of_originals = map(list, zip(*[
             self._budget_and_views(image, size, detailed) for image in images]))
         scalings = [cfg.scaling if cfg.psnr is None else _scaling_for_map(m, per_channel, cfg.psnr) for m in maps]
@@ -213,6 +213,11 @@ class Activator:
         larger than that on both sides."""
         factor = self.config.resolution
         return bool(factor) and min(shape[0] / size[0], shape[1] / size[1]) > factor
+
+    def _edits_from_detail(self, shape: tuple[int, int], size: tuple[int, int]) -> bool:
+        """Whether the edit-aware loss cuts its edits from the coarse change's view at ``resolution`` x the
+        network's size (benchmarks/edit_views.py: nearer the real edit than cut from the network's input)."""
+        return bool(self.config.edits) and self._coarse(shape, size)
 
     def _change(self, budget: torch.Tensor, size: tuple[int, int], per_channel: torch.Tensor,
                 detailed: bool) -> _PixelChange:
