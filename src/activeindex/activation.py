@@ -130,14 +130,12 @@ class Activator:
         return self._assess(images, out, releases, descriptors, targets)
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
-        """Indices grouped by the size the network sees (one aspect ratio, any resolution) and whether their change
-        is coarse (`_coarse`: the edit-aware loss cuts its edits from a finer view then), in chunks of at most
+        """Indices grouped by the size the network sees (one aspect ratio, any resolution), in chunks of at most
         ``batch_size`` whose `activation_memory` fits ``memory``: mixed-size uploads still fill the network's
         batches, and full-size photos are not optimised sixteen at a time on a small server."""
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
-            size = preprocessed_size(image.shape[:2], self.extractor.preprocessing)
-            groups.setdefault((size, self._coarse(image.shape[:2], size)), []).append(i)
+            groups.setdefault(preprocessed_size(image.shape[:2], self.extractor.preprocessing), []).append(i)
         batches = []
         for group in groups.values():
             batch, used = [], 0.0
@@ -172,13 +170,11 @@ class Activator:
         targets = targets.to(device)
         per_channel = (self._alpha * self._std).to(device)  # alpha_c and the normalisation, folded: (1, 3, 1, 1)
         size = preprocessed_size(images[0].shape[:2], preprocessing)
-        detailed = self._edits_from_detail(images[0].shape[:2], size)  # a batch is all coarse or not
-        maps, views_of_originals, details_of_originals = map(list, zip(*[
-            self._budget_and_views(image, size, detailed) for image in images]))
+        maps, views_of_originals = map(list, zip(*[self._budget_and_view(image, size) for image in images]))
         scalings = [cfg.scaling if cfg.psnr is None else _scaling_for_map(m, per_channel, cfg.psnr) for m in maps]
         for m, s in zip(maps, scalings):
             m.mul_(s)  # one precomputed map: JND x scaling; the channels' factors stay a (1, 3, 1, 1) vector
-        changes = [self._change(m, size, per_channel, detailed) for m in maps]
+        changes = [self._change(m, size, per_channel) for m in maps]
         del maps  # each change holds its own
         deltas = [_init_delta(c.shape, cfg.seed + int(s)).to(device).requires_grad_(True)
                   for c, s in zip(changes, seeds or range(len(images)))]
@@ -187,10 +183,7 @@ class Activator:
         for _ in range(cfg.iterations):
             seen, mse = zip(*[change(d) for change, d in zip(changes, deltas)])
             inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
-            # crops and rotations are cut from the finest view there is, then resized as a copy's would be
-            sources = torch.cat([round_to_levels(o + c.detail(d)) for o, c, d in zip(
-                details_of_originals, changes, deltas)]) if detailed else inputs
-            views = [inputs] + [preprocess(random_edit(sources, cfg.edits, edits), self.extractor.preprocessing)
+            views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
                                 for _ in range(cfg.edit_draws if cfg.edits else 0)]
             cosine = torch.stack([F.cosine_similarity(
                 self.extractor.embed_preprocessed(view, cfg.gradient, self._precision), targets, dim=1)
@@ -208,34 +201,20 @@ class Activator:
                                else _meet_floor(image, change, s, cfg.psnr, r))
             return results
 
-    def _coarse(self, shape: tuple[int, int], size: tuple[int, int]) -> bool:
-        """Whether an image of ``shape`` is optimised at ``config.resolution`` x the network's ``size``: when it is
-        larger than that on both sides."""
-        factor = self.config.resolution
-        return bool(factor) and min(shape[0] / size[0], shape[1] / size[1]) > factor
-
-    def _edits_from_detail(self, shape: tuple[int, int], size: tuple[int, int]) -> bool:
-        """Whether the edit-aware loss cuts its edits from the coarse change's view at ``resolution`` x the
-        network's size (benchmarks/edit_views.py: nearer the real edit than cut from the network's input)."""
-        return bool(self.config.edits) and self._coarse(shape, size)
-
-    def _change(self, budget: torch.Tensor, size: tuple[int, int], per_channel: torch.Tensor,
-                detailed: bool) -> _PixelChange:
-        """The change of one image: per full-resolution pixel, or coarse (with its detail view when ``detailed``)."""
+    def _change(self, budget: torch.Tensor, size: tuple[int, int], per_channel: torch.Tensor) -> _PixelChange:
+        """The change of one image: per full-resolution pixel, or at ``config.resolution`` x the network's size
+        when the image is larger than that."""
         factor, preprocessing = self.config.resolution, self.extractor.preprocessing
         mse_weight = (1.0 / self._std.to(budget.device).square()).flatten()
-        if self._coarse(budget.shape[-2:], size):
-            coarse = CoarseChange(budget[0, 0], size, factor, preprocessing, detail=detailed)
-            return _Coarse(coarse, per_channel, mse_weight)
+        if factor and min(budget.shape[-2] / size[0], budget.shape[-1] / size[1]) > factor:
+            return _Coarse(CoarseChange(budget[0, 0], size, factor, preprocessing), per_channel, mse_weight)
         return _PixelChange(budget, per_channel, mse_weight, size, preprocessing)
 
-    def _budget_and_views(self, image: np.ndarray, size: tuple[int, int],
-                          detailed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The image's JND map (1, 1, H, W), what the network sees of it (resized, not rounded) and, when
-        ``detailed``, its resize to the coarse change's size; the full-resolution float copy is freed on return."""
-        original, preprocessing = to_tensor(image).to(self.extractor.device), self.extractor.preprocessing
-        detail = resize_to(original, [self.config.resolution * n for n in size], preprocessing) if detailed else None
-        return jnd_heatmap(original, self.config.jnd_padding), resize_to(original, size, preprocessing), detail
+    def _budget_and_view(self, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's JND map (1, 1, H, W) and what the network sees of it (resized, not rounded); the
+        full-resolution float copy is freed on return."""
+        original = to_tensor(image).to(self.extractor.device)
+        return jnd_heatmap(original, self.config.jnd_padding), resize_to(original, size, self.extractor.preprocessing)
 
     def _assess(self, images, activated: list[Optimized], releases: list[Release], descriptors,
                 targets) -> list[ActivatedImage]:
@@ -347,10 +326,6 @@ class _Coarse(_PixelChange):
     @torch.no_grad()
     def full(self, delta: torch.Tensor) -> torch.Tensor:
         return self.coarse.full(torch.tanh(delta)).mul_(self.per_channel)
-
-    def detail(self, delta: torch.Tensor) -> torch.Tensor:
-        """What the resize to delta's own size makes of the change (`CoarseChange.detail`)."""
-        return self.coarse.detail(torch.tanh(delta)) * self.per_channel
 
 
 class _Change(torch.autograd.Function):

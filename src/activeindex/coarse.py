@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,30 +33,29 @@ class CoarseChange:
         network_size: (h, w) what the network sees (`preprocessed_size`).
         factor: delta's size is ``factor`` x ``network_size`` (an integer: the weights' stride).
         preprocessing: the network's resize.
-        detail: also what the resize to delta's own size makes of the change (`detail`): the finer view that
-            edit-aware activation cuts its crops and rotations from.
     """
 
     def __init__(self, budget: torch.Tensor, network_size: Sequence[int], factor: int,
-                 preprocessing: PreprocessConfig, detail: bool = False):
+                 preprocessing: PreprocessConfig):
+        (full_h, full_w), (h, w) = budget.shape, network_size
         self.budget, self.factor = budget, factor
-        self.size = (factor * network_size[0], factor * network_size[1])
+        self.size = (factor * h, factor * w)
+        axes = [(resize_matrix(n, m, preprocessing), upsample_matrix(factor * m, n))
+                for n, m in ((full_h, h), (full_w, w))]
+        (rows, self._pad_y), (cols, self._pad_x) = (_bands(resize, upsample, factor) for resize, upsample in axes)
         host = budget.cpu()  # built on the CPU (a few passes over the map), used where the budget lives
-        upsamples = [upsample_matrix(n_delta, n) for n, n_delta in zip(budget.shape, self.size)]
-        self._network = _view(host, network_size, upsamples, factor, preprocessing, budget.device)
-        self._detail = _view(host, self.size, upsamples, 1, preprocessing, budget.device) if detail else None
+        # weights[a, b, q] = sum_p Dy[qy, py] Uy[py, f qy + a] Dx[qx, px] Ux[px, f qx + b] m[p] (pads included)
+        ky, kx = rows.shape[0] // h, cols.shape[0] // w
+        weights = _sandwich(rows, host, cols).view(ky, h, kx, w).permute(0, 2, 1, 3)
         # squares[i, j, r] = sum_p Uy[py, ry] Uy[py, ry + i] Ux[px, rx] Ux[px, rx + j] m[p]^2, i, j in {0, 1}
-        (pairs_y, pairs_x), (ry, rx) = (_pairs(upsample) for upsample in upsamples), self.size
+        (pairs_y, pairs_x), (ry, rx) = (_pairs(upsample) for _, upsample in axes), self.size
         squares = _sandwich(pairs_y, host.square(), pairs_x).view(2, ry, 2, rx).permute(0, 2, 1, 3)
-        self.squares = squares.contiguous().to(budget.device)
+        self.weights, self.squares = weights.contiguous().to(budget.device), squares.contiguous().to(budget.device)
 
     def seen(self, t: torch.Tensor) -> torch.Tensor:
         """(B, C, *size) -> (B, C, h, w): D(m * U(t)), what the network's resize makes of the change."""
-        return self._network(t)
-
-    def detail(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, C, *size) -> (B, C, *size): what the resize to delta's own size makes of the change."""
-        return self._detail(t)
+        (y, top, bottom), (x, left, right) = self._pad_y, self._pad_x
+        return _Stencil.apply(F.pad(t, (left, right, top, bottom)), self.weights, self.factor, y, x)
 
     def square_sums(self, t: torch.Tensor) -> torch.Tensor:
         """(B, C, *size) -> (B, C): sum over full-resolution pixels of (m * U(t))^2 = t . Q t."""
@@ -68,30 +66,6 @@ class CoarseChange:
         """(B, C, *size) -> (B, C, H, W): m * U(t) at full resolution."""
         upsampled = F.interpolate(t, size=tuple(self.budget.shape), mode="bilinear", align_corners=False)
         return upsampled.mul_(self.budget)
-
-
-class _View(NamedTuple):
-    """A resize of the change as a stencil over t: weights[a, b, q] = sum_p Dy[qy, py] Uy[py, s qy + a] Dx[qx, px]
-    Ux[px, s qx + b] m[p] at stride s (its rows and columns offset into t padded by pad_y, pad_x)."""
-
-    weights: torch.Tensor  # (ky, kx, h, w)
-    stride: int
-    pad_y: tuple[int, int, int]  # (offset, before, after)
-    pad_x: tuple[int, int, int]
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        (y, top, bottom), (x, left, right) = self.pad_y, self.pad_x
-        return _Stencil.apply(F.pad(t, (left, right, top, bottom)), self.weights, self.stride, y, x)
-
-
-def _view(budget: torch.Tensor, size: Sequence[int], upsamples: list[torch.Tensor], stride: int,
-          preprocessing: PreprocessConfig, device: torch.device) -> _View:
-    """The stencil of D(m * U(t)) for D the preprocessing's resize of the (H, W) ``budget`` to ``size``."""
-    (rows, pad_y), (cols, pad_x) = (_bands(resize_matrix(n, m, preprocessing), upsample, stride)
-                                    for n, m, upsample in zip(budget.shape, size, upsamples))
-    (h, w), ky, kx = size, rows.shape[0] // size[0], cols.shape[0] // size[1]
-    weights = _sandwich(rows, budget, cols).view(ky, h, kx, w).permute(0, 2, 1, 3)
-    return _View(weights.contiguous().to(device), stride, pad_y, pad_x)
 
 
 class _Stencil(torch.autograd.Function):

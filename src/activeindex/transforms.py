@@ -3,9 +3,7 @@
 The paper optimises the descriptor of the unedited image only, which barely helps geometric edits. Here the
 loss also averages over edits drawn from this distribution (expectation over transformations), so the image
 is moved where its crops, rotations and re-encodings land too. The edits act on the network's input (shorter
-side 288), where they cost little, or, for a photo over twice that size, on its view at twice the network's
-size (nearer the edit a copy makes of the full photo); crops and rotations are then resized to the network's
-size, as a copy would be.
+side 288), where they cost little; crops and rotations are resized back to that size, as a copy would be.
 """
 from __future__ import annotations
 
