@@ -16,33 +16,18 @@ targets (docs/method.md), 1.16x slower. The product keeps cutting them from the 
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import os
 
 import numpy as np
 import torch
 from PIL import Image
 
-from activeindex import Extractor
+from activeindex import ActivationConfig, Extractor
 from activeindex.bench.metrics import mean_interval
 from activeindex.extractor import preprocessed_size, resize_to, round_to_levels, to_tensor
 from activeindex.transforms import random_edit
+from speed import WALLPAPERS, wallpapers  # the same seeded draw of full-size photos
 
-WALLPAPERS = ["/usr/share/wallpapers/*/contents/images/*.jpg", "/usr/share/backgrounds/mate/**/*.jpg"]
-FACTOR = 2  # ActivationConfig.resolution
-
-
-def wallpapers(n: int, seed: int, patterns: list[str]) -> list[str]:
-    """n distinct wallpapers, seeded random; each is its largest file (a wallpaper ships in several sizes)."""
-    by_picture = collections.defaultdict(list)
-    for pattern in patterns:
-        for path in glob.glob(pattern, recursive=True):
-            by_picture[path.split("/contents/")[0] if "/contents/" in path else path].append(path)
-    pictures = sorted(max(files, key=os.path.getsize) for files in by_picture.values())
-    if len(pictures) < n:
-        raise SystemExit(f"found {len(pictures)} wallpapers, need {n}: install the wallpaper packages (make photos)")
-    return [pictures[i] for i in np.random.default_rng(seed).choice(len(pictures), n, replace=False)]
+FACTOR = ActivationConfig().resolution  # the size, in network sizes, a large photo's change is optimised at
 
 
 def descriptor(extractor: Extractor, edited: torch.Tensor) -> np.ndarray:
