@@ -1,7 +1,8 @@
 """The optimiser: move each image's descriptor towards its index target, under a perceptual budget.
 
 I = I_o + s * H(I_o) * alpha_c * tanh(delta) in ImageNet-normalised space (METHOD.md section 3),
-loss = -cos(f(I), t) + lambda * MSE(I, I_o), Adam on delta at full resolution.
+loss = -cos(f(I), t) + lambda * MSE(I, I_o), Adam on delta at full resolution (the paper's), or, for a photo over
+twice the network's size, at twice the network's size with the JND map still at full resolution (coarse.py).
 """
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ class Activator:
         """Run the optimisation on images that the network sees at one size.
 
         Memory per image, at full resolution: the budget map (1 channel), delta, its gradient and Adam's two
-        moments (3 channels, float32 each), and row blocks; the original stays 8-bit.
+        moments (3 channels, float32 each), and row blocks; the original stays 8-bit. A coarse change keeps only
+        the budget map at full resolution until the change is composed.
 
         Args:
             images: (H_i, W_i, 3) uint8, each at its full resolution.
@@ -201,13 +203,14 @@ class Activator:
                                else _meet_floor(image, change, s, cfg.psnr, r))
             return results
 
-    def _change(self, budget: torch.Tensor, size: tuple[int, int], per_channel: torch.Tensor) -> _PixelChange:
+    def _change(self, budget: torch.Tensor, size: tuple[int, int],
+                per_channel: torch.Tensor) -> _PixelChange | _CoarseChange:
         """The change of one image: per full-resolution pixel, or at ``config.resolution`` x the network's size
         when the image is larger than that."""
         factor, preprocessing = self.config.resolution, self.extractor.preprocessing
         mse_weight = (1.0 / self._std.to(budget.device).square()).flatten()
         if factor and min(budget.shape[-2] / size[0], budget.shape[-1] / size[1]) > factor:
-            return _Coarse(CoarseChange(budget[0, 0], size, factor, preprocessing), per_channel, mse_weight)
+            return _CoarseChange(CoarseChange(budget[0, 0], size, factor, preprocessing), per_channel, mse_weight)
         return _PixelChange(budget, per_channel, mse_weight, size, preprocessing)
 
     def _budget_and_view(self, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,9 +312,9 @@ class _PixelChange:
         return torch.tanh(delta).mul_(self.budget).mul_(self.per_channel)
 
 
-class _Coarse(_PixelChange):
-    """A change whose delta is at a multiple of the network's size (`CoarseChange`): the same interface, every
-    term computed at that size."""
+class _CoarseChange:
+    """A change whose delta is at a multiple of the network's size (`CoarseChange`), with `_PixelChange`'s
+    interface; every term of the loss is computed at that size."""
 
     def __init__(self, coarse: CoarseChange, per_channel: torch.Tensor, mse_weight: torch.Tensor):
         self.coarse, self.per_channel, self.mse_weight = coarse, per_channel, mse_weight
@@ -325,6 +328,7 @@ class _Coarse(_PixelChange):
 
     @torch.no_grad()
     def full(self, delta: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W): the change to add to the image."""
         return self.coarse.full(torch.tanh(delta)).mul_(self.per_channel)
 
 
