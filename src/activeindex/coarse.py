@@ -64,8 +64,7 @@ class CoarseChange:
     @torch.no_grad()
     def full(self, t: torch.Tensor) -> torch.Tensor:
         """(B, C, *size) -> (B, C, H, W): m * U(t) at full resolution."""
-        upsampled = F.interpolate(t, size=tuple(self.budget.shape), mode="bilinear", align_corners=False)
-        return upsampled.mul_(self.budget)
+        return _upsample(t, tuple(self.budget.shape)).mul_(self.budget)
 
 
 class _Stencil(torch.autograd.Function):
@@ -130,7 +129,12 @@ def resize_matrix(n_in: int, n_out: int, preprocessing: PreprocessConfig) -> tor
 
 def upsample_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """(n_out, n_in): the bilinear upsampling of `CoarseChange.full` along one axis."""
-    return _measured(n_in, n_out, lambda x, size: F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    return _measured(n_in, n_out, _upsample)
+
+
+def _upsample(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """U: the one upsampling the change goes through, and whose matrix the stencil and the MSE are built from."""
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _measured(n_in: int, n_out: int, resize: Callable) -> torch.Tensor:
