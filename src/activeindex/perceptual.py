@@ -33,10 +33,13 @@ _SSIM_BAND = np.stack([np.roll(np.pad(_SSIM_KERNEL.astype(np.float64), (0, _SSIM
                        for i in range(_SSIM_STEP)])  # row i: the weights in columns i to i + 10
 
 
-def _checked(image: np.ndarray) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image, got {image.dtype}")
-    return image
+def _checked(a: np.ndarray, b: np.ndarray) -> None:
+    """Two 8-bit images of one shape, as every metric compares."""
+    for image in (a, b):
+        if image.dtype != np.uint8:
+            raise TypeError(f"expected a uint8 image, got {image.dtype}")
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
 
 
 def row_blocks(height: int, width: int, overlap: int = 0) -> list[slice]:
@@ -109,9 +112,7 @@ def _psnr(counts: np.ndarray) -> float:
 def _differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(256,) int64: how many values of ``a`` and ``b`` differ by 0, 1, ... 255 levels. PSNR and L-inf both follow,
     from one pass over row blocks (torch's bincount runs on all cores)."""
-    _checked(a), _checked(b)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
+    _checked(a, b)
     counts = torch.zeros(256, dtype=torch.int64)
     for rows in row_blocks(*a.shape[:2]):
         difference = np.maximum(a[rows], b[rows])
@@ -125,9 +126,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     two (H, W, 3) or (H, W) uint8 images: the mean of the SSIM map over every valid window, as pytorch-msssim
     defines it but exact (float64; float32 filters err by up to a few 1e-6 on photos). Over tiles that overlap by the
     window, on `torch.get_num_threads()` threads (numpy and BLAS release the GIL)."""
-    _checked(a), _checked(b)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
+    _checked(a, b)
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
     (height, width, channels), margin = a.shape, _SSIM_WINDOW - 1
