@@ -66,7 +66,7 @@ def test_the_gradients_are_those_of_the_full_resolution_computation(budget):
 def test_a_photo_over_twice_the_networks_size_is_optimised_coarsely_and_gains_as_much(extractor, codec,
                                                                                       photo_paths):
     image = small(load_image(photo_paths[0]), 600)  # the network sees it at 288: delta at 576 x 576
-    config = ActivationConfig(iterations=5, precision="float32")
+    config = ActivationConfig(iterations=5, coarse_iterations=5, precision="float32")  # equal steps
     coarse, pixel = Activator(extractor, codec, config), Activator(extractor, codec,
                                                                    dataclasses.replace(config, resolution=0))
     per_channel = torch.ones(1, 3, 1, 1)
@@ -80,12 +80,28 @@ def test_a_photo_over_twice_the_networks_size_is_optimised_coarsely_and_gains_as
     assert np.abs(smooth.image.astype(int) - fine.image).max() > 0  # really another parametrisation
 
 
+def test_coarse_photos_take_their_own_number_of_steps_in_their_own_batches(extractor, codec, photo_paths,
+                                                                           monkeypatch):
+    """A 600-px photo (coarse) and a 400-px one (per pixel) the network sees at one size: two batches, of
+    ``coarse_iterations`` and ``iterations`` network passes."""
+    image = load_image(photo_paths[0])
+    images = [small(image, 600), small(image, 400)]
+    activator = Activator(extractor, codec, ActivationConfig(iterations=3, coarse_iterations=2, precision="float32"))
+    assert activator._batches(images) == [[0], [1]]
+    passes = []
+    embed = extractor.embed_preprocessed
+    monkeypatch.setattr(extractor, "embed_preprocessed",
+                        lambda inputs, *args: passes.append(len(inputs)) or embed(inputs, *args))
+    activator.activate(images)
+    assert passes == [1, 1, 1, 1, 1]
+
+
 def test_edit_aware_activation_of_a_large_photo_moves_its_crops_closer(extractor, codec, photo_paths):
     """The loss over drawn crops with the coarse change: the centre crop of the activated photo ends nearer its
     target than with the unedited-only loss, at the same budget."""
     image = small(load_image(photo_paths[0]), 600)
     [target] = codec.targets(extractor.encode_arrays([image]), "index")
-    config = ActivationConfig(iterations=4, lr=1.0, precision="float32")  # lr 1: both fill the budget
+    config = ActivationConfig(iterations=4, coarse_iterations=4, lr=1.0, precision="float32")  # lr 1: both fill
     [plain] = Activator(extractor, codec, config).activate([image])
     [aware] = Activator(extractor, codec, dataclasses.replace(config, edits=("crop",))).activate([image])
 

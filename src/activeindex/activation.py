@@ -131,12 +131,13 @@ class Activator:
         return self._assess(images, out, releases, descriptors, targets)
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
-        """Indices grouped by the size the network sees (one aspect ratio, any resolution), in chunks of at most
-        ``batch_size`` whose `activation_memory` fits ``memory``: mixed-size uploads still fill the network's
+        """Indices grouped by the size the network sees (one aspect ratio, any resolution) and by how their change
+        is parametrised (`_coarse`), in chunks of at most ``batch_size`` whose `activation_memory` fits ``memory``: mixed-size uploads still fill the network's
         batches, and full-size photos are not optimised sixteen at a time on a small server."""
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
-            groups.setdefault(preprocessed_size(image.shape[:2], self.extractor.preprocessing), []).append(i)
+            size = preprocessed_size(image.shape[:2], self.extractor.preprocessing)
+            groups.setdefault((size, self._coarse(image.shape[:2], size)), []).append(i)
         batches = []
         for group in groups.values():
             batch, used = [], 0.0
@@ -152,7 +153,8 @@ class Activator:
 
     def optimize(self, images: Sequence[np.ndarray], targets: torch.Tensor, seeds: Sequence[int] = (),
                  releases: Sequence[Release] | None = None) -> list[Optimized]:
-        """Run the optimisation on images that the network sees at one size.
+        """Run the optimisation on images that the network sees at one size (and that `_coarse` puts on one path:
+        it decides the number of steps).
 
         Memory per image, at full resolution: the budget map (1 channel), delta, its gradient and Adam's two
         moments (3 channels, float32 each), and row blocks; the original stays 8-bit. A coarse change keeps only
@@ -182,7 +184,7 @@ class Activator:
                   for c, s in zip(changes, seeds or range(len(images)))]
         edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         adam = _Adam(deltas, cfg.lr)  # elementwise: each image's steps are its own
-        for _ in range(cfg.iterations):
+        for _ in range(cfg.coarse_iterations if isinstance(changes[0], _CoarseChange) else cfg.iterations):
             seen, mse = zip(*[change(d) for change, d in zip(changes, deltas)])
             inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
             views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
@@ -207,11 +209,18 @@ class Activator:
                 per_channel: torch.Tensor) -> _PixelChange | _CoarseChange:
         """The change of one image: per full-resolution pixel, or at ``config.resolution`` x the network's size
         when the image is larger than that."""
-        factor, preprocessing = self.config.resolution, self.extractor.preprocessing
+        preprocessing = self.extractor.preprocessing
         mse_weight = (1.0 / self._std.to(budget.device).square()).flatten()
-        if factor and min(budget.shape[-2] / size[0], budget.shape[-1] / size[1]) > factor:
-            return _CoarseChange(CoarseChange(budget[0, 0], size, factor, preprocessing), per_channel, mse_weight)
+        if self._coarse(budget.shape[-2:], size):
+            coarse = CoarseChange(budget[0, 0], size, self.config.resolution, preprocessing)
+            return _CoarseChange(coarse, per_channel, mse_weight)
         return _PixelChange(budget, per_channel, mse_weight, size, preprocessing)
+
+    def _coarse(self, shape: Sequence[int], size: tuple[int, int]) -> bool:
+        """Whether an image of ``shape`` (H, W), seen by the network at ``size``, is optimised at
+        ``config.resolution`` x that size: when it is larger than that on both sides."""
+        factor = self.config.resolution
+        return bool(factor) and min(shape[0] / size[0], shape[1] / size[1]) > factor
 
     def _budget_and_view(self, image: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The image's JND map (1, 1, H, W) and what the network sees of it (resized, not rounded); the

@@ -67,6 +67,10 @@ class ActivationConfig:
     # upsampled and shaped by the full-resolution JND map, with the same loss computed exactly (coarse.py);
     # 0: one delta per full-resolution pixel, the paper's
     resolution: int = 2
+    # Adam's steps for such a photo: its gradients are summed over the full-resolution pixels each value moves,
+    # so Adam's epsilon does not damp them as it does a per-pixel delta's; it reaches the per-pixel change's
+    # gain and PSNR in fewer steps (benchmarks/speed.py, docs/performance.md)
+    coarse_iterations: int = 6
     # the released file (release.py): "auto" keeps the source's format (JPEG stays JPEG, PNG stays PNG, others
     # become PNG); every recorded figure and the PSNR floor are about the file as written
     output: str = "auto"
@@ -94,6 +98,7 @@ class ActivationConfig:
                       f"a list of edit families from {list(EDIT_FAMILIES)}"),
             "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
             "resolution": (_is_int(self.resolution) and self.resolution >= 0, "an integer >= 0"),
+            "coarse_iterations": (_is_int(self.coarse_iterations) and self.coarse_iterations >= 1, "an integer >= 1"),
             "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),
                      "None or a number of dB from 20 to 80"),
             "output": (self.output in OUTPUT_FORMATS, f"one of {list(OUTPUT_FORMATS)}"),
@@ -120,8 +125,8 @@ PRESETS: dict[str, ActivationConfig] = {
     # beyond the paper: also for the crops and rotations copies go through, where the unedited-only loss barely
     # helps (photometric edits it already covers; drawing them too dilutes the geometric draws:
     # docs/benchmark.md). More of the default's small steps: the direction averages many drawn edits before
-    # the tanh saturates. 4.5x the work
-    "robust": ActivationConfig(edits=("crop", "rotate"), iterations=12),
+    # the tanh saturates. 4.5x the work; large photos take as many steps (fewer are not measured with edits)
+    "robust": ActivationConfig(edits=("crop", "rotate"), iterations=12, coarse_iterations=12),
 }
 
 
