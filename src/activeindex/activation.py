@@ -132,8 +132,9 @@ class Activator:
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
         """Indices grouped by the size the network sees (one aspect ratio, any resolution) and by how their change
-        is parametrised (`_coarse`), in chunks of at most ``batch_size`` whose `activation_memory` fits ``memory``: mixed-size uploads still fill the network's
-        batches, and full-size photos are not optimised sixteen at a time on a small server."""
+        is parametrised (`_coarse`), in chunks of at most ``batch_size`` whose `activation_memory` fits ``memory``:
+        mixed-size uploads still fill the network's batches, and full-size photos are not optimised sixteen at a
+        time on a small server."""
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
             size = preprocessed_size(image.shape[:2], self.extractor.preprocessing)
