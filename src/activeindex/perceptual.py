@@ -20,6 +20,7 @@ _LUMA = (0.299, 0.587, 0.114)
 # The heatmap and the metrics run over blocks of rows (about a million pixels each), SSIM over small tiles: a
 # 64-megapixel pair needs tens of MB of temporaries, not the gigabytes of whole float copies.
 _BLOCK_PIXELS = 1 << 20
+_JND_BLOCK_PIXELS = 1 << 18  # the heatmap's ~20 temporaries a block then stay in cache: 1.8x faster at 18 MP
 _SSIM_WINDOW = 11
 _SSIM_KERNEL = np.exp(-((np.arange(_SSIM_WINDOW) - _SSIM_WINDOW // 2) ** 2) / (2 * 1.5 ** 2)).astype(np.float32)
 _SSIM_KERNEL /= _SSIM_KERNEL.sum()
@@ -42,10 +43,10 @@ def _checked(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
 
 
-def row_blocks(height: int, width: int, overlap: int = 0) -> list[slice]:
-    """Row ranges of about `_BLOCK_PIXELS` pixels covering ``height - overlap`` rows (a filter of ``overlap``
-    + 1 rows then reads each block plus ``overlap`` rows): bounded temporaries at any image size."""
-    step = max(1, _BLOCK_PIXELS // max(1, width))
+def row_blocks(height: int, width: int, overlap: int = 0, pixels: int = _BLOCK_PIXELS) -> list[slice]:
+    """Row ranges of about ``pixels`` pixels covering ``height - overlap`` rows (a filter of ``overlap`` + 1 rows
+    then reads each block plus ``overlap`` rows): bounded temporaries at any image size."""
+    step = max(1, pixels // max(1, width))
     return [slice(start, min(height - overlap, start + step)) for start in range(0, max(1, height - overlap), step)]
 
 
@@ -65,11 +66,12 @@ def jnd_heatmap(images: torch.Tensor, padding: str = "replicate") -> torch.Tenso
     """
     if padding not in ("replicate", "zeros"):
         raise ValueError(f"padding must be 'replicate' or 'zeros', got {padding!r}")
-    y = images[:, 0:1] * (_LUMA[0] * 255.0)  # luminance, one map (no 3-channel temporary)
-    y.add_(images[:, 1:2], alpha=_LUMA[1] * 255.0).add_(images[:, 2:3], alpha=_LUMA[2] * 255.0)
+    # luminance, one map: a product over the channels, which a decoded image holds side by side (3x faster
+    # than weighted sums of its strided channel planes)
+    y = (images.permute(0, 2, 3, 1) @ images.new_tensor(_LUMA).mul_(255.0)).unsqueeze(1)
     padded = F.pad(y, (2, 2, 2, 2), mode="replicate" if padding == "replicate" else "constant")
     out = torch.empty_like(y)
-    for rows in row_blocks(y.shape[-2], y.shape[-1]):  # the filters are local: row blocks, exactly
+    for rows in row_blocks(y.shape[-2], y.shape[-1], pixels=_JND_BLOCK_PIXELS):  # local filters: exact by blocks
         out[..., rows, :] = _jnd(padded[..., rows.start:rows.stop + 4, :])  # the block and its 2-row margins
     return out.div_(255.0)
 
