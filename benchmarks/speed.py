@@ -286,9 +286,10 @@ def main() -> None:
 
 
 def largest(n: int, patterns: list[str]) -> list[str]:
-    """The n largest real photos (by pixel count) among ``patterns``."""
+    """The n largest real photos (by pixel count) among ``patterns``; ties (a wallpaper's copies in two packages)
+    broken by path, so every run draws the same ones."""
     files = {p for pattern in patterns for p in glob.glob(pattern, recursive=True)}
-    return sorted(files, key=lambda p: -np.prod(Image.open(p).size))[:n]
+    return sorted(files, key=lambda p: (-np.prod(Image.open(p).size), p))[:n]
 
 
 def _photo(path: str, short_side: int | None = None, pixels: int | None = None) -> np.ndarray:
