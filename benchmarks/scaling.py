@@ -52,7 +52,8 @@ def main() -> None:
     codec.train(extractor.encode_arrays(telescope_photos(555)))
     photos = real_photos()
     print(f"{len(photos)} real photos, codec {args.factory} trained on 555 telescope photos, "
-          f"{ActivationConfig.iterations} iterations, device {extractor.device}")
+          f"{ActivationConfig.iterations} iterations ({ActivationConfig.coarse_iterations} for a photo over twice the "
+          f"network's size), device {extractor.device}")
     print(f"{'scaling':>7} {'PSNR dB':>8} {'min PSNR':>8} {'SSIM':>7} {'min SSIM':>8} {'L-inf':>6} "
           f"{'cos gain':>8} {'cell':>5} {'code':>5} {'s/img':>6}")
     for scaling in map(float, args.scalings.split(",")):
