@@ -38,7 +38,7 @@ def main() -> None:
     extractor = Extractor(device="cpu")
     codec = Codec.create("IVF8,PQ8x4", extractor.dim)
     codec.train(extractor.encode(sorted(glob.glob(NEBULAE))[:320], progress=False))
-    activator = Activator(extractor, codec, ActivationConfig(iterations=2))
+    activator = Activator(extractor, codec, ActivationConfig(iterations=2, coarse_iterations=2))
     activator.activate([photo[:500, :750]])  # the model and a small activation's buffers: the baseline
     baseline = peak_rss()
     [result] = activator.activate([photo])
