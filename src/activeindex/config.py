@@ -68,8 +68,8 @@ class ActivationConfig:
     # 0: one delta per full-resolution pixel, the paper's
     resolution: int = 2
     # Adam's steps for such a photo: its gradients are summed over the full-resolution pixels each value moves,
-    # so Adam's epsilon does not damp them as it does a per-pixel delta's; it reaches the per-pixel change's
-    # gain and PSNR in fewer steps (benchmarks/speed.py, docs/performance.md)
+    # so Adam's epsilon does not shorten its steps as it does a per-pixel delta's (benchmarks/gradients.py); it
+    # reaches the per-pixel change's gain and PSNR in fewer (docs/method.md, "Large photos")
     coarse_iterations: int = 6
     # the released file (release.py): "auto" keeps the source's format (JPEG stays JPEG, PNG stays PNG, others
     # become PNG); every recorded figure and the PSNR floor are about the file as written
