@@ -41,7 +41,7 @@ from activeindex import ActivationConfig, Activator, Codec, Extractor
 from activeindex.activation import Optimized, _init_delta, _to_uint8
 from activeindex.bench.metrics import mean_interval
 from activeindex.edits import apply_edit
-from activeindex.extractor import preprocess, preprocessed_size, to_tensor
+from activeindex.extractor import preprocess, to_tensor
 from activeindex.imageio import PNG_COMPRESS_LEVEL
 from activeindex.perceptual import jnd_heatmap
 
@@ -178,10 +178,8 @@ def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], lab
             memory[name].append(peak.added)
         _sync(extractor.device)
         rates[name] = len(images) / (time.perf_counter() - start)
-    seen = preprocessed_size(images[0].shape[:2], extractor.preprocessing)
     for name, activator in paths.items():
         config = activator.config
-        steps = config.coarse_iterations if activator._coarse(images[0].shape[:2], seen) else config.iterations
         gain = np.array([r.cos_after - r.cos_before for r in results[name]])
         edited = [[apply_edit(edit, r.image, seed=i) for edit in EDITS] for i, r in enumerate(results[name])]
         cells = codec.cells(extractor.encode_arrays([e for per_image in edited for e in per_image]))
@@ -190,7 +188,7 @@ def activation(extractor: Extractor, codec: Codec, images: list[np.ndarray], lab
         print(f"  {name:28s} {rates[name]:6.2f} img/s  gain {gain.mean():+.4f} {_ci(gain, 4)}  edited copies in "
               f"cell {same_cell.mean():.3f} {_ci(same_cell, 3)}  PSNR {psnr.mean():.2f} dB {_ci(psnr, 2)}  peak "
               f"RSS +{max(memory[name]) / 1e6:.0f} MB an image ({config.gradient}, {str(activator._precision)[6:]}, "
-              f"{steps} it)")
+              f"{activator.steps(images[0].shape[:2])} it)")
     for new, old in COMPARISONS:
         if {new, old} <= set(paths):
             compare(results, rates, in_cell, new, old)

@@ -154,8 +154,7 @@ class Activator:
 
     def optimize(self, images: Sequence[np.ndarray], targets: torch.Tensor, seeds: Sequence[int] = (),
                  releases: Sequence[Release] | None = None) -> list[Optimized]:
-        """Run the optimisation on images that the network sees at one size (and that `_coarse` puts on one path:
-        it decides the number of steps).
+        """Run the optimisation on images that the network sees at one size and that take one number of `steps`.
 
         Memory per image, at full resolution: the budget map (1 channel), delta, its gradient and Adam's two
         moments (3 channels, float32 each), and row blocks; the original stays 8-bit. A coarse change keeps only
@@ -185,7 +184,7 @@ class Activator:
                   for c, s in zip(changes, seeds or range(len(images)))]
         edits = torch.Generator().manual_seed(cfg.seed * 1_000_003 + int((seeds or [0])[0]))  # draws of this batch
         adam = _Adam(deltas, cfg.lr)  # elementwise: each image's steps are its own
-        for _ in range(cfg.coarse_iterations if isinstance(changes[0], _CoarseChange) else cfg.iterations):
+        for _ in range(self.steps(images[0].shape[:2])):
             seen, mse = zip(*[change(d) for change, d in zip(changes, deltas)])
             inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
             views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
@@ -216,6 +215,12 @@ class Activator:
             coarse = CoarseChange(budget[0, 0], size, self.config.resolution, preprocessing)
             return _CoarseChange(coarse, per_channel, mse_weight)
         return _PixelChange(budget, per_channel, mse_weight, size, preprocessing)
+
+    def steps(self, shape: Sequence[int]) -> int:
+        """Adam's steps for an image of ``shape`` (H, W): ``coarse_iterations`` on the coarse path, else
+        ``iterations``."""
+        coarse = self._coarse(shape, preprocessed_size(shape, self.extractor.preprocessing))
+        return self.config.coarse_iterations if coarse else self.config.iterations
 
     def _coarse(self, shape: Sequence[int], size: tuple[int, int]) -> bool:
         """Whether an image of ``shape`` (H, W), seen by the network at ``size``, is optimised at
