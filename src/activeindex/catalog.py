@@ -7,6 +7,14 @@ are never given out twice, so "what is new" is everything above the largest id a
 removal deletes the row and notes the id in the ``removed`` table in the same transaction; its ``seq``
 only grows, so "what was removed since" is every removal above the last ``seq`` a process has seen.
 
+Paths inside the collection's folder (the service's uploads and activated files) are stored relative to it,
+so a copied or moved collection finds its own files and never touches the folder it was copied from; other
+paths are stored absolute. Catalogs written before keep their absolute paths and read as they did.
+
+A released file is moved to its final name under a note in ``pending_files`` (`note_pending`): a commit killed
+between that move and its catalog transaction leaves a file that the next commit deletes (`pending`), so the
+published folder never keeps a file that nothing registers.
+
 Descriptors are stored as float16 (1 KB per image; a similarity moves by at most 5e-5, benchmarks/scale.py)
 or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it).
 """
@@ -48,6 +56,12 @@ CREATE TABLE IF NOT EXISTS images (
     format TEXT,
     lost_in_encoding INTEGER,
     manifest_id TEXT
+)
+"""
+_PENDING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_files (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL
 )
 """
 _REMOVED_SCHEMA = """
@@ -124,6 +138,7 @@ class Catalog:
 
     def __init__(self, path: str | Path, create: bool = False, descriptor_dtype: str = "float16"):
         self.path = Path(path)
+        self.root = self.path.parent.resolve()  # the collection's folder: paths inside it are stored relative
         self.descriptor_dtype = np.dtype(descriptor_dtype)
         if not create and not self.path.is_file():
             raise CorruptCollectionError(f"{self.path}: missing: the collection's records are gone; restore "
@@ -138,6 +153,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             self._db.execute(_REMOVED_SCHEMA)
+            self._db.execute(_PENDING_SCHEMA)
             self._add_missing_columns()
             # records found by their released file's C2PA manifest (service/c2pa.py); built once on older catalogs
             self._db.execute("CREATE INDEX IF NOT EXISTS images_manifest_id ON images (manifest_id)")
@@ -236,22 +252,64 @@ class Catalog:
         return rows[0][0] if rows else None
 
     def activated_path_taken(self, path: str) -> bool:
-        return bool(self._query("SELECT 1 FROM images WHERE activated_path = ?", (path,)))
+        """Whether a registered image was released to this resolved ``path``."""
+        forms = self._forms(path)
+        return bool(self._query("SELECT 1 FROM images WHERE activated_path IN (?, ?)", forms))
 
     def find_file(self, path: str | None = None, sha256: str | None = None) -> list[int]:
         """Ids whose original or activated file has this resolved ``path`` or this ``sha256``."""
-        column, value = ("path", path) if path is not None else ("sha256", sha256)
-        sql = f"SELECT id FROM images WHERE original_{column} = ? OR activated_{column} = ? ORDER BY id"
-        return [r[0] for r in self._query(sql, (value, value))]
+        if path is not None:
+            forms = self._forms(path)
+            sql = "SELECT id FROM images WHERE original_path IN (?, ?) OR activated_path IN (?, ?) ORDER BY id"
+            return [r[0] for r in self._query(sql, (*forms, *forms))]
+        sql = "SELECT id FROM images WHERE original_sha256 = ? OR activated_sha256 = ? ORDER BY id"
+        return [r[0] for r in self._query(sql, (sha256, sha256))]
 
     def registered_from(self, paths: list[str], since: str) -> list[Record]:
         """Records made from these original files (resolved paths) at or after ``since`` (ISO 8601), by id."""
+        forms = sorted({form for path in paths for form in self._forms(path)})
         rows = []
-        for start in range(0, len(paths), _CHUNK):
-            chunk = paths[start:start + _CHUNK]
+        for start in range(0, len(forms), _CHUNK):
+            chunk = forms[start:start + _CHUNK]
             rows += self._query(f"SELECT {', '.join(_COLUMNS)} FROM images WHERE original_path IN "
                                 f"({', '.join('?' * len(chunk))}) AND created_at >= ?", [*chunk, since])
-        return sorted((_record(row) for row in rows), key=lambda r: r.id)
+        return sorted((self._record(row) for row in rows), key=lambda r: r.id)
+
+    def note_pending(self, path: str, sha256: str) -> None:
+        """Note that a released file with these bytes is being moved to ``path`` (resolved), before its row is
+        committed; `pending` lists the notes of commits that never finished."""
+        with self._lock, self._errors(), self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO pending_files (path, sha256) VALUES (?, ?)", (path, sha256))
+
+    def drop_pending(self, paths: list[str]) -> None:
+        """Forget the notes of these paths (their move failed, or their rows are committed)."""
+        with self._lock, self._errors(), self._transaction():
+            self._db.executemany("DELETE FROM pending_files WHERE path = ?", [(p,) for p in paths])
+
+    def pending(self) -> list[tuple[str, str]]:
+        """(path, sha256) of every noted move not dropped since (under the folder lock no other commit is in
+        progress: each is a killed commit's, its row committed or not)."""
+        return self._query("SELECT path, sha256 FROM pending_files")
+
+    def _stored(self, path: str | None) -> str | None:
+        """How a resolved path is stored: relative to the collection's folder when inside it, else as it is."""
+        if path is None or not Path(path).is_relative_to(self.root):
+            return path
+        return Path(path).relative_to(self.root).as_posix()
+
+    def _absolute(self, stored: str | None) -> str | None:
+        """The resolved path of a stored one."""
+        return stored if stored is None or Path(stored).is_absolute() else str(self.root / stored)
+
+    def _forms(self, path: str) -> tuple[str, str]:
+        """(stored form, absolute form) of a resolved path: catalogs from before relative paths hold the latter."""
+        return self._stored(path), path
+
+    def _record(self, row: tuple) -> Record:
+        record = _record(row)
+        record.original_path, record.activated_path = (self._absolute(record.original_path),
+                                                       self._absolute(record.activated_path))
+        return record
 
     def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
         """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending.
@@ -265,11 +323,16 @@ class Catalog:
             first = self._db.execute("SELECT MAX(COALESCE((SELECT MAX(id) FROM images), 0), "
                                      "COALESCE((SELECT MAX(id) FROM removed), 0)) + 1").fetchone()[0]
             ids = list(range(first, first + len(records)))
-            self._db.executemany(sql, [[image_id, *(getattr(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes()]
+            self._db.executemany(sql, [[image_id, *(self._column(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes()]
                                        for image_id, r, blob in zip(ids, records, blobs)])
         for record, image_id in zip(records, ids):
             record.id, record.created_at = image_id, now
         return ids
+
+    def _column(self, record: Record, column: str):
+        """A record's value as stored in ``column`` (paths: `_stored`)."""
+        value = getattr(record, column)
+        return self._stored(value) if column in ("original_path", "activated_path") else value
 
     @contextmanager
     def _transaction(self):
@@ -294,7 +357,7 @@ class Catalog:
 
     def get(self, ids: list[int]) -> dict[int, Record]:
         """Records by id (missing ids are absent from the result)."""
-        return {row[0]: _record(row[1:]) for row in self._rows(_COLUMNS, ids)}
+        return {row[0]: self._record(row[1:]) for row in self._rows(_COLUMNS, ids)}
 
     def stored(self, descriptors: np.ndarray) -> np.ndarray:
         """Descriptors as the catalog will give them back: rounded to ``descriptor_dtype``, as float32."""
@@ -302,7 +365,7 @@ class Catalog:
 
     def paths_and_descriptors(self, ids: list[int]) -> dict[int, tuple[str, str | None, np.ndarray]]:
         """(original path, activated path, descriptor) by id, in one query: what a search result needs."""
-        return {row[0]: (row[1], row[2], self._vector(row[3]))
+        return {row[0]: (self._absolute(row[1]), self._absolute(row[2]), self._vector(row[3]))
                 for row in self._rows(["original_path", "activated_path", "descriptor"], ids)}
 
     def descriptors_of(self, ids: list[int]) -> dict[int, np.ndarray]:

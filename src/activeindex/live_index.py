@@ -23,7 +23,7 @@ import numpy as np
 
 from .catalog import Catalog, Record
 from .codec import Codec, index_ids, save_index, search, set_nprobe
-from .locking import ReadWriteLock
+from .locking import ReadWriteLock, process_alive
 
 __all__ = ["LiveIndex"]
 
@@ -164,6 +164,7 @@ class LiveIndex:
     def save(self, path: Path) -> None:
         """Write the index (caught up with the catalog) to ``path`` atomically; searches go on meanwhile."""
         self.refresh()
+        _remove_dead_snapshots(path)
         with self.lock.reading():
             save_index(self.index, path)
         self.unsnapshotted = 0
@@ -173,6 +174,16 @@ class LiveIndex:
         largest id holds exactly 1..n: no need to read a million rows on open."""
         count, largest = self.catalog.count(), self.catalog.max_id()
         return np.arange(1, count + 1, dtype=np.int64) if count == largest else self.catalog.ids()
+
+
+def _remove_dead_snapshots(path: Path) -> None:
+    """Delete the temp files of snapshots whose writer was killed mid-write (`codec.save_index` names them
+    ``.index.faiss.PID.THREAD.tmp``; a living process's are kept): each is as large as the index."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            logger.info("removed %s, left by a snapshot that was killed", tmp.name)
 
 
 def _contains(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:

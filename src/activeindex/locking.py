@@ -4,6 +4,7 @@ held for a process's lifetime)."""
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,18 @@ from pathlib import Path
 
 from .errors import CollectionLockedError
 
-__all__ = ["FolderLock", "ReadWriteLock", "LifetimeLock"]
+__all__ = ["FolderLock", "ReadWriteLock", "LifetimeLock", "process_alive"]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has this pid (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class FolderLock:
