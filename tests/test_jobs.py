@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import itertools
+import multiprocessing
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,24 +23,30 @@ from PIL import Image
 
 from activeindex import ActivationConfig, Collection
 from activeindex.catalog import Catalog
+from activeindex.credentials import SigningMaterial, manifest_store, validation
 from activeindex.errors import CorruptCollectionError, InvalidInputError, StorageFullError
 from activeindex.faults import ENVIRONMENT
 from activeindex.locking import FolderLock, LifetimeLock
-from activeindex.service.jobs import RUNNER_LOCK
-from activeindex.service.queue import JobQueue, UnknownJobError, WorkerBusy, job_error
+from activeindex.service.jobs import RUNNER_LOCK, ActivationWorker
+from activeindex.service.queue import JobQueue, JobSettings, UnknownJobError, WorkerBusy, job_error
 
 from .conftest import TEST_FACTORY, TOKEN, free_port, serving
+from .test_credentials import make_pki
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-# a real server whose jobs activate with 2 iterations one image at a time, that waits only for images up to 40,000
-# pixels, and that gives requests 3 s to finish when stopped (as `activeindex serve` does)
+# a real server whose jobs activate with 2 iterations (the default batch size), that waits only for images up to
+# 40,000 pixels, and that gives requests 3 s to finish when stopped (as `activeindex serve` does); given a
+# certificate chain, its key and their root, it signs (as `serve --c2pa-sign` does)
 SERVE = """
 import sys
 import uvicorn
 from activeindex import ActivationConfig, Collection
+from activeindex.credentials import SigningMaterial
 from activeindex.service import ServiceConfig, create_app
-root, port, token = sys.argv[1:]
-config = ServiceConfig(token=token, activation=ActivationConfig(iterations=2, batch_size=1), sync_max_pixels=40_000)
+root, port, token, *pki = sys.argv[1:]
+signing = SigningMaterial.load(pki[0], pki[1], trust_anchors=pki[2]) if pki else None
+config = ServiceConfig(token=token, activation=ActivationConfig(iterations=2), sync_max_pixels=40_000,
+                       signing=signing)
 uvicorn.run(create_app(Collection.open(root, device="cpu"), config), host="127.0.0.1", port=int(port),
             log_level="warning", timeout_graceful_shutdown=3)
 """
@@ -48,10 +58,13 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _start(root: Path, port: int | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """The app with the settings above under a real uvicorn, returned once /healthz answers."""
+def _start(root: Path, port: int | None = None, env: dict | None = None,
+           signing: SigningMaterial | None = None) -> tuple[subprocess.Popen, str]:
+    """The app with the settings above under a real uvicorn (signing with ``signing``), returned once /healthz
+    answers."""
     port = port or free_port()
-    return serving([sys.executable, "-c", SERVE, str(root), str(port), TOKEN], port, env)
+    pki = [signing.certificate_chain, signing.private_key, signing.trust_anchors] if signing else []
+    return serving([sys.executable, "-c", SERVE, str(root), str(port), TOKEN, *map(str, pki)], port, env)
 
 
 def _follow(url: str, job_id: int, timeout: float = 240) -> tuple[dict, list[tuple[str, int]]]:
@@ -131,6 +144,59 @@ def test_queue_submit_claim_progress_finish(queue, tmp_path):
     assert queue.pending() == 0
 
 
+def test_a_job_keeps_the_settings_of_the_server_that_queued_it(queue, tmp_path):
+    """Signing material (by absolute path), memory budget and Ray address survive the queue; a job that a version
+    without them queued reads None, and the queue that lacked the columns gains them."""
+    signing = SigningMaterial(Path("chain.pem"), Path("key.pem"), "es384", "http://tsa.example", Path("root.pem"))
+    settings = JobSettings(signing, 2e9, "auto")
+    job = queue.submit([tmp_path / "a.png"], tmp_path / "out", settings=settings,
+                       refused=[{"filename": "bad.png", "error": "bad.png: not an image"}])
+    stored = queue.get(job.id).settings
+    assert stored.signing.certificate_chain == Path("chain.pem").resolve() and stored.signing.private_key.is_absolute()
+    assert stored.signing.trust_anchors == Path("root.pem").resolve() and stored.signing.algorithm == "es384"
+    assert (stored.signing.timestamp_url, stored.memory, stored.ray) == ("http://tsa.example", 2e9, "auto")
+    assert queue.get(job.id).refused == [{"filename": "bad.png", "error": "bad.png: not an image"}]
+    assert queue.get(queue.submit([tmp_path / "b.png"], tmp_path).id).settings == JobSettings()
+    old = tmp_path / "old"
+    old.mkdir()
+    Catalog(old / "catalog.sqlite", create=True).close()
+    with sqlite3.connect(old / "catalog.sqlite") as db:  # a queue of a version that kept no settings
+        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL, created_at TEXT NOT NULL, "
+                   "updated_at TEXT NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0, "
+                   "inputs TEXT NOT NULL, out_dir TEXT NOT NULL, config TEXT NOT NULL, result TEXT, error TEXT)")
+        db.execute("INSERT INTO jobs VALUES (7, 'queued', 'now', 'now', 1, 0, '[\"a.png\"]', 'out', '{}', NULL, NULL)")
+    db.close()
+    reopened = JobQueue(old)
+    assert (reopened.get(7).settings, reopened.get(7).refused) == (None, [])
+    reopened.close()
+
+
+def _write_job_ids(current) -> None:
+    """Assign job ids to the shared value as fast as possible (the runner's ``current.value = job.id``)."""
+    for job_id in itertools.cycle(range(1, 1000)):
+        current.value = job_id
+
+
+def test_a_runner_killed_while_it_writes_its_job_id_never_blocks_the_server(queue, tmp_path):
+    """The server's watcher reads the job id its runner is working on, on the event loop: a runner killed by
+    SIGKILL in the middle of writing it (20 times, at random moments) never leaves that read waiting."""
+    worker = ActivationWorker(tmp_path, "sscd", "cpu")
+    fork, rng = multiprocessing.get_context("fork"), np.random.default_rng(0)
+    try:
+        for _ in range(20):
+            writer = fork.Process(target=_write_job_ids, args=(worker._current,), daemon=True)
+            writer.start()
+            time.sleep(rng.uniform(0.01, 0.05))
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.join()
+            read = threading.Thread(target=lambda: worker._current.value, daemon=True)  # a hung one is left behind
+            read.start()
+            read.join(2)
+            assert not read.is_alive(), "reading the runner's job id hangs"
+    finally:
+        worker.queue.close()
+
+
 def test_queue_errors_are_one_line(queue, tmp_path):
     with pytest.raises(UnknownJobError, match="no job with id 999"):
         queue.get(999)
@@ -191,6 +257,27 @@ def test_a_job_of_three_photos_completes_with_progress(served, photo_paths, smal
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     uploads = {p.name for p in (root / "uploads").rglob("*.png")}
     assert {"new1-0.png", "new1-1.png"} <= uploads and "known.png" not in uploads  # the skipped one was not kept
+
+
+def test_a_job_reports_progress_before_it_is_done(served, small_photos):
+    """A job of 4 images at the default batch size (16): ``done`` moves through the values between 0 and 4."""
+    _, url = served
+    files = [("images", item) for item in _new_photos(small_photos, 1, 4, side=160)]
+    job_id = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60).json()["id"]
+    job, seen = _follow(url, job_id)
+    assert job["state"] == "done" and len(job["records"]) == 4
+    assert any(0 < done < 4 for _, done in seen), seen
+
+
+def test_a_job_holding_the_same_upload_twice_lists_the_second_as_a_duplicate(served, small_photos):
+    _, url = served
+    [item] = _new_photos(small_photos[4:], 2, 1)
+    job_id = httpx.post(f"{url}/v1/jobs", files=[("images", item), ("images", item)], headers=AUTH,
+                        timeout=60).json()["id"]
+    job, _ = _follow(url, job_id)
+    assert job["state"] == "done" and job["total"] == job["done"] == 2
+    assert [r["original_filename"] for r in job["records"]] == [item[0]]
+    assert job["skipped"] == [{"filename": item[0], "reason": "duplicate of an earlier file in this run"}]
 
 
 def test_searches_answer_while_a_job_runs(served, photo_paths, small_photos):
@@ -312,6 +399,45 @@ def test_two_servers_run_every_job_once_and_answer_every_request(tmp_path, train
     shas = [r.original_sha256 for r in collection.catalog.get(collection.catalog.ids().tolist()).values()]
     assert collection.catalog.count() == collection.index.ntotal == len(set(shas)) == 8
     collection.close()
+
+
+def _submit(url: str, images: list[tuple[str, bytes]]) -> int:
+    """Queue a job of these images; its id."""
+    response = httpx.post(f"{url}/v1/jobs", files=[("images", item) for item in images], headers=AUTH, timeout=60)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def _released_by(root: Path, job: dict) -> list[Path]:
+    """The released files of a finished job's records."""
+    return [root / "activated" / record["activated_filename"] for record in job["records"]]
+
+
+def test_a_job_is_signed_as_its_server_was_started_whichever_runner_runs_it(tmp_path, training_npy, small_photos):
+    """Two servers on one collection, only the second started with signing, the first one's runner holding the
+    runner lock: the jobs queued to the second come out signed (valid against the test root), the first's not."""
+    root = _new_collection(tmp_path / "col", training_npy)
+    pki = make_pki(tmp_path / "pki")
+    plain, url_plain = _start(root)
+    servers, submitted = [plain], []
+    try:
+        submitted.append((url_plain, _submit(url_plain, _new_photos(small_photos, 0, 1))))
+        _follow(*submitted[0])  # its runner holds the runner lock now; the next server's stands by
+        signing, url_signing = _start(root, signing=pki)
+        servers.append(signing)
+        submitted += [(url_signing, _submit(url_signing, _new_photos(small_photos, 1, 1))),
+                      (url_plain, _submit(url_plain, _new_photos(small_photos, 2, 1)))]
+        jobs = [_follow(url, job_id)[0] for url, job_id in submitted]
+    finally:
+        for process in servers:
+            process.terminate()
+            process.wait(timeout=60)
+    assert all(job["state"] == "done" and len(job["records"]) == 1 for job in jobs), jobs
+    [before], [signed], [after] = (_released_by(root, job) for job in jobs)
+    assert manifest_store(signed) is not None and jobs[1]["records"][0]["manifest_id"]
+    assert validation(signed, pki.trust_anchors)["validation_state"] in ("Valid", "Trusted")
+    assert manifest_store(before) is None and manifest_store(after) is None
+    assert jobs[0]["records"][0]["manifest_id"] is None and jobs[2]["records"][0]["manifest_id"] is None
 
 
 def test_job_ids_are_random_and_the_queue_keeps_its_order(queue, tmp_path):

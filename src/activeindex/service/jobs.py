@@ -5,7 +5,9 @@ runner lock (``COLLECTION/.jobs.lock``, held for its lifetime and released by th
 by SIGKILL); until then it waits, loading nothing, as a stand-in for the runner that holds it. Holding the
 lock, it queues again the jobs a dead runner left ``running`` (no living process works on them), then
 claims queued jobs, whichever server queued them, one at a time: so every job runs in one process at a
-time, and a job whose runner died is resumed, never run twice at once.
+time, and a job whose runner died is resumed, never run twice at once. A job runs with the settings of the
+server that queued it (`JobSettings`: signing material, memory budget, Ray address), not with those of the
+server whose runner holds the lock.
 
 A resumed job MERGES what its earlier runs committed: the images registered from its own inputs since it
 was submitted are its records, not "already registered". The runner dies with the server that started it
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -42,7 +45,7 @@ from ..errors import ActiveIndexError, CollectionLockedError, CorruptCollectionE
 from ..imageio import sha256_file
 from ..ingest import BatchReport
 from ..locking import LifetimeLock
-from .queue import Job, JobQueue, WorkerFailed, job_error
+from .queue import Job, JobQueue, JobSettings, WorkerFailed, job_error
 
 __all__ = ["ActivationWorker", "run_jobs", "discard_unregistered", "RUNNER_LOCK", "WORKER_NICENESS"]
 
@@ -56,6 +59,7 @@ INTERNAL_ERROR = "internal error in the activation worker; see the server log"
 DAMAGED = "the collection is damaged on the server; see the server log"
 IDLE_POLL = 0.5  # seconds between looks at the queue when it is empty
 STOP_GRACE = 5.0  # seconds a stopping runner gets before it is killed
+PROGRESS_STEPS = 4  # a job is activated in at least this many batches (its size allowing), so `done` moves
 
 
 class ActivationWorker:
@@ -68,11 +72,14 @@ class ActivationWorker:
         model: the descriptor model name or file, as `Collection.open` takes it.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (auto).
         max_pending: jobs queued or running; more are refused with `WorkerBusy`.
-        ray: where `Collection.activate` runs: None in the runner process, else a Ray address
+        ray: where the jobs queued here activate: None in the runner process, else a Ray address
             (``"local"``, ``"auto"``, ``"ray://host:10001"``).
         uploads: a folder whose files are the jobs' inputs: those a job did not register are deleted after it.
-        signing: sign every released file's Content Credentials (C2PA).
-        memory: bytes an activation batch may use (`activation.activation_memory`).
+        signing: sign the released files of the jobs queued here (C2PA Content Credentials).
+        memory: bytes an activation batch of the jobs queued here may use (`activation.activation_memory`).
+
+    ``ray``, ``signing`` and ``memory`` are stored with each job this server queues (`JobSettings`), so they
+    hold whichever server's runner executes it.
 
     Example:
         >>> worker = ActivationWorker(collection.root, "sscd", "cpu")
@@ -85,13 +92,16 @@ class ActivationWorker:
     def __init__(self, root: str | os.PathLike, model: str, device: str | None, max_pending: int = 4,
                  ray: str | None = None, uploads: Path | None = None, signing: SigningMaterial | None = None,
                  memory: float | None = None):
-        self.root, self.model, self.device, self.ray = str(root), model, device, ray
-        self.max_pending, self.uploads, self.signing, self.memory = max_pending, uploads, signing, memory
+        self.root, self.model, self.device = str(root), model, device
+        self.max_pending, self.uploads = max_pending, uploads
+        self.settings = JobSettings(signing, memory, ray)
         self.queue = JobQueue(root)
         self._context = multiprocessing.get_context("spawn")
         self._process: multiprocessing.Process | None = None
         self._runner_id = ""  # the runner process's name in the queue's ``runner`` column
-        self._current = self._context.Value("q", 0)  # the job the runner is working on (0: none)
+        # the job the runner is working on (0: none); lock-free: a runner killed while holding a lock would
+        # block the watcher's read, on the event loop, forever (an aligned 8-byte word is written whole)
+        self._current = self._context.Value("q", 0, lock=False)
         self._monitor: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -104,8 +114,8 @@ class ActivationWorker:
         self._current.value = 0
         self._process = self._context.Process(
             target=run_jobs, name="activeindex-jobs", daemon=True,
-            args=(self.root, self.model, self.device, self.ray, self._runner_id, self._current, os.getpid(),
-                  str(self.uploads) if self.uploads else None, self.signing, self.memory))
+            args=(self.root, self.model, self.device, self._runner_id, self._current, os.getpid(),
+                  str(self.uploads) if self.uploads else None, self.settings))
         self._process.start()
 
     async def _watch(self) -> None:
@@ -120,14 +130,16 @@ class ActivationWorker:
                 await asyncio.to_thread(self.queue.finish, job_id, None, WorkerFailed(WORKER_DIED), runner)
             self._spawn()
 
-    async def submit(self, inputs: Sequence[Path], out_dir: Path,
-                     config: ActivationConfig = ActivationConfig()) -> Job:
-        """Queue a job; the collection's runner (this server's, or another's) will run it.
+    async def submit(self, inputs: Sequence[Path], out_dir: Path, config: ActivationConfig = ActivationConfig(),
+                     refused: Sequence[dict] = ()) -> Job:
+        """Queue a job with this server's `JobSettings`; the collection's runner (this server's, or another's)
+        will run it. ``refused``: ``{"filename", "error"}`` of the files sent with it that were not queued.
 
         Raises:
             WorkerBusy: ``max_pending`` jobs are already queued or running.
         """
-        return await asyncio.to_thread(self.queue.submit, inputs, out_dir, config, self.max_pending)
+        return await asyncio.to_thread(self.queue.submit, inputs, out_dir, config, self.max_pending,
+                                       self.settings, refused)
 
     async def wait(self, job_id: int, poll: float = 0.2) -> Job:
         """The job once it is done, whoever ran it; raises the error it failed with, if it did.
@@ -157,10 +169,10 @@ class ActivationWorker:
 
 # ---------------------------------------------------------------- the runner process
 
-def run_jobs(root: str, model: str, device: str | None, ray: str | None, runner_id: str, current,
-             parent: int, uploads: str | None, signing: SigningMaterial | None = None,
-             memory: float | None = None) -> None:
-    """(The runner process.) Wait for the runner lock, then run queued jobs until the server stops it."""
+def run_jobs(root: str, model: str, device: str | None, runner_id: str, current, parent: int,
+             uploads: str | None, settings: JobSettings = JobSettings()) -> None:
+    """(The runner process.) Wait for the runner lock, then run queued jobs until the server stops it, each
+    with its own `JobSettings` (``settings``: for the jobs queued without any, by an earlier version)."""
     _die_with(parent)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # a job cut short here is resumed by the next runner
     os.nice(WORKER_NICENESS)
@@ -176,17 +188,17 @@ def run_jobs(root: str, model: str, device: str | None, ray: str | None, runner_
             time.sleep(IDLE_POLL)
             continue
         current.value = job.id
-        _run_job(collection, queue, job, ray, runner_id, Path(uploads) if uploads else None, signing, memory)
+        _run_job(collection, queue, job, job.settings or settings, runner_id, Path(uploads) if uploads else None)
         current.value = 0
 
 
-def _run_job(collection: Collection, queue: JobQueue, job: Job, ray: str | None, runner_id: str,
-             uploads: Path | None, signing: SigningMaterial | None, memory: float | None) -> None:
+def _run_job(collection: Collection, queue: JobQueue, job: Job, settings: JobSettings, runner_id: str,
+             uploads: Path | None) -> None:
     """Activate a claimed job's files, recording progress after each batch, then its outcome."""
     start = time.monotonic()
     try:
-        report = collection.activate(job.inputs, job.out_dir, config=ActivationConfig.from_dict(job.config),
-                                     progress=False, ray=ray, signing=signing, memory=memory,
+        report = collection.activate(job.inputs, job.out_dir, config=_in_steps(job), progress=False,
+                                     ray=settings.ray, signing=settings.signing, memory=settings.memory,
                                      on_batch=lambda done, total: _retrying(
                                          lambda: queue.progress(job.id, done, total)))
         outcome = {"result": _merged(collection, job, report).to_dict(), "seconds": time.monotonic() - start,
@@ -201,15 +213,28 @@ def _run_job(collection: Collection, queue: JobQueue, job: Job, ray: str | None,
         discard_unregistered(collection, queue, uploads, [Path(p) for p in job.inputs])
 
 
+def _in_steps(job: Job) -> ActivationConfig:
+    """The job's settings, its batches cut so that it takes `PROGRESS_STEPS` commits where it has the images:
+    progress is recorded per commit, and one batch of the whole job would leap from 0 to all."""
+    config = ActivationConfig.from_dict(job.config)
+    return replace(config, batch_size=min(config.batch_size, math.ceil(job.total / PROGRESS_STEPS)))
+
+
 def _merged(collection: Collection, job: Job, report: BatchReport) -> BatchReport:
     """This run's report plus what earlier runs of the same job registered (a resumed job): the records made
-    from its own inputs since it was submitted are its records, not "already registered"."""
+    from its own inputs since it was submitted are its records, not "already registered". A file the job
+    holds twice keeps its skip on the second (the first one lists the record)."""
     earlier = {r.original_path: r for r in collection.catalog.registered_from(job.inputs, job.created_at)}
-    mine = {r.original_path for r in report.records}
-    ours = [(path, reason) for path, reason in report.skipped if str(Path(path).resolve()) in earlier]
-    merged = [earlier[str(Path(path).resolve())] for path, _ in ours if str(Path(path).resolve()) not in mine]
-    return replace(report, records=sorted(report.records + merged, key=lambda r: r.id),
-                   skipped=[s for s in report.skipped if s not in ours])
+    listed = {r.original_path for r in report.records}  # inputs the job's result already lists a record of
+    merged, skipped = [], []
+    for path, reason in report.skipped:
+        key = str(Path(path).resolve())
+        if key in earlier and key not in listed:
+            merged.append(earlier[key])
+            listed.add(key)
+        else:
+            skipped.append((path, reason))
+    return replace(report, records=sorted(report.records + merged, key=lambda r: r.id), skipped=skipped)
 
 
 def _retrying(write, pause: float = 2.0):

@@ -1,6 +1,7 @@
 """The durable job queue: a ``jobs`` table in the collection's ``catalog.sqlite``, shared by processes.
 
-Each job is a list of image files to activate into a folder, with its `ActivationConfig`, its state
+Each job is a list of image files to activate into a folder, with its `ActivationConfig`, the settings of the
+server that queued it (`JobSettings`: signing material, memory budget, Ray address), its state
 (``queued`` -> ``running`` -> ``done`` or ``failed``), its progress (input files handled of ``total``) and,
 once done, the `BatchReport`. A running job names the runner that claimed it, so a runner that died can be
 told apart from one that lives (jobs.py). Jobs outlive the processes that submit and run them. Job ids are
@@ -16,13 +17,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..activation import ActivationConfig
 from ..catalog import sqlite_errors
 from ..collection import CATALOG
+from ..credentials import SigningMaterial
 from ..errors import (
     ActiveIndexError,
     CollectionLockedError,
@@ -34,7 +36,7 @@ from ..errors import (
 )
 from ..locking import LifetimeLock
 
-__all__ = ["Job", "JobQueue", "UnknownJobError", "WorkerBusy", "WorkerFailed", "JOB_STATES", "job_error"]
+__all__ = ["Job", "JobQueue", "JobSettings", "UnknownJobError", "WorkerBusy", "WorkerFailed", "JOB_STATES", "job_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +60,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     runs INTEGER NOT NULL DEFAULT 0,
     seq INTEGER,
     seconds REAL,
-    activated INTEGER
+    activated INTEGER,
+    settings TEXT,
+    refused TEXT
 )
 """
 # columns that queues made by earlier versions lack
 _ADDED_COLUMNS = {"error_kind": "TEXT", "runner": "TEXT", "runs": "INTEGER NOT NULL DEFAULT 0", "seq": "INTEGER",
-                  "seconds": "REAL", "activated": "INTEGER"}
+                  "seconds": "REAL", "activated": "INTEGER", "settings": "TEXT", "refused": "TEXT"}
 MAX_JOB_ID = 2**53 - 1  # job ids are drawn at random below this (unguessable; exact as a JavaScript number)
 _COLUMNS = ("id, state, created_at, updated_at, total, done, inputs, out_dir, config, result, error, error_kind, "
-            "runs")
+            "runs, settings, refused")
 
 
 class UnknownJobError(UnknownNameError):
@@ -87,6 +91,31 @@ _ERROR_KINDS = {cls.__name__: cls for cls in (InvalidInputError, ImageDecodeErro
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """How the server that queued a job was started, stored with the job: whichever server's runner executes
+    it, the job is signed, bounded and placed as its own server would have done."""
+
+    signing: SigningMaterial | None = None  # sign the released files' Content Credentials (its files, by path)
+    memory: float | None = None  # bytes an activation batch may use; None: the batch size alone decides
+    ray: str | None = None  # a Ray address ("local", "auto", "ray://host:10001"); None: in the runner process
+
+    def to_dict(self) -> dict:
+        """JSON-ready, the signing files as absolute paths (a runner may have another working folder)."""
+        signing = None if self.signing is None else {
+            key: str(Path(value).resolve()) if isinstance(value, Path) else value
+            for key, value in asdict(self.signing).items()}
+        return {"signing": signing, "memory": self.memory, "ray": self.ray}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> JobSettings:
+        signing = data["signing"]
+        if signing is not None:
+            signing = SigningMaterial(**signing | {key: Path(signing[key]) for key in (
+                "certificate_chain", "private_key", "trust_anchors") if signing[key] is not None})
+        return cls(signing, data["memory"], data["ray"])
+
+
+@dataclass(frozen=True)
 class Job:
     """One activation job, as stored."""
 
@@ -103,13 +132,12 @@ class Job:
     error: str | None = None  # one line, when the job as a whole failed
     error_kind: str | None = None  # the error's class name (`job_error` rebuilds it)
     runs: int = 0  # times a runner claimed it (more than 1: resumed after its runner died)
+    settings: JobSettings | None = None  # its server's settings (None: queued by a version that kept none)
+    refused: list[dict] = field(default_factory=list)  # {"filename", "error"}: files sent but never queued
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def job_error(job: Job) -> ActiveIndexError:
@@ -122,9 +150,10 @@ def _now() -> str:
 
 
 def _job(row: tuple) -> Job:
-    id_, state, created, updated, total, done, inputs, out_dir, config, result, error, kind, runs = row
-    return Job(id_, state, created, updated, total, done, json.loads(inputs), out_dir, json.loads(config),
-               json.loads(result) if result else None, error, kind, runs)
+    *head, inputs, out_dir, config, result, error, kind, runs, settings, refused = row
+    return Job(*head, json.loads(inputs), out_dir, json.loads(config), json.loads(result) if result else None, error,
+               kind, runs, JobSettings.from_dict(json.loads(settings)) if settings else None,
+               json.loads(refused) if refused else [])
 
 
 class JobQueue:
@@ -180,7 +209,8 @@ class JobQueue:
             self._db.execute("COMMIT")
 
     def submit(self, inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-               config: ActivationConfig = ActivationConfig(), max_pending: int | None = None) -> Job:
+               config: ActivationConfig = ActivationConfig(), max_pending: int | None = None,
+               settings: JobSettings = JobSettings(), refused: Sequence[dict] = ()) -> Job:
         """Queue a job activating ``inputs`` (image files) into ``out_dir``.
 
         Args:
@@ -188,6 +218,8 @@ class JobQueue:
             out_dir: the folder for the released files.
             config: activation settings, stored with the job.
             max_pending: refuse when this many jobs are already queued or running (None: no limit).
+            settings: the submitting server's signing, memory and Ray settings, stored with the job.
+            refused: ``{"filename", "error"}`` of the files sent with the job that could not be queued.
 
         Returns:
             the queued `Job` (``done`` 0, ``total`` the number of inputs).
@@ -206,10 +238,10 @@ class JobQueue:
                 raise WorkerBusy(f"{pending} activation jobs are already queued or running; retry later")
             job_id = _new_id(db)
             db.execute("INSERT INTO jobs (id, seq, state, created_at, updated_at, total, done, inputs, out_dir, "
-                       "config) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), 'queued', ?, ?, ?, 0, "
-                       "?, ?, ?)",
+                       "config, settings, refused) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), "
+                       "'queued', ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                        (job_id, now, now, len(inputs), paths, str(Path(out_dir).resolve()),
-                        json.dumps(config.to_dict())))
+                        json.dumps(config.to_dict()), json.dumps(settings.to_dict()), json.dumps(list(refused))))
         return self.get(job_id)
 
     def get(self, job_id: int) -> Job:
