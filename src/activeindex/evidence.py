@@ -107,7 +107,7 @@ def align(query: np.ndarray, original: np.ndarray, config: AlignConfig = AlignCo
     Returns:
         An `Alignment`: ``evidence`` set, or ``evidence=None`` with ``reason`` one of "too few features
         (n in the query, m in the original)", "too few matches (n)", "too few inliers (n)" or
-        "degenerate homography (why)".
+        "degenerate homography (why; n inliers)".
 
     Raises:
         InvalidInputError: an input is not an (H, W, 3) uint8 array of at least 16 x 16 pixels.
@@ -195,16 +195,17 @@ def _evidence(H: np.ndarray, q_shape: tuple[int, ...], o_shape: tuple[int, ...],
     qh, qw = q_shape[:2]
     outline = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float64)
     if np.any(_depth(H, outline) <= 0):
-        return Alignment(None, "degenerate homography (outline crosses the horizon)")
+        return Alignment(None, f"degenerate homography (outline crosses the horizon; {inliers} inliers)")
     corners = _project(H, outline)
     if _signed_area(corners) <= 0 or not cv2.isContourConvex(corners.astype(np.float32)):
-        return Alignment(None, "degenerate homography (outline not convex or mirrored)")
+        return Alignment(None, f"degenerate homography (outline not convex or mirrored; {inliers} inliers)")
     J = _jacobian(H, np.array([qw / 2, qh / 2]))
     stretch = np.linalg.svd(J, compute_uv=False)
     scale = 1 / math.sqrt(abs(np.linalg.det(J)))
     low, high = config.scale_range
     if not low <= scale <= high or stretch[0] / stretch[1] > config.max_anisotropy:
-        return Alignment(None, f"degenerate homography (scale {scale:.3g}, stretch {stretch[0] / stretch[1]:.3g})")
+        return Alignment(None, f"degenerate homography (scale {scale:.3g}, stretch {stretch[0] / stretch[1]:.3g}; "
+                               f"{inliers} inliers)")
     rotation = math.degrees(math.atan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1]))
     return Alignment(Evidence(corners=tuple((float(x), float(y)) for x, y in corners), rotation_deg=rotation,
                               scale=scale, share_of_original=_share(corners, o_shape), inliers=inliers))
