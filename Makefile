@@ -8,8 +8,9 @@ BROWSER := .browser-installed
 # Debian packages with real photos (STACK.md): telescope photos, object cut-outs, scenic wallpapers
 PHOTO_PACKAGES := stellarium-data tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds
 # libmagic1: python-magic's library, which AugLy imports; exiftool: the released files keep their sources'
-# metadata (release.py); icc-profiles-free: a wide-gamut (Adobe RGB) profile for the tests
-DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1 libimage-exiftool-perl icc-profiles-free
+# metadata (release.py); icc-profiles-free: a wide-gamut (Adobe RGB) and a grey profile for the tests;
+# libgs-common: Ghostscript's CMYK (SWOP) profile, for the tests' CMYK originals
+DEBIAN_PACKAGES := $(PHOTO_PACKAGES) libmagic1 libimage-exiftool-perl icc-profiles-free libgs-common
 
 .PHONY: install photos demo test lint data bench bench-large bench-speed clean
 

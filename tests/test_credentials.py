@@ -8,6 +8,7 @@ from pathlib import Path
 
 import c2pa
 import numpy as np
+import pillow_heif
 import pytest
 import skimage
 from cryptography import x509
@@ -21,6 +22,7 @@ from activeindex.credentials import (
     DESCRIPTION,
     SigningMaterial,
     active_manifest_id,
+    ingredient_format,
     manifest_store,
     sign_activated,
     validation,
@@ -234,6 +236,23 @@ def test_other_formats_are_refused(tmp_path, material):
     image = save(tmp_path / "image.png", photo("png", 64))
     bmp = tmp_path / "original.bmp"
     Image.open(image).save(bmp)
-    one_line_error(lambda: sign_activated(bmp, image, tmp_path / "out.png", material), bmp, "JPEG, PNG or WebP")
-    one_line_error(lambda: sign_activated(image, bmp, tmp_path / "out.png", material), bmp)
+    assert ingredient_format(bmp) is None
+    one_line_error(lambda: sign_activated(bmp, image, tmp_path / "out.png", material), bmp, "convert it")
+    one_line_error(lambda: sign_activated(image, bmp, tmp_path / "out.png", material), bmp, "JPEG, PNG or WebP")
     assert manifest_store(bmp) is None and validation(bmp) == {}
+
+
+@pytest.mark.parametrize(("suffix", "mime"), [("heic", "image/heic"), ("avif", "image/avif"), ("tiff", "image/tiff"),
+                                              ("gif", "image/gif")])
+def test_phone_tiff_and_gif_originals_are_named_as_ingredients(tmp_path, material, suffix, mime):
+    pixels = photo("png", 64)
+    original, activated = tmp_path / f"original.{suffix}", save(tmp_path / "activated.png", activate(pixels))
+    if suffix == "heic":
+        pillow_heif.from_pillow(Image.fromarray(pixels)).save(original, quality=90)
+    else:
+        Image.fromarray(pixels).save(original)
+    assert ingredient_format(original) == mime
+    label = sign_activated(original, activated, tmp_path / "out.png", material)
+    report = validation(tmp_path / "out.png", trust_anchors=material.trust_anchors)
+    assert report["validation_state"] == "Trusted"
+    assert [i["title"] for i in report["manifests"][label]["ingredients"]] == [original.name]

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageCms
 
 from activeindex import imageio
 from activeindex.errors import ImageDecodeError
 from activeindex.imageio import ImageLimits, list_images, load_image, save_png
+from activeindex.perceptual import psnr
 
 
 @pytest.fixture()
@@ -228,3 +229,57 @@ def test_png_is_written_at_the_fast_zlib_level(tmp_path, photo):
     np.testing.assert_array_equal(load_image(path), pixels)
     zlib_header = path.read_bytes().split(b"IDAT", 1)[1][:2]
     assert imageio.PNG_COMPRESS_LEVEL == 1 and zlib_header[1] >> 6 == 0  # FLEVEL 0: the fastest compressor
+
+
+GRAY = Path("/usr/share/color/icc/Gray.icc")  # Debian's icc-profiles-free
+SWOP = Path("/usr/share/color/icc/ghostscript/default_cmyk.icc")  # Debian's libgs-common
+
+
+@pytest.mark.parametrize(("mode", "suffix", "colour", "alpha", "bits"), [
+    ("L", "jpg", "L", False, 8), ("LA", "png", "L", True, 8), ("I;16", "png", "L", False, 16),
+    ("CMYK", "jpg", "CMYK", False, 8), ("RGBA", "webp", "RGB", True, 8), ("P", "gif", "RGB", False, 8)])
+def test_source_info_says_what_the_pixels_are(tmp_path, photo, mode, suffix, colour, alpha, bits):
+    path = tmp_path / f"image.{suffix}"
+    image = photo.convert("L").convert("I;16") if mode == "I;16" else photo.convert(mode)
+    if alpha:  # translucent: an opaque alpha channel is not written (WebP)
+        image.putalpha(128)
+    image.save(path)
+    info = imageio.source_info(path.read_bytes())
+    assert (info.colour, info.alpha, info.bits) == (colour, alpha, bits)
+
+
+def test_a_16_bit_colour_png_says_16_bits(tmp_path, photo):
+    write_png16(tmp_path / "deep.png", np.asarray(photo).astype(np.uint16) * 257)
+    assert imageio.source_info((tmp_path / "deep.png").read_bytes()).bits == 16
+
+
+def test_decode_layers_hands_over_the_alpha_and_the_composite_on_white(tmp_path, photo):
+    rgba = np.dstack([np.asarray(photo), np.full(photo.size[::-1], 64, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    data = (tmp_path / "cutout.png").read_bytes()
+    rgb, layers = imageio.decode_layers(data)
+    np.testing.assert_array_equal(layers, rgba)
+    np.testing.assert_array_equal(rgb, imageio.decode_image(data))
+    assert np.abs(rgb - (rgba[..., :3].astype(float) * 64 / 255 + 255 * 191 / 255)).max() <= 1
+    assert imageio.decode_layers(imageio.read_file(tmp_path / "cutout.png"))[1] is not None
+    photo.save(tmp_path / "opaque.png")
+    assert imageio.decode_layers((tmp_path / "opaque.png").read_bytes())[1] is None
+
+
+def test_a_cmyk_file_is_converted_by_its_profile_and_one_without_by_pillows_formula(tmp_path, photo):
+    cmyk = ImageCms.profileToProfile(photo, ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(str(SWOP)),
+                                     outputMode="CMYK")
+    cmyk.save(tmp_path / "profiled.tiff", icc_profile=SWOP.read_bytes())
+    cmyk.info.pop("icc_profile", None)  # LittleCMS's output carries the profile it converted to
+    cmyk.save(tmp_path / "bare.tiff")
+    managed = load_image(tmp_path / "profiled.tiff")
+    assert psnr(managed, np.asarray(photo)) > 25  # back near the RGB it was separated from
+    np.testing.assert_array_equal(load_image(tmp_path / "bare.tiff"), np.asarray(cmyk.convert("RGB")))
+    assert psnr(load_image(tmp_path / "bare.tiff"), np.asarray(photo)) < psnr(managed, np.asarray(photo))
+
+
+def test_an_unreadable_cmyk_profile_is_one_line_error(tmp_path, photo):
+    photo.convert("CMYK").save(tmp_path / "bad.jpg", icc_profile=GRAY.read_bytes())  # a grey profile on CMYK
+    with pytest.raises(ImageDecodeError, match="CMYK colour profile") as error:
+        load_image(tmp_path / "bad.jpg")
+    assert "bad.jpg" in str(error.value) and "\n" not in str(error.value)

@@ -58,10 +58,10 @@ class ActivatedImage:
     scaling: float  # the budget's scaling this image got (``config.scaling`` unless a PSNR floor set it)
     descriptor: np.ndarray = field(repr=False)  # (d,) float32, the ORIGINAL's descriptor (what is indexed)
     format: str = "png"  # the released file's format
-    # a lossy release whose encoding took the activation out of the original's cell (code, without IVF)
-    # that the lossless result reached; None for a lossless release
+    # a release whose encoding (lossy, grey, over an alpha) took the activation out of the original's cell
+    # (code, without IVF) that the 8-bit result reached; None for a colour PNG
     lost_in_encoding: bool | None = None
-    encoded: bytes | None = field(default=None, repr=False)  # a lossy release's bytes (the measured ones)
+    encoded: bytes | None = field(default=None, repr=False)  # the released bytes measured (None: a colour PNG)
 
     def metrics(self) -> dict:
         """The scalar fields, for catalogs and JSON."""
@@ -240,7 +240,7 @@ class Activator:
         release, whether the lossless result did and the encoding lost it)."""
         after = self.extractor.encode_arrays([a.image for a in activated])
         reached = self._reached(after, descriptors)
-        lossy = [i for i, r in enumerate(releases) if r.lossy]
+        lossy = [i for i, r in enumerate(releases) if not r.exact]
         before_encoding = dict(zip(lossy, self._reached(self.extractor.encode_arrays(
             [activated[i].lossless for i in lossy]), descriptors[lossy]))) if lossy else {}
         has_ivf = self.codec.nlist > 0
@@ -416,8 +416,9 @@ def _scaling_at(mse: float, floor: float) -> float:
 
 
 def _release(lossless: np.ndarray, scaling: float, release: Release) -> Optimized:
-    """The 8-bit result as released (a lossy release: encoded, and decoded as a viewer sees it)."""
-    if not release.lossy:
+    """The 8-bit result as released (unless a colour PNG: encoded, and decoded as a viewer sees it: grey,
+    over white, lossy)."""
+    if release.exact:
         return Optimized(lossless, scaling, lossless, None)
     image, encoded = release.roundtrip(lossless)
     return Optimized(image, scaling, lossless, encoded)

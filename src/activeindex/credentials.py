@@ -2,8 +2,11 @@
 
 A released (activated) file gets a new signed manifest whose parent ingredient is the publisher's original
 file (carrying the original's own manifest when it has one) and whose ``c2pa.actions`` assertion records
-the activation as a ``c2pa.edited`` action. JPEG, PNG and WebP files are supported. No thumbnails are
-embedded (`_context`); an original's own manifest store, thumbnails included, is carried whole.
+the activation as a ``c2pa.edited`` action. Released files are JPEG, PNG or WebP; an original is named as the
+ingredient when it is one of those, TIFF, GIF, HEIC/HEIF or AVIF (`ingredient_format`); any other (BMP)
+cannot be signed for: the library refuses an edit without its parent (the first action must be
+``c2pa.opened`` or ``c2pa.created``, and the file was not created here). No thumbnails are embedded
+(`_context`); an original's own manifest store, thumbnails included, is carried whole.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from .errors import InvalidInputError
 from .imageio import read_file, write_atomically
 
 __all__ = ["SigningMaterial", "manifest_store", "active_manifest", "active_manifest_id", "sign_activated", "validation",
-           "ALGORITHMS", "DESCRIPTION"]
+           "ingredient_format", "ALGORITHMS", "DESCRIPTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ ALGORITHMS = tuple(_KEY_TYPES)  # c2pa.C2paSigningAlg's members
 LEAF_PROFILE = ("a critical key usage with digitalSignature, an extended key usage such as emailProtection or "
                 "documentSigning, and an authority key identifier")
 _JUMBF_C2PA = b"jumdc2pa"  # a JUMBF superbox whose description box has the C2PA manifest store's UUID
+# ISO BMFF major brands of the still-image files the C2PA library takes as ingredients
+_BMFF_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"), "image/heic"),
+                **dict.fromkeys((b"avif", b"avis"), "image/avif")}
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,19 @@ def validation(path: str | Path, trust_anchors: str | Path | None = None) -> dic
         raise InvalidInputError(f"{path}: unreadable Content Credentials ({_one_line(e)})") from e
 
 
+def ingredient_format(path: str | Path) -> str | None:
+    """The MIME type of a file the C2PA library can name as an ingredient (JPEG, PNG, WebP, TIFF, GIF, HEIC/HEIF,
+    AVIF), from its signature; None for anything else (BMP)."""
+    data = read_file(path)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data[:4] == b"GIF8":
+        return "image/gif"
+    if data[4:8] == b"ftyp":
+        return _BMFF_BRANDS.get(data[8:12])
+    return _format(data)
+
+
 def sign_activated(original: Path, activated: Path, output: Path, material: SigningMaterial,
                    parameters: dict | None = None, *, title: str | None = None) -> str:
     """Write ``output``: the activated file's bytes with a new signed manifest whose parent ingredient is
@@ -171,11 +190,13 @@ def sign_activated(original: Path, activated: Path, output: Path, material: Sign
         InvalidInputError: unreadable or unsupported files, bad signing material, or a signing failure.
     """
     chain, key = material.read()
-    source, parent = read_file(activated), read_file(original)
-    mime, parent_mime = _format(source), _format(parent)
-    for path, found in ((activated, mime), (original, parent_mime)):
-        if found is None:
-            raise InvalidInputError(f"{path}: Content Credentials need a JPEG, PNG or WebP file")
+    source, mime = read_file(activated), _format(read_file(activated))
+    parent_mime = ingredient_format(original)
+    if mime is None:
+        raise InvalidInputError(f"{activated}: Content Credentials are written into a JPEG, PNG or WebP file")
+    if parent_mime is None:
+        raise InvalidInputError(f"{original}: C2PA cannot name this file as an ingredient (JPEG, PNG, WebP, TIFF, "
+                                "GIF, HEIC or AVIF); convert it to one of those to sign its released copy")
     action = {"action": "c2pa.edited", "softwareAgent": AGENT, "description": DESCRIPTION}
     if parameters is not None:
         action["parameters"] = parameters
@@ -188,7 +209,7 @@ def sign_activated(original: Path, activated: Path, output: Path, material: Sign
                 c2pa.Builder(definition, context=context) as builder:
             builder.set_intent(c2pa.C2paBuilderIntent.EDIT)  # the library adds `c2pa.opened` for the parent
             builder.add_ingredient({"title": Path(original).name, "relationship": "parentOf"}, parent_mime,
-                                   io.BytesIO(parent))
+                                   io.BytesIO(read_file(original)))
             builder.sign(signer, mime, io.BytesIO(source), signed)
             with c2pa.Reader(mime, io.BytesIO(signed.getvalue()), None, context) as reader:
                 label = json.loads(reader.json())["active_manifest"]

@@ -2,8 +2,11 @@
 
 Every image enters the library as an (H, W, 3) uint8 RGB array: EXIF orientation applied, any PIL mode
 (CMYK, RGBA, palette, grayscale, 16/32-bit and float) converted, and size limits enforced before decoding pixels.
-The encoded values are kept as they are (no colour conversion: a wide-gamut photo's values stay in its own
-profile, which release.py carries over). HEIC/HEIF (phones) and AVIF are read through Pillow plugins.
+RGB and grey values are kept as they are (a wide-gamut photo's values stay in its own profile, which release.py
+carries over); CMYK is the one colour conversion: LittleCMS (Pillow's ImageCms) from the file's embedded CMYK
+profile to sRGB (`to_srgb`), or Pillow's uncalibrated formula for a CMYK file without one. Transparency is
+composited on white for the network; `decode_layers` also hands over the colour and alpha, for a release
+that keeps them. HEIC/HEIF (phones) and AVIF are read through Pillow plugins.
 What a publisher's file says about itself (format, EXIF orientation, JPEG quality and chroma subsampling)
 is read from its header: `source_info`.
 """
@@ -27,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import pillow_avif  # noqa: F401  (registers AVIF with Pillow)
 import pillow_heif
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageDecodeError, storage_errors
 
@@ -35,8 +38,8 @@ pillow_heif.register_heif_opener()  # HEIC/HEIF, as phones write them
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
 
-__all__ = ["ImageLimits", "SourceInfo", "source_info", "load_image", "read_file", "decode_image", "image_size",
-           "save_png", "sha256_file",
+__all__ = ["ImageLimits", "SourceInfo", "source_info", "load_image", "read_file", "decode_image", "decode_layers",
+           "image_size", "to_rgb", "composite_on_white", "srgb_profile", "save_png", "sha256_file",
            "sha256_bytes", "list_images", "read_ahead", "write_atomically", "IMAGE_SUFFIXES", "PNG_COMPRESS_LEVEL"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
@@ -79,12 +82,27 @@ def read_file(path: str | os.PathLike) -> bytes:
 
 def decode_image(data: bytes, name: str = "<bytes>", limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Decode image bytes (content sniffed, never trusted from a name) to an (H, W, 3) uint8 RGB array."""
+    return to_rgb(_open_displayed(data, name, limits), name)
+
+
+def decode_layers(data: bytes, name: str = "<bytes>",
+                  limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the `decode_image` RGB array, the colour and alpha (H, W, 4) uint8 of an image with transparency, else
+    None), both as displayed."""
+    image = _open_displayed(data, name, limits)
+    if not _transparent(image):
+        return to_rgb(image, name), None
+    rgba = np.asarray(_8bit(image, name).convert("RGBA"))
+    return composite_on_white(rgba), rgba
+
+
+def _open_displayed(data: bytes, name: str, limits: ImageLimits) -> Image.Image:
+    """The decoded image, its size checked from the header first, EXIF orientation applied."""
     with _decode_errors(name, limits):
         image = Image.open(io.BytesIO(data))
         _check_size(image.size, name, limits)
         image.load()
-        image = ImageOps.exif_transpose(image)
-    return _to_rgb(image, name)
+        return ImageOps.exif_transpose(image)
 
 
 @dataclass(frozen=True)
@@ -92,10 +110,15 @@ class SourceInfo:
     """What an image file says about itself, for releasing its activated copy the same way."""
 
     format: str  # PIL's format name: "JPEG", "PNG", "WEBP", "HEIF", ...
-    orientation: int = 1  # EXIF orientation (1: as stored); decoding applied it to the pixels
+    orientation: int = 1  # the orientation decoding applied to the pixels (1: none); a HEIC's is 1 (pillow-heif
+    # hands over upright pixels), whatever EXIF tag the file carries
     jpeg_quality: int | None = None  # estimated from a JPEG's luminance quantization table
     subsampling: int | None = None  # a JPEG's chroma subsampling: 0 (4:4:4), 1 (4:2:2), 2 (4:2:0)
     metadata: bool = False  # EXIF, IPTC, XMP, an ICC profile or text chunks to carry over
+    colour: str = "RGB"  # "RGB", "L" (grey: one channel, any bit depth) or "CMYK"
+    alpha: bool = False  # has transparency (an alpha channel or a transparent palette entry)
+    bits: int = 8  # bits per channel as stored (a 16-bit PNG or TIFF: 16); decoding gives 8
+    profile: bool = False  # carries an ICC profile
 
 
 def source_info(data: bytes, name: str = "<bytes>") -> SourceInfo:
@@ -105,10 +128,39 @@ def source_info(data: bytes, name: str = "<bytes>") -> SourceInfo:
         orientation = int(image.getexif().get(0x0112, 1) or 1)
         metadata = bool(set(image.info) - _TECHNICAL_INFO) or any(
             marker in ("APP13", "APP11") for marker, _ in getattr(image, "applist", []))
+        pixels = {"colour": _colour(image.mode), "alpha": _transparent(image), "bits": _bits(image, data),
+                  "profile": bool(image.info.get("icc_profile"))}
         if image.format != "JPEG":
-            return SourceInfo(image.format, orientation, metadata=metadata)
+            return SourceInfo(image.format, orientation, metadata=metadata, **pixels)
+        sampling = JpegImagePlugin.get_sampling(image)  # -1: not a YCbCr JPEG (grey, CMYK)
         return SourceInfo("JPEG", orientation, _jpeg_quality(image.quantization.get(0)),
-                          JpegImagePlugin.get_sampling(image), metadata)
+                          None if sampling < 0 else sampling, metadata, **pixels)
+
+
+_GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _colour(mode: str) -> str:
+    """`SourceInfo.colour` of a PIL mode."""
+    return "L" if mode in _GREY_MODES else "CMYK" if mode == "CMYK" else "RGB"
+
+
+def _transparent(image: Image.Image) -> bool:
+    """Whether the image has an alpha channel or a transparent palette entry (from its header)."""
+    return image.mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in image.info
+
+
+def _bits(image: Image.Image, data: bytes) -> int:
+    """Bits per channel as the file stores them: a PNG's IHDR bit depth, a TIFF's BitsPerSample, a HEIF's
+    bit depth, else what the PIL mode holds."""
+    if image.format == "PNG" and len(data) > 24:
+        return 8 if image.mode == "P" else data[24]  # a palette's depth is its index's
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, 8)
+        return int(max(bits) if isinstance(bits, tuple) else bits)
+    if image.format == "HEIF":
+        return int(image.info.get("bit_depth") or 8)
+    return 16 if image.mode.startswith("I;16") else 32 if image.mode in ("I", "F") else 8
 
 
 # what PIL reports about how a file is encoded, not about the photo
@@ -184,19 +236,62 @@ _NOMINAL_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
 _WHITE = (255, 255, 255, 255)
 
 
-def _to_rgb(image: Image.Image, name: str) -> np.ndarray:
-    """Any PIL mode -> (H, W, 3) uint8 RGB; transparency is composited on white."""
-    if image.mode in _NOMINAL_RANGES:
-        image = _to_8bit(image, name)
+def to_rgb(image: Image.Image, name: str = "<image>") -> np.ndarray:
+    """Any decoded PIL image -> (H, W, 3) uint8 RGB: CMYK converted to sRGB (`to_srgb`), transparency
+    composited on white.
+
+    Raises:
+        ImageDecodeError: a mode PIL cannot convert, or an unreadable CMYK profile.
+    """
+    image = _8bit(image, name)
+    if image.mode == "CMYK":
+        return np.asarray(to_srgb(image, name))
     try:
-        if image.mode == "La":  # premultiplied grey + alpha: PIL reaches RGBA only through LA
-            image = image.convert("LA")
         if image.has_transparency_data:
-            image = Image.alpha_composite(Image.new("RGBA", image.size, _WHITE), image.convert("RGBA"))
+            return composite_on_white(np.asarray(image.convert("RGBA")))
         rgb = image if image.mode == "RGB" else image.convert("RGB")  # no needless copy of a large image
         return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     except ValueError as e:
         raise ImageDecodeError(f"{name}: PIL cannot convert image mode {image.mode!r} to RGB ({e})") from e
+
+
+def _8bit(image: Image.Image, name: str) -> Image.Image:
+    """High-bit-depth grey as 8-bit "L" (`_to_8bit`); premultiplied grey + alpha as "LA" (PIL reaches RGBA
+    only through LA); any other image as it is."""
+    if image.mode in _NOMINAL_RANGES:
+        return _to_8bit(image, name)
+    return image.convert("LA") if image.mode == "La" else image
+
+
+def composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 4) uint8 colour and alpha -> (H, W, 3) uint8: the image over a white background."""
+    image = Image.alpha_composite(Image.new("RGBA", rgba.shape[1::-1], _WHITE), Image.fromarray(rgba, "RGBA"))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+@functools.cache
+def srgb_profile() -> bytes:
+    """LittleCMS's sRGB ICC profile: what a converted CMYK source's pixels are in, and the released file carries."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def to_srgb(image: Image.Image, name: str = "<image>") -> Image.Image:
+    """A CMYK image as RGB in sRGB: colour-managed by LittleCMS (perceptual intent) from its embedded profile,
+    or, without one, Pillow's uncalibrated formula (`SourceInfo.profile` False; the release warns).
+
+    Raises:
+        ImageDecodeError: the embedded profile is not a CMYK profile LittleCMS reads.
+    """
+    profile = image.info.get("icc_profile")
+    if not profile:
+        return image.convert("RGB")
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        target = ImageCms.ImageCmsProfile(io.BytesIO(srgb_profile()))
+        return ImageCms.profileToProfile(image, source, target, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        raise ImageDecodeError(f"{name}: its CMYK colour profile cannot convert it to sRGB ({e}); re-save it "
+                               "with a valid profile, or without one") from e
 
 
 def _to_8bit(image: Image.Image, name: str) -> Image.Image:
