@@ -1,6 +1,7 @@
 """The HTTP service through a real uvicorn server on loopback, and the web page in headless Chromium."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -25,7 +26,7 @@ from activeindex.imageio import load_image
 from activeindex.locking import FolderLock
 from activeindex.service.queue import JobQueue
 
-from .conftest import TEST_FACTORY, TOKEN, served_collection, start_server, stop_server
+from .conftest import TEST_FACTORY, TOKEN, free_port, served_collection, serving, start_server, stop_server
 
 READ = {"Authorization": f"Bearer {TOKEN}"}  # reads are private by default
 
@@ -114,8 +115,15 @@ def test_bad_input_gets_clear_json_errors(served):
     bomb_image = Image.new("L", (12000, 12000))
     buffer = io.BytesIO()
     bomb_image.save(buffer, format="PNG")
-    response = httpx.post(f"{url}/v1/search", files={"images": ("bomb.png", buffer.getvalue())}, timeout=60)
-    assert response.status_code == 400 and "exceeds the limit" in response.json()["detail"]
+    for path, files in [("/v1/search", {"images": ("bomb.png", buffer.getvalue())}),
+                        ("/v1/jobs", {"images": ("bomb.png", buffer.getvalue())}),
+                        ("/v1/activate", {"image": ("bomb.png", buffer.getvalue())})]:  # 144 MP: PIL will not open it
+        response = httpx.post(f"{url}{path}", files=files, headers=READ, timeout=60)
+        assert response.status_code == 413, (path, response.text)
+        assert response.json()["detail"].startswith("bomb.png: far more pixels than the limit"), path
+    response = httpx.post(f"{url}/c2pa/v1/matches/byContent", content=buffer.getvalue(),
+                          headers={"Content-Type": "image/png"}, timeout=60)
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
     tiny = httpx.post(f"{url}/v1/search", files={"images": ("tiny.png", bomb)}, timeout=30)
     assert tiny.status_code == 400 and "minimum side" in tiny.json()["detail"]
     assert httpx.get(f"{url}/v1/images/999", headers=READ).status_code == 404
@@ -494,3 +502,83 @@ def test_an_activation_larger_than_the_memory_budget_is_refused(tmp_path, traini
         assert small.status_code == 202
     finally:
         stop_server(process)
+
+
+def _finished(url: str, job_id: int, timeout: float = 600) -> dict:
+    """The job once it is done or failed."""
+    deadline = time.monotonic() + timeout
+    while (job := httpx.get(f"{url}/v1/jobs/{job_id}", headers=READ, timeout=30).json())["state"] not in (
+            "done", "failed"):
+        assert time.monotonic() < deadline, f"job {job_id} not finished"
+        time.sleep(0.2)
+    return job
+
+
+def _sha256s(folder: Path) -> set[str]:
+    return {hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_takedown_leaves_no_file_of_the_image_and_its_job_no_longer_lists_it(served, small_photos):
+    """DELETE ?delete_file=true after a job: neither the released file nor the server's copy of the upload
+    (nor its folder) stays under the collection, and the job's result stops listing the record."""
+    root, url, _ = served
+    photo = np.ascontiguousarray(np.rot90(small_photos[4]))[:160, :160]
+    response = httpx.post(f"{url}/v1/jobs", files={"images": ("erase-me.png", _png(photo))}, headers=READ,
+                          timeout=60)
+    job = _finished(url, response.json()["id"])
+    [record] = job["records"]
+    assert job["removed"] == 0 and any((root / "uploads").rglob("erase-me.png"))
+    removed = httpx.delete(f"{url}/v1/images/{record['id']}", params={"delete_file": "true"}, headers=READ,
+                           timeout=30)
+    assert removed.status_code == 200 and removed.json()["file_deleted"] is True
+    assert not {record["original_sha256"], record["activated_sha256"]} & _sha256s(root)
+    assert not [path for path in root.rglob("*") if path.name.startswith("erase-me")]
+    assert all(any(folder.iterdir()) for folder in (root / "uploads").iterdir())  # no empty folder left
+    again = httpx.get(f"{url}/v1/jobs/{job['id']}", headers=READ, timeout=30).json()
+    assert again["records"] == [] and again["removed"] == 1 and again["state"] == "done"
+
+
+def test_a_job_with_one_bad_file_queues_the_good_ones_and_names_the_bad_one(served, small_photos):
+    _, url, _ = served
+    good = [(f"good{i}.png", _png(np.ascontiguousarray(np.rot90(photo, 3))[:96, :128]))
+            for i, photo in enumerate(small_photos[:5])]
+    files = [("images", item) for item in [*good[:2], ("broken.jpg", b"not a jpeg at all"), *good[2:]]]
+    response = httpx.post(f"{url}/v1/jobs", files=files, headers=READ, timeout=60)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["total"] == 5 and [r["filename"] for r in accepted["refused"]] == ["broken.jpg"]
+    assert accepted["refused"][0]["error"].startswith("broken.jpg: not an image")
+    job = _finished(url, accepted["id"])
+    assert job["state"] == "done" and sorted(r["original_filename"] for r in job["records"]) == [
+        name for name, _ in good]
+    assert job["refused"] == accepted["refused"] and job["failed"] == []
+    alone = httpx.post(f"{url}/v1/jobs", files=[("images", ("broken.jpg", b"not a jpeg at all"))], headers=READ,
+                       timeout=60)
+    assert alone.status_code == 400 and alone.json()["detail"].startswith("broken.jpg: not an image")
+
+
+# a real server whose commits give up after 1 s when another process holds the collection's folder lock
+SERVE_IMPATIENT = """
+import sys
+import uvicorn
+from activeindex import Collection
+from activeindex.service import ServiceConfig, create_app
+root, port, token = sys.argv[1:]
+collection = Collection.open(root, device="cpu")
+collection.lock_timeout = 1.0
+uvicorn.run(create_app(collection, ServiceConfig(token=token)), host="127.0.0.1", port=int(port), log_level="warning")
+"""
+
+
+def test_a_busy_collection_is_a_503_that_names_no_server_path(served, tmp_path):
+    root = shutil.copytree(served[0], tmp_path / "col")
+    port = free_port()
+    process, url = serving([sys.executable, "-c", SERVE_IMPATIENT, str(root), str(port), TOKEN], port)
+    try:
+        with FolderLock(root / ".lock").held(timeout=10):  # another writer, for longer than the server waits
+            response = httpx.delete(f"{url}/v1/images/3", headers=READ, timeout=30)
+    finally:
+        stop_server(process)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert str(tmp_path) not in response.text and "/" not in response.json()["detail"], response.text
+    assert "busy" in response.json()["detail"]

@@ -17,7 +17,6 @@ from a request ever reaches the filesystem: uploads get names the server makes.
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request,
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .._version import __version__
@@ -39,13 +37,14 @@ from ..activation import ActivationConfig, activation_memory
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..credentials import SigningMaterial
-from ..errors import ActiveIndexError
-from ..imageio import load_image, sha256_bytes, sha256_file, write_atomically
+from ..errors import ImageDecodeError
+from ..imageio import sha256_bytes, sha256_file, write_atomically
 from . import http
 from .c2pa import c2pa_router
 from .jobs import ActivationWorker, discard_unregistered
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .queue import Job
+from .thumbnails import Thumbnails
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -121,6 +120,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     http.add_error_handlers(app)
     http.add_docs(app)
     searches = _Searches(config.search_threads, config.max_pending_searches)
+    thumbnails = Thumbnails()
     metrics = Metrics(collection, worker.queue, lambda: searches.pending)
     metrics.instrument(app)
     bearer = HTTPBearer(auto_error=False)
@@ -176,8 +176,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                   "properties": {"image": http.IMAGE_BODY, **http.SETTINGS_FIELDS}}}}}})
     async def activate(request: Request) -> Response:
         (name, data), settings = await http.one_image(request, config.max_upload_bytes, config.activation)
-        [(path, pixels)] = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
-                                              config.max_request_pixels, config.activation_memory)
+        [(path, pixels)], _ = await searches.run(_stored_uploads, collection, uploads, [(name, data)],
+                                                 config.max_request_pixels, config.activation_memory)
         job = await submit([path], settings)
         if pixels > config.sync_max_pixels:
             return _accepted(job)
@@ -197,19 +197,20 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                       "description": f"at most {config.max_files} images (422 beyond)"}, **http.SETTINGS_FIELDS}}}}}})
     async def submit_job(request: Request) -> JSONResponse:
         named, settings = await http.image_files(request, config.max_files, config.max_upload_bytes, config.activation)
-        stored = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels,
-                                     config.activation_memory)
-        return _accepted(await submit([path for path, _ in stored], settings))
+        stored, refused = await searches.run(_stored_uploads, collection, uploads, named, config.max_request_pixels,
+                                              config.activation_memory)
+        return _accepted(await submit([path for path, _ in stored], settings, refused))
 
     @app.get("/v1/jobs/{job_id}", response_model=http.JobStatus, responses=http.errors(401, 403, 404, 422),
              dependencies=[Depends(require_reader)])
     async def job_status(job_id: int = PathParam(ge=1, le=MAX_ID, description="a job id from POST /v1/jobs")) -> dict:
-        return _public_job(await anyio.to_thread.run_sync(worker.queue.get, job_id))
+        job = await anyio.to_thread.run_sync(worker.queue.get, job_id)
+        return await anyio.to_thread.run_sync(_public_job, collection, job)
 
-    async def submit(paths: list[Path], settings: ActivationConfig) -> Job:
+    async def submit(paths: list[Path], settings: ActivationConfig, refused: list[dict] = ()) -> Job:
         """Queue an activation job of stored uploads (discarded again when it cannot be queued)."""
         try:
-            return await worker.submit(paths, activated_dir, settings)
+            return await worker.submit(paths, activated_dir, settings, refused)
         except BaseException:
             await anyio.to_thread.run_sync(discard, paths)
             raise
@@ -224,10 +225,12 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                 responses=http.errors(401, 403, 404, 422, 503, 507))
     def remove_image(image_id: int = image_id_param,
                      delete_file: bool = Query(False, description="also delete its activated file")) -> dict:
-        """Remove an image (takedown): no search returns it from now on; it may be registered again."""
+        """Remove an image (takedown): no search returns it from now on, no job lists it, the server's copy of
+        its upload is deleted; it may be registered again."""
         report = collection.remove([image_id], delete_files=delete_file)
         if not report.removed:
             raise HTTPException(404, f"no image with id {image_id}")
+        discard([collection.root / report.removed[0].original_path])  # kept while a queued job holds it too
         return {"removed": _public(report.removed[0]), "file_deleted": bool(report.deleted_files)}
 
     @app.get("/v1/images/{image_id}/activated", response_class=Response, dependencies=[Depends(require_reader)],
@@ -242,21 +245,18 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     @app.get("/v1/images/{image_id}/thumbnail", response_class=Response, dependencies=[Depends(require_reader)],
              responses={200: {"content": {"image/jpeg": {"schema": http.IMAGE_BODY}}},
                         **http.errors(401, 403, 404, 422)})
-    def thumbnail(image_id: int = image_id_param,
-                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+    async def thumbnail(image_id: int = image_id_param,
+                        credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
         """A small JPEG of the released (activated) file; of a passive reference's original only with the token
-        (it was never published), even where reads are public."""
-        record = _record(collection, image_id)
+        (it was never published), even where reads are public. Made in the search pool (bounded), cached."""
+        record = await anyio.to_thread.run_sync(_record, collection, image_id)
         if record.activated_path is None:
             authorised(credentials, "reads")
         try:
-            image = Image.fromarray(load_image(record.activated_path or record.original_path))
-        except ActiveIndexError as e:
+            data = await searches.run(thumbnails.get, record.activated_path or record.original_path)
+        except ImageDecodeError as e:
             raise HTTPException(404, f"image {image_id}: its file is no longer readable on the server") from e
-        image.thumbnail((256, 256))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-        return Response(buffer.getvalue(), media_type="image/jpeg")
+        return Response(data, media_type="image/jpeg")
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {
         "schema": {"type": "string"}}}}, **http.errors(401, 403)})
@@ -291,28 +291,63 @@ def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_
 
 
 def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]], max_pixels: int,
-                    memory: float) -> list[tuple[Path, int]]:
-    """(In a worker thread.) Validate uploads fully (an image whose activation would need more than ``memory``
-    bytes is refused from its header), then keep each as ``uploads/<sha256 prefix>/<name>``.
+                    memory: float) -> tuple[list[tuple[Path, int]], list[dict]]:
+    """(In a worker thread.) Validate each upload fully (from its header: an image whose activation would need
+    more than ``memory`` bytes; then decoded, one at a time), keep those that pass as
+    ``uploads/<sha256 prefix>/<name>`` and refuse the others by name: one bad file never sinks the rest.
 
     Returns:
-        (path, pixels) per upload.
+        (path, pixels) per upload kept, and ``{"filename", "error"}`` per upload refused, in request order.
+
+    Raises:
+        HTTPException: 413 when the request's images hold more than ``max_pixels`` in all; when none passes,
+            the first refusal (400 not an image, 413 too large).
     """
-    sizes = http.check_pixels(named, max_pixels)
-    for (name, _), (w, h) in zip(named, sizes):
-        if activation_memory(w * h) > memory:
-            raise HTTPException(413, f"{name}: activating {w}x{h} pixels needs about "
-                                     f"{activation_memory(w * h) / 1e9:.1f} GB; this server allows "
-                                     f"{memory / 1e9:.1f} GB (--activation-memory): send a smaller image")
-    for name, data in named:  # decoded one at a time: bounded memory
-        collection.extractor.load_bytes(data, name)
+    sized, refusals = [], []  # (order, name, data, pixels); (order, status, name, error)
+    for order, (name, data) in enumerate(named):
+        try:
+            sized.append((order, name, data, _upload_pixels(name, data, max_pixels, memory)))
+        except (HTTPException, ImageDecodeError) as e:
+            refusals.append(_refusal(order, name, e))
+    http.check_total(sum(pixels for *_, pixels in sized), max_pixels)
     stored = []
-    for (name, data), (w, h) in zip(named, sizes):
-        path = uploads / sha256_bytes(data)[:16] / name
-        if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == sha256_bytes(data)):
-            write_atomically(path, lambda f, data=data: f.write(data))  # never a partial file, even on a full disk
-        stored.append((path, w * h))
-    return stored
+    for order, name, data, pixels in sized:
+        try:
+            collection.extractor.load_bytes(data, name)  # decoded one at a time: bounded memory
+        except ImageDecodeError as e:
+            refusals.append(_refusal(order, name, e))
+            continue
+        stored.append((_stored(uploads, name, data), pixels))
+    refusals.sort()
+    if not stored:
+        _, status, _, error = refusals[0]
+        raise HTTPException(status, error)
+    return stored, [{"filename": name, "error": error} for _, _, name, error in refusals]
+
+
+def _upload_pixels(name: str, data: bytes, max_pixels: int, memory: float) -> int:
+    """An upload's pixel count from its header; 413 when its activation would need more than ``memory`` bytes."""
+    w, h = http.header_size(name, data, max_pixels)
+    if activation_memory(w * h) > memory:
+        raise HTTPException(413, f"{name}: activating {w}x{h} pixels needs about "
+                                 f"{activation_memory(w * h) / 1e9:.1f} GB; this server allows "
+                                 f"{memory / 1e9:.1f} GB (--activation-memory): send a smaller image")
+    return w * h
+
+
+def _refusal(order: int, name: str, error: HTTPException | ImageDecodeError) -> tuple[int, int, str, str]:
+    """(order, status, name, one-line reason) of an upload refused."""
+    if isinstance(error, HTTPException):
+        return order, error.status_code, name, str(error.detail)
+    return order, 400, name, str(error)
+
+
+def _stored(uploads: Path, name: str, data: bytes) -> Path:
+    """``uploads/<sha256 prefix>/<name>``, written unless it already holds these bytes."""
+    path = uploads / sha256_bytes(data)[:16] / name
+    if not (path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == sha256_bytes(data)):
+        write_atomically(path, lambda f: f.write(data))  # never a partial file, even on a full disk
+    return path
 
 
 def _remove_partial_uploads(uploads: Path) -> None:
@@ -324,7 +359,7 @@ def _remove_partial_uploads(uploads: Path) -> None:
 
 def _activation_record(collection: Collection, job: Job, data: bytes) -> Record:
     """(In a worker thread.) The record a one-image job made, or that of the same image registered before."""
-    public = _public_job(job)
+    public = _public_job(collection, job)
     if public["failed"]:
         raise HTTPException(400, public["failed"][0]["error"])
     collection.refresh()
@@ -335,15 +370,19 @@ def _activation_record(collection: Collection, job: Job, data: bytes) -> Record:
 
 def _accepted(job: Job) -> JSONResponse:
     """202 with the queued job and its address."""
-    return JSONResponse({"id": job.id, "state": job.state, "total": job.total, "done": job.done}, status_code=202,
-                        headers={"Location": f"/v1/jobs/{job.id}"})
+    return JSONResponse({"id": job.id, "state": job.state, "total": job.total, "done": job.done,
+                         "refused": job.refused}, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
-def _public_job(job: Job) -> dict:
-    """A job without server paths: its records in public form, file names only."""
+def _public_job(collection: Collection, job: Job) -> dict:
+    """(In a worker thread.) A job without server paths: its records in public form, file names only, those
+    taken down since left out."""
     result = job.result or {"records": [], "skipped": [], "failed": []}
+    live = collection.catalog.get([r["id"] for r in result["records"]])
+    records = [_public(Record(**r)) for r in result["records"] if r["id"] in live]
     return {"id": job.id, "state": job.state, "total": job.total, "done": job.done, "created_at": job.created_at,
-            "updated_at": job.updated_at, "records": [_public(Record(**r)) for r in result["records"]],
+            "updated_at": job.updated_at, "records": records, "refused": job.refused,
+            "removed": len(result["records"]) - len(records),
             "skipped": [{"filename": Path(s["path"]).name, "reason": s["reason"]} for s in result["skipped"]],
             "failed": [{"filename": Path(f["path"]).name, "error": f["error"].replace(f["path"], Path(f["path"]).name)}
                        for f in result["failed"]],

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -21,6 +22,7 @@ from ..errors import (
     ActiveIndexError,
     CollectionLockedError,
     CorruptCollectionError,
+    ImageDecodeError,
     InvalidInputError,
     StorageFullError,
 )
@@ -28,6 +30,8 @@ from ..imageio import image_size
 from .queue import UnknownJobError, WorkerBusy, WorkerFailed
 
 logger = logging.getLogger(__name__)
+
+BUSY = "the collection is busy: another process is writing to it; retry in a moment"
 
 class Error(BaseModel):
     """Every error response: one line."""
@@ -47,6 +51,7 @@ class JobAccepted(BaseModel):
     state: str  # queued, running, done or failed
     total: int  # images in the job
     done: int  # images handled so far
+    refused: list[dict]  # {"filename", "error"}: images sent with it that were not queued (not an image, too large)
 
 
 class JobStatus(JobAccepted):
@@ -58,6 +63,7 @@ class JobStatus(JobAccepted):
     skipped: list[dict]  # {"filename", "reason"}: already registered, or twice in the job
     failed: list[dict]  # {"filename", "error"}
     warnings: list[dict]  # {"filename", "warning"}: a lossy release that lost its cell, credentials not carried
+    removed: int  # its records taken down since (DELETE /v1/images/{id}): no longer listed
     error: str | None  # why the job as a whole failed
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
@@ -109,7 +115,10 @@ def add_error_handlers(app: FastAPI) -> None:
             logger.error("%s", error)
             return JSONResponse({"detail": "server storage full; retry once the operator has freed space"},
                                 status_code=507, headers={"Retry-After": "60"})
-        if isinstance(error, (CollectionLockedError, WorkerBusy, WorkerFailed)):
+        if isinstance(error, CollectionLockedError):  # the message names server paths
+            logger.warning("%s", error)
+            return JSONResponse({"detail": BUSY}, status_code=503, headers={"Retry-After": "5"})
+        if isinstance(error, (WorkerBusy, WorkerFailed)):
             return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
         if isinstance(error, CorruptCollectionError):  # the server's own files: the message names server paths
             logger.error("%s", error)
@@ -192,9 +201,25 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, bytes]:
 def check_pixels(named: list[tuple[str, bytes]], max_pixels: int) -> list[tuple[int, int]]:
     """(width, height) per image; refuses a request whose images would decode to more than ``max_pixels`` in all
     (header sizes only)."""
-    sizes = [image_size(data, name) for name, data in named]
-    total = sum(w * h for w, h in sizes)
-    if total > max_pixels:
-        raise HTTPException(413, f"the images of this request hold {total} pixels in all; the limit is "
-                                 f"{max_pixels} per request: send fewer or smaller images")
+    sizes = [header_size(name, data, max_pixels) for name, data in named]
+    check_total(sum(w * h for w, h in sizes), max_pixels)
     return sizes
+
+
+def check_total(pixels: int, max_pixels: int) -> None:
+    """413 when a request's images hold more than ``max_pixels`` in all."""
+    if pixels > max_pixels:
+        raise HTTPException(413, f"the images of this request hold {pixels} pixels in all; the limit is "
+                                 f"{max_pixels} per request: send fewer or smaller images")
+
+
+def header_size(name: str, data: bytes, max_pixels: int) -> tuple[int, int]:
+    """An image's (width, height) from its header; 413 for a decompression bomb (so many pixels that PIL will
+    not even open it), `ImageDecodeError` for what is not an image."""
+    try:
+        return image_size(data, name)
+    except ImageDecodeError as e:
+        if isinstance(e.__cause__, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise HTTPException(413, f"{name}: far more pixels than the limit of {max_pixels} per request: send "
+                                     "a smaller image") from e
+        raise
