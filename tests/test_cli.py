@@ -170,6 +170,15 @@ def test_gradient_flags_override_the_preset():
     assert robust.edits == ("rotate", "jpeg") and (robust.edit_draws, robust.lr) == (2, 0.3)
 
 
+def test_iterations_alone_sets_the_steps_of_large_photos_too():
+    """--iterations was ignored by photos over twice the network's size (the coarse path's own steps)."""
+    def config(*flags):
+        return cli._activation_config(cli.build_parser().parse_args(["activate", "col", "q.png", "--out", "o", *flags]))
+    assert (config("--iterations", "3").iterations, config("--iterations", "3").coarse_iterations) == (3, 3)
+    assert config("--iterations", "3", "--coarse-iterations", "5").coarse_iterations == 5
+    assert config().coarse_iterations == 6
+
+
 @pytest.mark.parametrize("args, flag", USAGE_ERRORS, ids=[" ".join(a[-2:]) for a, _ in USAGE_ERRORS])
 def test_bad_arguments_are_usage_errors(args, flag, tmp_path):
     result = run(*args, check=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from activeindex import ActivationConfig, Collection
@@ -358,7 +359,8 @@ def test_concurrent_searches_overlap_in_the_index(collection, photo_files, monke
 
 
 def test_stale_staged_files_are_removed_and_live_ones_kept(tmp_path):
-    """Staged PNGs of a dead driver on this host, or older than an hour, go; a live run's and another host's stay."""
+    """Staged PNGs of a dead driver on this host, or another host's older than an hour, go; a live run's (even
+    an old one) and another host's recent ones stay."""
     import os
     import socket
     import subprocess
@@ -368,12 +370,100 @@ def test_stale_staged_files_are_removed_and_live_ones_kept(tmp_path):
     exited = subprocess.Popen(["true"])
     exited.wait()  # its pid names a driver that is gone
     sha = "0" * 16
-    names = {"live": f".{sha}~{ingest.run_tag()}.staged.png",
+    names = {"live": f".{sha}~{ingest.run_tag()}.staged.png", "live_old": f".{sha}~{ingest.run_tag()}.staged.jpg",
              "dead": f".{sha}~{socket.gethostname()}~{exited.pid}~abcd.staged.png",
              "other_host": f".{sha}~elsewhere~1~abcd.staged.png",
              "old": f".{sha}~elsewhere~2~abcd.staged.png"}
     for name in names.values():
         (tmp_path / name).write_bytes(b"png")
     os.utime(tmp_path / names["old"], (0, 0))
+    os.utime(tmp_path / names["live_old"], (0, 0))
     assert ingest.remove_stale_staged(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["other_host"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["live"], names["live_old"], names["other_host"]])
+
+
+def test_collections_of_different_codecs_releasing_one_photo_into_one_folder_each_keep_their_file(
+        photo_files, tmp_path, training_npy):
+    """Three codecs activate the same photo into one --out folder: no run replaces another's released file."""
+    out, records = tmp_path / "published", []
+    for factory in ("IVF4,PQ8x4", "IVF8,PQ8x4", "IVF2,PQ8x4"):
+        col = Collection.create(tmp_path / factory.replace(",", "_"), factory, device="cpu")
+        col.train(training_npy)
+        records.append(col.activate(photo_files[:1], out, config=ActivationConfig(iterations=1)).records[0])
+    assert len({r.activated_path for r in records}) == 3
+    assert len({r.activated_sha256 for r in records}) == 3  # three codecs, three different activations
+    for record in records:
+        assert sha256_file(record.activated_path) == record.activated_sha256
+    assert sorted(p.name for p in out.iterdir()) == sorted(Path(r.activated_path).name for r in records)
+
+
+def test_re_activating_a_removed_image_keeps_the_file_it_left(collection, photo_files, tmp_path):
+    out = tmp_path / "out"
+    first = collection.activate(photo_files[:1], out, config=ActivationConfig(iterations=1)).records[0]
+    collection.remove([first.id])  # its released file stays where it is
+    kept = Path(first.activated_path).read_bytes()
+    second = collection.activate(photo_files[:1], out, config=ActivationConfig(iterations=2)).records[0]
+    assert Path(first.activated_path).read_bytes() == kept
+    assert second.activated_path != first.activated_path
+    assert sha256_file(second.activated_path) == second.activated_sha256 != first.activated_sha256
+
+
+def test_a_commit_killed_after_moving_its_files_leaves_no_unregistered_file(collection, photo_files, tmp_path):
+    """A file moved into place under a note whose catalog row never came (a kill between the two) is deleted
+    by the next commit; a noted name now holding other bytes (not that commit's file) is left alone."""
+    out = tmp_path / "out"
+    out.mkdir()
+    orphan, foreign = out / "orphan.png", out / "foreign.png"
+    orphan.write_bytes(b"what a killed commit moved in")
+    foreign.write_bytes(b"someone's own file")
+    collection.catalog.note_pending(str(orphan.resolve()), sha256_file(orphan))
+    collection.catalog.note_pending(str(foreign.resolve()), "0" * 64)
+    collection.activate(photo_files[:1], out, config=ActivationConfig(iterations=1))
+    assert not orphan.exists() and foreign.read_bytes() == b"someone's own file"
+    assert collection.catalog.pending() == []
+
+
+def test_a_copied_collection_uses_and_deletes_only_its_own_files(collection, photo_files, tmp_path):
+    """Files inside the collection's folder are recorded relative to it: a copy finds its own copies, and a
+    takedown with file deletion in the copy leaves the original collection's released file alone."""
+    inside = collection.root / "activated"
+    record = collection.activate(photo_files[:1], inside, config=ActivationConfig(iterations=1)).records[0]
+    collection.close()
+    copy_root = tmp_path / "copy"
+    shutil.copytree(collection.root, copy_root)
+    copy = Collection.open(copy_root, device="cpu")
+    [found] = copy.catalog.get([record.id]).values()
+    assert found.activated_path == str((copy_root / "activated" / Path(record.activated_path).name).resolve())
+    assert copy.search(str(found.activated_path), k=1)[0][0].activated_path == found.activated_path
+    assert copy.remove([record.id], delete_files=True).deleted_files == [found.activated_path]
+    assert Path(record.activated_path).is_file()  # the original collection's file
+    copy.close()
+
+
+def test_a_passive_reference_keeps_only_its_network_input_while_it_waits(photo_files, extractor):
+    """Registering a reference holds the uint8 network input of each file, never the decoded image, and
+    embeds it to exactly the descriptor the query path gives."""
+    from activeindex.imageio import sha256_file as sha
+    from activeindex.ingest import read_planned
+
+    item = read_planned((str(photo_files[0]), sha(photo_files[0]), None), extractor.limits, extractor.preprocessing)
+    assert item.image is None and item.network_input.dtype == torch.uint8
+    assert min(item.network_input.shape[-2:]) == extractor.preprocessing.short_side
+    assert item.shape == load_image(photo_files[0]).shape[:2]
+    np.testing.assert_array_equal(extractor.encode_network_inputs([item.network_input])[0],
+                                  extractor.encode(photo_files[0]))
+
+
+def test_the_temp_file_of_a_killed_snapshot_is_removed_by_the_next_one(collection, photo_files):
+    import os
+    import subprocess
+
+    exited = subprocess.Popen(["true"])
+    exited.wait()  # its pid names a writer that is gone
+    dead = collection.root / f".index.faiss.{exited.pid}.1.tmp"
+    live = collection.root / f".index.faiss.{os.getpid()}.999.tmp"  # this process's: a snapshot in progress
+    dead.write_bytes(b"a partial index")
+    live.write_bytes(b"a partial index")
+    collection.add(photo_files[:1])
+    collection.snapshot()
+    assert not dead.exists() and live.exists()

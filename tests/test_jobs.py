@@ -244,7 +244,7 @@ def test_a_job_of_three_photos_completes_with_progress(served, photo_paths, smal
     response = httpx.post(f"{url}/v1/jobs", files=files, headers=AUTH, timeout=60)
     assert response.status_code == 202
     accepted = response.json()
-    assert accepted == {"id": accepted["id"], "state": "queued", "total": 3, "done": 0}
+    assert accepted == {"id": accepted["id"], "state": "queued", "total": 3, "done": 0, "refused": []}
     assert response.headers["Location"] == f"/v1/jobs/{accepted['id']}"
     job, seen = _follow(url, accepted["id"])
     assert job["state"] == "done" and job["done"] == job["total"] == 3 and job["error"] is None

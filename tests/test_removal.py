@@ -103,6 +103,15 @@ def test_removed_image_can_be_registered_again_and_files_go_only_when_asked(fill
     reopened.close()
 
 
+def test_a_released_file_replaced_since_is_kept_when_its_image_is_removed(filled):
+    """--delete-files deletes the file that was released, never whatever took its name since."""
+    record = filled.catalog.get([2])[2]
+    Path(record.activated_path).write_bytes(b"the publisher's replacement")
+    report = filled.remove([2], delete_files=True)
+    assert report.deleted_files == [] and "no longer holds the file released for image 2" in report.warnings[0]
+    assert Path(record.activated_path).read_bytes() == b"the publisher's replacement"
+
+
 def test_compaction_takes_removed_images_out_of_the_index_and_the_snapshot(filled, photos):
     filled._live.compact_min = 3  # compact once 3 removed images are in the index
     filled.remove([3, 4])

@@ -61,6 +61,12 @@ def jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "activeindex", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
@@ -96,6 +102,7 @@ def test_the_service_answers_507_and_a_job_on_a_full_disk_fails_then_reruns(disk
         assert [p for p in (root / "uploads").rglob("*") if p.is_file()] == []  # no partial upload left behind
         filler.unlink()
 
+        upload = {"images": ("photo.png", png(small_photos[1]))}  # released as a PNG (~100 KB)
         filler = fill(disk, leave=len(upload["images"][1]) + 40_000)  # the upload fits; the activated PNG does not
         job_id = httpx.post(f"{url}/v1/jobs", files=upload, headers=AUTH, timeout=60).json()["id"]
         job = follow(url, job_id)
@@ -119,3 +126,21 @@ def follow(url: str, job_id: int) -> dict:
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     return job
+
+
+def test_a_removal_whose_compaction_meets_a_full_disk_stands_and_deletes_its_files(disk, training_npy, small_photos,
+                                                                                  tmp_path):
+    """The removal is committed before the compacted index is written: a full disk then only postpones the
+    snapshot (a warning), the activated file is still deleted, and a retry is not needed."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(small_photos[0]))
+    collection = Collection.open(trained(disk / "col", training_npy), device="cpu")
+    [record] = collection.activate([photo], tmp_path / "out").records
+    collection._live.compact_at, collection._live.compact_min = 0.0, 1  # this one removal is due for compaction
+    filler = fill(disk, leave=(disk / "col" / "index.faiss").stat().st_size // 2)
+    report = collection.remove([record.id], delete_files=True)
+    assert [r.id for r in report.removed] == [record.id]
+    assert report.deleted_files == [record.activated_path] and not Path(record.activated_path).exists()
+    assert "not rewritten" in report.warnings[0]
+    filler.unlink()
+    assert Collection.open(disk / "col", device="cpu").search(str(photo), k=5)[0] == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -268,6 +269,18 @@ def activation_memory(pixels: int) -> float:
     (tests/test_activation.py) at about 50 bytes a pixel at full size (delta, its gradient, Adam's moments,
     the budget map, the original), plus the network's batch at 288 px."""
     return ACTIVATION_BYTES_PER_PIXEL * pixels + ACTIVATION_FIXED_BYTES
+
+
+def default_activation_memory(share: float = 0.5) -> float:
+    """The budget of an activation batch when none is given: ``share`` of the memory available now (Linux's
+    MemAvailable; elsewhere the free pages), so a folder of camera photos is cut into batches that fit instead
+    of being killed."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return share * available
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(leaf first) and PEM private key, the original (and its own credentials) as ingredient")
     p.add_argument("--c2pa-trust", default=None, metavar="ROOTS",
                    help="PEM root certificates to trust when reading the originals' Content Credentials")
+    p.add_argument("--activation-memory", type=finite_float(above=0), default=None, metavar="GB",
+                   help="memory an activation batch may use, in GB (default: half the memory available); batches "
+                        "are cut to fit, from the images' headers")
     for f in dataclasses.fields(ActivationConfig):
         if f.type in ("float", "int"):
             parse = _ACTIVATION_TYPES[f.name]
@@ -263,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _activation_config(args: argparse.Namespace) -> ActivationConfig:
-    """The preset, with any explicitly given field overridden (unset flags keep the preset's value)."""
+    """The preset, with any explicitly given field overridden (unset flags keep the preset's value);
+    ``--iterations`` alone sets the steps of large photos (the coarse path) too."""
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ActivationConfig)
                  if getattr(args, f.name, None) is not None}
+    if "iterations" in overrides:
+        overrides.setdefault("coarse_iterations", overrides["iterations"])
     return dataclasses.replace(get_preset(args.preset), **overrides)
 
 
@@ -324,8 +330,17 @@ def cmd_activate(args: argparse.Namespace) -> BatchReport:
     _require_out_folder(args.out)
     _require_images(args.images)
     signing = _signing(args)
+    _check_release_tools(signing)
+    memory = None if args.activation_memory is None else args.activation_memory * 1e9
     return _open(args).activate(args.images, args.out, config=config, ray=args.ray, workers=args.workers,
-                                signing=signing)
+                                signing=signing, memory=memory)
+
+
+def _check_release_tools(signing) -> None:
+    """exiftool and the signing material, checked before the model loads (release.check_release_tools)."""
+    from .release import check_release_tools
+
+    check_release_tools(signing)
 
 
 def _signing(args: argparse.Namespace):
@@ -425,6 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
                            ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
                            signing=_signing(args), activation_memory=args.activation_memory * 1e9)
+    _check_release_tools(config.signing)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs
@@ -579,6 +595,8 @@ def _summarise_removal(report: RemovalReport) -> int:
     """Items that name no registered image, one line each, then a summary on stderr; 1 if any."""
     for item, reason in report.not_found:
         print(f"error: {item}: {reason}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{len(report.removed)} removed, {len(report.deleted_files)} activated files deleted, "
           f"{len(report.not_found)} not found", file=sys.stderr)
     return 1 if report.not_found else 0

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ingest, removal
-from .activation import ActivationConfig
+from .activation import ActivationConfig, default_activation_memory
 from .catalog import Catalog
 from .codec import Codec, load_index, save_index, set_nprobe
 from .config import DEFAULT_THRESHOLD, MAX_K
@@ -241,8 +241,8 @@ class Collection:
             progress: progress bar.
             ray, workers, on_batch: as in `add`.
             signing: sign each released file's Content Credentials (C2PA), its original as the ingredient.
-            memory: bytes an activation batch may use (`activation.activation_memory` per image); None: the
-                batch size alone decides.
+            memory: bytes an activation batch may use (`activation.activation_memory` per image, read from the
+                files' headers); None: half the memory available when the run starts.
 
         Returns:
             a `BatchReport` whose records carry PSNR, SSIM, L-inf, cosines and cell / code agreement, and
@@ -255,6 +255,7 @@ class Collection:
         self._require_trained()
         out_dir.mkdir(parents=True, exist_ok=True)
         ingest.remove_stale_staged(out_dir)
+        memory = default_activation_memory() if memory is None else memory
         return self._ingest(images, config.batch_size, config, out_dir, progress, ray, workers, on_batch, signing,
                             memory)
 
@@ -275,7 +276,7 @@ class Collection:
             self.commit(prepared, out_dir, report)
 
         report = ingest.run(images, self.catalog, prepare, commit, batch_size, keep_bytes=ray is None,
-                            progress=progress, on_batch=on_batch)
+                            progress=progress, on_batch=on_batch, memory=memory)
         self._snapshot_if_due(end_of_run=True)
         return report
 
@@ -322,10 +323,14 @@ class Collection:
             ids, report.not_found = removal.resolve(self.catalog, items)
             report.removed = self._live.remove(ids)
             compacted = self._live.compact() if self._live.compaction_due() else 0
-        if compacted:
-            self.snapshot()  # the space goes on disk too
+        if compacted:  # the space goes on disk too; a full disk only postpones it: the removal is done
+            try:
+                self.snapshot()
+            except StorageFullError as e:
+                report.warnings.append(f"the index snapshot was not rewritten after compaction ({e}); the "
+                                       "removal stands, and the next snapshot writes it")
         if delete_files:
-            report.deleted_files = removal.delete_activated_files(report.removed)
+            removal.delete_activated_files(report.removed, report)
         return report
 
     def compact(self) -> int:

@@ -20,6 +20,7 @@ registered that is not complete, and re-running it skips what was registered and
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -192,7 +193,7 @@ def read_planned(file: PlannedFile, limits: ImageLimits, preprocessing: Preproce
         item.shape = item.image.shape[:2]
         if preprocessing is not None:
             levels = network_input(item.image, preprocessing).mul_(255.0).round_()
-            item.network_input, item.image = levels.to(torch.uint8), None
+            item.network_input, item.image, item.rgba = levels.to(torch.uint8), None, None
     return item
 
 
@@ -367,7 +368,12 @@ def commit_batch(prepared: list[Prepared], out_dir: Path | None, index: LiveInde
             keep.append(item)
             report.warnings += [(item.path, warning) for warning in item.warnings]
     if keep:
-        index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]))
+        try:
+            index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]))
+        except BaseException:  # e.g. a full disk: the files this commit moved into place go with it
+            with contextlib.suppress(Exception):
+                remove_unregistered(catalog)
+            raise
         report.records += [item.record for item in keep]
         catalog.drop_pending([item.record.activated_path for item in keep if item.record.activated_path])
 

@@ -28,7 +28,7 @@ from .credentials import SigningMaterial
 from .extractor import Extractor, PreprocessConfig
 from .faults import ENVIRONMENT
 from .imageio import ImageLimits
-from .ingest import PlannedFile, Prepared, Preparer, read_and_decode, run_tag
+from .ingest import PlannedFile, Prepared, Preparer, read_planned, run_tag
 
 __all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
 
@@ -96,11 +96,11 @@ class _Worker:
         return {"prepared": np.array([pickle.dumps(prepared)], dtype=object)}
 
 
-def _decode(batch: dict, limits: ImageLimits) -> dict:
-    """A CPU task: read and decode one batch of files (bad ones become per-file errors)."""
-    files = pickle.loads(batch["files"][0])
-    return {"prepared": np.array([pickle.dumps([read_and_decode(path, sha, None, limits)
-                                                for path, sha, _ in files])], dtype=object)}
+def _decode(batch: dict, limits: ImageLimits, preprocessing: dict | None) -> dict:
+    """A CPU task: read and decode one batch of files (bad ones become per-file errors); a passive reference's
+    block holds its network input, not the full image."""
+    files, config = pickle.loads(batch["files"][0]), preprocessing and PreprocessConfig.from_dict(preprocessing)
+    return {"prepared": np.array([pickle.dumps([read_planned(file, limits, config) for file in files])], dtype=object)}
 
 
 def _actor_options(workers: int | None) -> tuple[dict, int]:
@@ -148,7 +148,9 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
     faults = {"runtime_env": {"env_vars": {ENVIRONMENT: os.environ[ENVIRONMENT]}}} if ENVIRONMENT in os.environ else {}
     dataset = ray.data.from_items([{"files": pickle.dumps(batch)} for batch in batches],
                                   override_num_blocks=len(batches))
-    decoded = dataset.map_batches(_decode, batch_size=1, fn_kwargs={"limits": extractor.limits},
+    passive = extractor.preprocessing.to_dict() if config is None else None  # network inputs, not images
+    decoded = dataset.map_batches(_decode, batch_size=1,
+                                  fn_kwargs={"limits": extractor.limits, "preprocessing": passive},
                                   num_cpus=1, **faults)  # a crash test's fault point reaches the workers
     prepared = decoded.map_batches(_Worker, batch_size=1, fn_constructor_kwargs={"spec": spec}, **options, **faults)
     for row in prepared.iter_rows():

@@ -27,11 +27,12 @@ class RemovalReport:
     removed: list[Record] = field(default_factory=list)  # the records as they were
     not_found: list[tuple[str, str]] = field(default_factory=list)  # (item, why it names no registered image)
     deleted_files: list[str] = field(default_factory=list)  # activated files deleted (``delete_files``)
+    warnings: list[str] = field(default_factory=list)  # what did not happen, though the removal stands
 
     def to_dict(self) -> dict:
         return {"removed": [r.to_dict() for r in self.removed],
                 "not_found": [{"item": i, "reason": r} for i, r in self.not_found],
-                "deleted_files": self.deleted_files}
+                "deleted_files": self.deleted_files, "warnings": self.warnings}
 
 
 def resolve(catalog: Catalog, items: Iterable[int | str | os.PathLike]) -> tuple[list[int], list[tuple[str, str]]]:
@@ -60,11 +61,15 @@ def resolve(catalog: Catalog, items: Iterable[int | str | os.PathLike]) -> tuple
     return sorted(ids), not_found
 
 
-def delete_activated_files(records: list[Record]) -> list[str]:
-    """Delete the removed records' activated files (already missing ones are skipped); the deleted paths."""
-    deleted = []
+def delete_activated_files(records: list[Record], report: RemovalReport) -> None:
+    """Delete the removed records' activated files into ``report.deleted_files``; already missing ones are
+    skipped, and a file whose bytes are no longer the released ones (replaced since) is kept, with a warning."""
     for record in records:
-        if record.activated_path and Path(record.activated_path).is_file():
-            Path(record.activated_path).unlink()
-            deleted.append(record.activated_path)
-    return deleted
+        path = record.activated_path
+        if not path or not Path(path).is_file():
+            continue
+        if sha256_file(path) != record.activated_sha256:
+            report.warnings.append(f"{path}: kept: it no longer holds the file released for image {record.id}")
+            continue
+        Path(path).unlink()
+        report.deleted_files.append(path)
