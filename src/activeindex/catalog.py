@@ -16,7 +16,9 @@ between that move and its catalog transaction leaves a file that the next commit
 published folder never keeps a file that nothing registers.
 
 Descriptors are stored as float16 (1 KB per image; a similarity moves by at most 5e-5, benchmarks/scale.py)
-or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it).
+or, in collections made before that, float32: ``descriptor_dtype`` says which (the manifest records it). The
+``views`` column holds the descriptors of the image's indexed views (views.py), (V, d) in the same dtype, or
+NULL in a collection without views.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ CREATE TABLE IF NOT EXISTS images (
     scaling REAL,
     format TEXT,
     lost_in_encoding INTEGER,
-    manifest_id TEXT
+    manifest_id TEXT,
+    views BLOB
 )
 """
 _PENDING_SCHEMA = """
@@ -73,7 +76,8 @@ CREATE TABLE IF NOT EXISTS removed (
 )
 """
 # columns that catalogs made by earlier versions lack
-_ADDED_COLUMNS = {"scaling": "REAL", "format": "TEXT", "lost_in_encoding": "INTEGER", "manifest_id": "TEXT"}
+_ADDED_COLUMNS = {"scaling": "REAL", "format": "TEXT", "lost_in_encoding": "INTEGER", "manifest_id": "TEXT",
+                  "views": "BLOB"}
 
 
 @dataclass
@@ -311,20 +315,24 @@ class Catalog:
                                                        self._absolute(record.activated_path))
         return record
 
-    def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
-        """Insert records with their (n, d) descriptors in ONE transaction; returns the new ids, ascending.
+    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None) -> list[int]:
+        """Insert records with their (n, d) descriptors (and (n, V, d) view descriptors) in ONE transaction;
+        returns the new ids, ascending.
 
         Descriptors are stored as ``descriptor_dtype``: pass them already rounded (`Catalog.stored`) so that
         what a process indexes from memory equals what another one reads back."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        sql = f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})"
+        sql = (f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor, views) "
+               f"VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})")
         blobs = np.ascontiguousarray(descriptors, self.descriptor_dtype)
+        view_blobs = [None] * len(records) if views is None else [
+            np.ascontiguousarray(v, self.descriptor_dtype).tobytes() for v in views]
         with self._lock, self._errors(), self._transaction():  # never an id given out before, removed or not
             first = self._db.execute("SELECT MAX(COALESCE((SELECT MAX(id) FROM images), 0), "
                                      "COALESCE((SELECT MAX(id) FROM removed), 0)) + 1").fetchone()[0]
             ids = list(range(first, first + len(records)))
-            self._db.executemany(sql, [[image_id, *(self._column(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes()]
-                                       for image_id, r, blob in zip(ids, records, blobs)])
+            self._db.executemany(sql, [[image_id, *(self._column(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes(), v]
+                                       for image_id, r, blob, v in zip(ids, records, blobs, view_blobs)])
         for record, image_id in zip(records, ids):
             record.id, record.created_at = image_id, now
         return ids
@@ -364,24 +372,33 @@ class Catalog:
         return np.asarray(descriptors).astype(self.descriptor_dtype).astype(np.float32)
 
     def paths_and_descriptors(self, ids: list[int]) -> dict[int, tuple[str, str | None, np.ndarray]]:
-        """(original path, activated path, descriptor) by id, in one query: what a search result needs."""
-        return {row[0]: (self._absolute(row[1]), self._absolute(row[2]), self._vector(row[3]))
-                for row in self._rows(["original_path", "activated_path", "descriptor"], ids)}
+        """(original path, activated path, (1 + V, d) descriptors: the image's, then its views') by id, in one
+        query: what a search result needs."""
+        return {row[0]: (self._absolute(row[1]), self._absolute(row[2]), self._vectors(row[3], row[4]))
+                for row in self._rows(["original_path", "activated_path", "descriptor", "views"], ids)}
+
+    def set_views(self, views: dict[int, np.ndarray | None]) -> None:
+        """Replace the stored view descriptors ((V, d) or None) of the given ids, in one transaction."""
+        with self._lock, self._errors(), self._transaction():
+            self._db.executemany("UPDATE images SET views = ? WHERE id = ?", [
+                (None if v is None else np.ascontiguousarray(v, self.descriptor_dtype).tobytes(), int(i))
+                for i, v in views.items()])
 
     def descriptors_of(self, ids: list[int]) -> dict[int, np.ndarray]:
         """The stored (d,) descriptor of each id, as float32 (missing ids are absent)."""
         return {row[0]: self._vector(row[1]) for row in self._rows(["descriptor"], ids)}
 
-    def iter_descriptors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, (n, d) descriptors) of the given ids, in chunks of at most 10,000 rows (bounded memory)."""
+    def iter_descriptors(self, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, slots, (m, d) descriptors) of the given ids' vectors, the image's (slot 0) then its views' (slots
+        1..V), in chunks of at most 10,000 rows (bounded memory)."""
         for start in range(0, len(ids), _CHUNK):
-            rows = self._rows(["descriptor"], ids[start:start + _CHUNK])
+            rows = self._rows(["descriptor", "views"], ids[start:start + _CHUNK])
             if rows:
                 yield self._stack(rows)
 
-    def iter_descriptors_after(self, last_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, (n, d) descriptors) of every id above ``last_id``, ascending, in chunks of 10,000 rows."""
-        while rows := self._query("SELECT id, descriptor FROM images WHERE id > ? ORDER BY id LIMIT ?",
+    def iter_descriptors_after(self, last_id: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`iter_descriptors` of every id above ``last_id``, ascending."""
+        while rows := self._query("SELECT id, descriptor, views FROM images WHERE id > ? ORDER BY id LIMIT ?",
                                   (last_id, _CHUNK)):
             yield self._stack(rows)
             last_id = rows[-1][0]
@@ -389,11 +406,17 @@ class Catalog:
     def _vector(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, self.descriptor_dtype).astype(np.float32)
 
-    def _stack(self, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, (n, d) float32 descriptors) of (id, blob) rows."""
-        blobs = b"".join(r[1] for r in rows)
-        vectors = np.frombuffer(blobs, self.descriptor_dtype).reshape(len(rows), -1).astype(np.float32)
-        return np.array([r[0] for r in rows], np.int64), vectors
+    def _vectors(self, descriptor: bytes, views: bytes | None) -> np.ndarray:
+        """(1 + V, d): the image's descriptor, then its views'."""
+        return np.frombuffer(descriptor + (views or b""), self.descriptor_dtype).reshape(
+            -1, len(descriptor) // self.descriptor_dtype.itemsize).astype(np.float32)
+
+    def _stack(self, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, slots, (m, d) float32 descriptors) of (id, descriptor blob, views blob) rows."""
+        per_row = [self._vectors(r[1], r[2]) for r in rows]
+        ids = np.concatenate([np.full(len(v), r[0], np.int64) for r, v in zip(rows, per_row)])
+        slots = np.concatenate([np.arange(len(v), dtype=np.int64) for v in per_row])
+        return ids, slots, np.concatenate(per_row)
 
 
 def _record(row: tuple) -> Record:

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ._version import __version__
 from .config import (
     DEFAULT_THRESHOLD,
+    DEFAULT_VIEWS,
     EDIT_FAMILIES,
     MAX_K,
     OUTPUT_FORMATS,
     PRECISIONS,
     PRESETS,
     TORCH_MODES,
+    VIEW_SET_NAMES,
     ActivationConfig,
     get_preset,
 )
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", required=True, nargs="+", metavar="SRC",
                    help="training images or folders, or one .npy of descriptors (disjoint from what you index)")
     p.add_argument("--nprobe", type=positive_int, default=1, help="IVF cells visited per query (default 1)")
+    p.add_argument("--views", choices=VIEW_SET_NAMES, default=DEFAULT_VIEWS,
+                   help=f"views of each image indexed beside it, so crops and turns are found (default "
+                        f"{DEFAULT_VIEWS}; 'none': the whole image alone; docs/views.md)")
 
     ray = argparse.ArgumentParser(add_help=False)
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -208,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", parents=[common], help="describe a collection")
     p.add_argument("collection")
+
+    p = sub.add_parser("views", parents=[common],
+                       help="index another view set for every registered image (a collection made without views)")
+    p.add_argument("collection")
+    p.add_argument("views", choices=VIEW_SET_NAMES, help=f"the view set ({DEFAULT_VIEWS}: the default of new ones)")
 
     p = sub.add_parser("calibrate", parents=[common],
                        help="choose the copy threshold for a target false-copy rate and store it")
@@ -306,7 +316,7 @@ def cmd_init(args: argparse.Namespace) -> dict:
 
     existed = Path(args.collection).exists()
     collection = Collection.create(args.collection, args.factory, model=args.model or "sscd",
-                                   device=args.device, nprobe=args.nprobe)
+                                   device=args.device, nprobe=args.nprobe, views=args.views)
     source = args.train[0] if len(args.train) == 1 and args.train[0].endswith(".npy") else args.train
     try:
         collection.train(source)
@@ -407,6 +417,17 @@ def cmd_remove(args: argparse.Namespace) -> RemovalReport:
 def cmd_info(args: argparse.Namespace) -> dict:
     """The collection's manifest and counts."""
     return _open(args).info()
+
+
+def cmd_views(args: argparse.Namespace) -> dict:
+    """Index a view set for every registered image, from the originals."""
+    return _open(args).index_views(args.views)
+
+
+def _print_views(result: dict) -> None:
+    print(f"{result['images']} images indexed with view set {result['views']}")
+    for item in result["without_views"]:
+        print(f"  without views (original unreadable): {item['error']}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict:
@@ -544,6 +565,9 @@ def _print_info(info: dict) -> None:
             "removed_in_index", "ntotal", "codec_fingerprint", "device"]
     for key in keys:
         print(f"{key:18} {info.get(key)}")
+    views = info.get("views") or {"name": "none", "views": []}
+    print(f"{'views':18} {views['name']}" + (f" ({len(views['views'])} per image: {', '.join(views['views'])})"
+                                             if views["views"] else " (the whole image alone)"))
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
     calibration = info.get("calibration")
     print(f"{'threshold':18} " + (_calibration_line(calibration) if calibration else
@@ -667,6 +691,7 @@ COMMANDS = {"init": Command(cmd_init, _print_info), "add": Command(cmd_add, _pri
             "search": Command(cmd_search, _print_search, _summarise_each("searched")),
             "fingerprint": Command(cmd_fingerprint, _print_fingerprints, _summarise_each("fingerprinted")),
             "remove": Command(cmd_remove, _print_removal, _summarise_removal), "info": Command(cmd_info, _print_info),
+            "views": Command(cmd_views, _print_views),
             "calibrate": Command(cmd_calibrate, _print_calibration),
             "data": Command(cmd_data, _print_dict), "serve": Command(cmd_serve, _print_nothing),
             "benchmark": Command(cmd_benchmark, _print_benchmark)}

@@ -32,14 +32,16 @@ from .catalog import Catalog
 from .codec import Codec, load_index, save_index, set_nprobe
 from .config import DEFAULT_THRESHOLD, MAX_K
 from .credentials import SigningMaterial
-from .errors import InvalidInputError, ModelMismatchError, StorageFullError
-from .extractor import Extractor, ImageSource, PreprocessConfig
+from .errors import ActiveIndexError, InvalidInputError, ModelMismatchError, StorageFullError
+from .extractor import Extractor, ImageSource, PreprocessConfig, network_input
 from .faults import pause_point
 from .ingest import BatchCallback, BatchReport, Prepared
 from .live_index import LiveIndex
 from .locking import FolderLock
 from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
+from .progress import progress_bar
 from .removal import RemovalReport
+from .views import DEFAULT_VIEWS, ViewSet, encode_views, from_manifest, get_view_set
 
 __all__ = ["Collection", "Match", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 
@@ -56,7 +58,9 @@ class Match:
     original_path: str
     activated_path: str | None
     distance: float  # as the index reports it (squared L2 for most indexes, Hamming for LSH)
-    similarity: float  # exact cosine between the query's descriptor and the registered image's (catalog)
+    similarity: float  # exact cosine between the query's descriptor and the registered image's (catalog): the
+    # best over the image and its indexed views
+    view: str = "whole"  # which of them: "whole", or the view's name (views.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,10 +86,13 @@ class Collection:
         self.catalog = Catalog(root / CATALOG, create=create,
                                descriptor_dtype=manifest.get("descriptor_dtype", "float32"))
         self._folder_lock = FolderLock(root / LOCK)
+        self.views: ViewSet = from_manifest(manifest)  # the views of each image it indexes (views.py)
         self._live: LiveIndex | None = None  # once trained: the index, kept equal to the catalog
         if manifest["codec_fingerprint"]:
-            self._live = LiveIndex(load_index(root / INDEX, manifest["codec_fingerprint"]), self.catalog,
-                                   manifest["nprobe"])
+            self._live = self._live_index(load_index(root / INDEX, manifest["codec_fingerprint"]))
+
+    def _live_index(self, index) -> LiveIndex:
+        return LiveIndex(index, self.catalog, self.manifest["nprobe"], self.views.slots, 1 + len(self.views.views))
 
     @property
     def index(self):
@@ -102,19 +109,26 @@ class Collection:
     @classmethod
     def create(cls, root: str | os.PathLike, factory: str, model: str | os.PathLike = "sscd",
                device: str | None = None, nprobe: int = 1,
-               preprocessing: PreprocessConfig = PreprocessConfig()) -> Collection:
+               preprocessing: PreprocessConfig = PreprocessConfig(), views: str = DEFAULT_VIEWS) -> Collection:
         """Create an empty, untrained collection folder (it must not exist or be empty).
+
+        Args:
+            views: the views of each registered image it indexes beside the whole image (views.py;
+                ``"none"``: the whole image alone).
 
         Raises:
             InvalidInputError: the folder is not empty, or the factory string is invalid or exact (Flat).
+            UnknownNameError: no such view set.
         """
         root = Path(root)
         if root.exists() and any(root.iterdir()):
             raise InvalidInputError(f"{root}: already exists and is not empty; choose a new folder")
         extractor = Extractor(model, device=device, preprocessing=preprocessing)
         Codec.create(factory, extractor.dim)  # validates the factory string before anything is written
+        view_set = get_view_set(views)
         root.mkdir(parents=True, exist_ok=True)
-        manifest = new_manifest(extractor.model_id, extractor.dim, preprocessing.to_dict(), factory, nprobe)
+        manifest = new_manifest(extractor.model_id, extractor.dim, preprocessing.to_dict(), factory, nprobe,
+                                view_set.to_dict())
         write_manifest(root, manifest)
         return cls(root, manifest, extractor, create=True)
 
@@ -184,7 +198,7 @@ class Collection:
             save_index(index, self.root / INDEX)
             self.manifest |= {"codec_fingerprint": codec.fingerprint(), "train_size": len(vectors)}
             write_manifest(self.root, self.manifest)
-            self._live = LiveIndex(index, self.catalog, self.manifest["nprobe"])
+            self._live = self._live_index(index)
             logger.info("trained %s on %d vectors", self.manifest["factory"], len(vectors))
             return len(vectors)
 
@@ -265,13 +279,14 @@ class Collection:
         """Plan batches of new files, prepare them here or on Ray, commit each, snapshot the index at the end."""
         stored, run = self.catalog.descriptor_dtype.name, ingest.run_tag()
         if ray is None:
-            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run, signing, memory)
+            prepare = ingest.prepare_here(self.extractor, self.codec, config, out_dir, stored, run, signing, memory,
+                                          self.views)
         else:
             from .pipeline import prepare_on_ray  # Ray is imported only when asked for
 
             def prepare(batches, pool):
                 return prepare_on_ray(ray, self.extractor, self.codec, list(batches), config, out_dir, workers,
-                                      stored, run, signing, memory)
+                                      stored, run, signing, memory, self.views)
         def commit(prepared: list[Prepared], report: BatchReport) -> None:
             self.commit(prepared, out_dir, report)
 
@@ -332,6 +347,43 @@ class Collection:
         if delete_files:
             removal.delete_activated_files(report.removed, report)
         return report
+
+    def index_views(self, views: str, progress: bool | None = None) -> dict:
+        """Index another view set (views.py) for every registered image, from its original file: how a
+        collection made without views gets them (``"none"`` takes them out). Holds the folder lock throughout,
+        so no other process commits meanwhile; restart the servers sharing the collection afterwards.
+
+        Returns:
+            ``{"views": name, "images": registered images, "without_views": [{"path", "error"}]}``: an image
+            whose original cannot be read keeps its whole-image vector alone (it stays findable as before).
+        """
+        self._require_trained()
+        view_set, missing = get_view_set(views), []
+        with self._writing():
+            ids = self.catalog.ids()
+            bar = progress_bar(len(ids), "views", progress)
+            for start in range(0, len(ids), 64):
+                records = self.catalog.get(list(ids[start:start + 64]))
+                stored = {i: None for i in records}
+                if view_set.views:
+                    inputs = {}
+                    for i, record in records.items():
+                        try:
+                            inputs[i] = network_input(self.extractor.load(record.original_path),
+                                                      self.extractor.preprocessing)
+                        except ActiveIndexError as e:
+                            missing.append({"path": record.original_path, "error": str(e)})
+                    if inputs:
+                        stored |= dict(zip(inputs, encode_views(self.extractor, list(inputs.values()), view_set)))
+                self.catalog.set_views(stored)
+                bar.update(len(records))
+            bar.close()
+            self.manifest = read_manifest(self.root) | {"views": view_set.to_dict()}
+            write_manifest(self.root, self.manifest)
+            self.views = view_set
+            self._live = self._live_index(self.codec.empty_index())  # rebuilt from the catalog
+            self._live.save(self.root / INDEX)
+        return {"views": view_set.name, "images": len(ids), "without_views": missing}
 
     def compact(self) -> int:
         """Take every removed image out of the index now and rewrite index.faiss (removal does it by itself
@@ -395,8 +447,14 @@ class Collection:
             raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k}")
         found = self._live.search(queries, k)
         rows = self.catalog.paths_and_descriptors(sorted({i for hits in found for i, _ in hits}))
-        return [[Match(i, *rows[i][:2], d, float(rows[i][2] @ query)) for i, d in hits if i in rows]
+        return [[self._match(i, d, rows[i], query) for i, d in hits if i in rows]
                 for query, hits in zip(queries, found)]  # an id removed meanwhile by another process has no row
+
+    def _match(self, image_id: int, distance: float, row: tuple, query: np.ndarray) -> Match:
+        """A result, its similarity the best over the image's stored vectors (the image's, its views')."""
+        similarities = row[2] @ query
+        best = int(np.argmax(similarities))
+        return Match(image_id, row[0], row[1], distance, float(similarities[best]), self.views.label(best))
 
     @property
     def threshold(self) -> float:

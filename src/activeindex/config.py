@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass
 from .errors import InvalidInputError, UnknownNameError
 
 __all__ = ["ActivationConfig", "PRESETS", "get_preset", "TORCH_MODES", "PRECISIONS", "JND_PADDINGS",
-           "TARGET_KINDS", "EDIT_FAMILIES", "OUTPUT_FORMATS", "MAX_K", "DEFAULT_THRESHOLD"]
+           "TARGET_KINDS", "EDIT_FAMILIES", "VIEW_SET_NAMES", "DEFAULT_VIEWS", "OUTPUT_FORMATS", "MAX_K",
+           "DEFAULT_THRESHOLD"]
 
 TORCH_MODES = ("ste", "relu")  # how the gradient graph is built (onnx_torch.py)
 PRECISIONS = ("auto", "float32", "bfloat16")  # of the gradient pass
 JND_PADDINGS = ("replicate", "zeros")  # the padding modes of perceptual.jnd_heatmap
 TARGET_KINDS = ("index", "ivf_cluster_half")  # see Codec.targets
 EDIT_FAMILIES = ("crop", "rotate", "flip", "color", "blur", "jpeg")  # edit-aware activation (transforms.py)
+VIEW_SET_NAMES = ("none", "crops", "crops+turns")  # the indexed view sets (views.py)
+DEFAULT_VIEWS = "crops+turns"  # a new collection's (chosen by benchmarks/views.py, docs/views.md)
 OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp")  # the released file's format (release.py)
 MAX_K = 1000  # results per query
 DEFAULT_THRESHOLD = 0.4  # copy threshold until `activeindex calibrate` stores one (docs/service.md, "Copy decision")

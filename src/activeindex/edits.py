@@ -35,7 +35,8 @@ from .errors import ActiveIndexError, UnknownNameError
 
 __all__ = ["Edit", "EditError", "register_edit", "list_edits", "get_edit", "apply_edit", "PAPER_EDITS",
            "FIXED_EDITS", "SWEEPS", "sweep", "brightness", "contrast", "hue", "gaussian_blur", "jpeg", "rotation",
-           "center_crop", "resize_area", "random_resized_crop", "meme", "screenshot", "auto", "auto_plan",
+           "center_crop", "resize_area", "random_resized_crop", "random_crop", "GEOMETRIC_EDITS",
+           "meme", "screenshot", "auto", "auto_plan",
            "AUTO_FAMILIES", "AUTO_DEVIATIONS", "draw_emoji", "draw_text", "draw_screenshot", "Seed"]
 
 Edit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -456,6 +457,34 @@ FIXED_EDITS: dict[str, Edit] = {
     "meme": meme(), "screenshot": screenshot(), "auto": auto(),
 }
 PAPER_EDITS = [name for name in FIXED_EDITS if name != "screenshot"]  # the 14 columns the paper averages
+
+
+def random_crop(area: tuple[float, float] = (0.3, 0.7)) -> Edit:
+    """A window of U(``area``) of the pixels at a random position, the aspect ratio kept."""
+
+    def _crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = image.shape[:2]
+        side = math.sqrt(rng.uniform(*area))
+        ch, cw = max(1, round(h * side)), max(1, round(w * side))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        return image[top:top + ch, left:left + cw].copy()
+
+    return _crop
+
+
+def _crop_rotate_jpeg(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of 50-90 %, a turn of U(-20, 20) degrees, then JPEG 75: a re-framed, straightened re-share."""
+    cropped = random_crop((0.5, 0.9))(image, rng)
+    return jpeg(75)(rotation(float(rng.uniform(-20, 20)))(cropped, rng), rng)
+
+
+# geometric copies the indexed views (views.py) were NOT chosen from: the benchmark's held-out geometric rows
+GEOMETRIC_EDITS: dict[str, Edit] = {
+    "rotation_10": rotation(10), "rotation_20": rotation(20), "rotation_35": rotation(35),
+    "rotation_45": rotation(45), "random_crop_0.3-0.7": random_crop((0.3, 0.7)),
+    "crop_rotate_jpeg": _crop_rotate_jpeg, "mirror": _pil(lambda im: im.transpose(Image.FLIP_LEFT_RIGHT)),
+}
+FIXED_EDITS |= GEOMETRIC_EDITS
 
 for _name, _edit in FIXED_EDITS.items():
     register_edit(_name, _edit)

@@ -61,6 +61,7 @@ from .live_index import LiveIndex
 from .locking import process_alive
 from .progress import progress_bar
 from .release import Release, copy_metadata, release_warnings, resolve_release
+from .views import NO_VIEWS, ViewSet, encode_views
 
 __all__ = ["BatchReport", "Prepared", "Preparer", "PlannedFile", "read_and_decode", "read_planned", "plan_batches",
            "prepare_here", "commit_batch", "run", "run_tag", "embed_stream", "remove_stale_staged", "BatchCallback"]
@@ -107,6 +108,7 @@ class Prepared:
     network_input: torch.Tensor | None = field(default=None, repr=False)  # a passive reference's, uint8
     record: Record | None = None
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
+    views: np.ndarray | None = field(default=None, repr=False)  # (V, d): the original's indexed views' (views.py)
     staged: str | None = None  # the activated file under its staging name; the commit renames it
     source: SourceInfo | None = field(default=None, repr=False)  # how the original is encoded
     rgba: np.ndarray | None = field(default=None, repr=False)  # (H, W, 4) colour and alpha of a transparent image
@@ -215,13 +217,15 @@ class Preparer:
         run: the run's `run_tag`, part of every staged name (which run, of which process, wrote it).
         signing: sign each released file's Content Credentials (C2PA), the original as its ingredient.
         memory: bytes a batch of activations may use (`activation.activation_memory`); None: no limit.
+        views: the views of each image to index beside it (their descriptors go to ``Prepared.views``).
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig | None = None,
                  out_dir: str | os.PathLike | None = None, writer: Executor | None = None,
                  stored_dtype: str = "float16", run: str | None = None, signing: SigningMaterial | None = None,
-                 memory: float | None = None):
+                 memory: float | None = None, views: ViewSet = NO_VIEWS):
         self.extractor, self.config, self.writer, self.signing = extractor, config, writer, signing
+        self.views = views
         self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.activator = Activator(extractor, codec, config, stored_dtype, memory) if config is not None else None
@@ -232,13 +236,16 @@ class Preparer:
             return batch
         pause_point("prepare")
         results, releases = [None] * len(ready), [None] * len(ready)
+        views = self._views([p.network_input if p.image is None else None for p in ready],
+                            [p.image for p in ready])
         if self.activator is None:
             descriptors = self.extractor.encode_network_inputs([p.network_input for p in ready])
         else:
             releases = [resolve_release(self.config.output, self.config.quality, p.source, p.rgba) for p in ready]
             results = self.activator.activate([p.image for p in ready], progress=False, releases=releases)
             descriptors = np.stack([r.descriptor for r in results])
-        for item, descriptor, result, release in zip(ready, descriptors, results, releases):
+        for item, descriptor, result, release, item_views in zip(ready, descriptors, results, releases, views):
+            item.views = item_views
             height, width = item.shape
             item.record = Record(id=None, kind="passive" if result is None else "active",
                                  original_path=str(Path(item.path).resolve()), original_sha256=item.sha256,
@@ -256,6 +263,15 @@ class Preparer:
                 else:  # encoding, metadata and signing are slow: done while the next batch is activated
                     item.writing = self.writer.submit(_write_staged, item, result, release, self.signing)
         return batch
+
+
+    def _views(self, inputs: list[torch.Tensor | None], images: list[np.ndarray | None]) -> list[np.ndarray | None]:
+        """Each image's (V, d) view descriptors (the ORIGINAL's, as indexed), in one encode; None without views."""
+        if not self.views.views:
+            return [None] * len(images)
+        whole = [x if x is not None else network_input(image, self.extractor.preprocessing)
+                 for x, image in zip(inputs, images)]
+        return list(encode_views(self.extractor, whole, self.views))
 
 
 def _write_staged(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None) -> None:
@@ -297,12 +313,12 @@ def _write_release(item: Prepared, result: ActivatedImage, release: Release, sig
 
 def prepare_here(extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
                  stored_dtype: str, run: str, signing: SigningMaterial | None = None,
-                 memory: float | None = None) -> Prepare:
+                 memory: float | None = None, views: ViewSet = NO_VIEWS) -> Prepare:
     """The in-process executor: the pool's two threads decode the next batch and write this one's files while
     the model runs."""
     def prepare(batches: Iterator[list[PlannedFile]], pool: Executor) -> Iterable[list[Prepared]]:
         preparer = Preparer(extractor, codec, config, out_dir, writer=pool, stored_dtype=stored_dtype, run=run,
-                            signing=signing, memory=memory)
+                            signing=signing, memory=memory, views=views)
         read = functools.partial(read_planned, limits=extractor.limits,
                                  preprocessing=extractor.preprocessing if config is None else None)
         return map(preparer, read_ahead(batches, read, pool))
@@ -369,7 +385,8 @@ def commit_batch(prepared: list[Prepared], out_dir: Path | None, index: LiveInde
             report.warnings += [(item.path, warning) for warning in item.warnings]
     if keep:
         try:
-            index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]))
+            index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]),
+                         None if keep[0].views is None else np.stack([item.views for item in keep]))
         except BaseException:  # e.g. a full disk: the files this commit moved into place go with it
             with contextlib.suppress(Exception):
                 remove_unregistered(catalog)

@@ -13,6 +13,10 @@ id becomes a TOMBSTONE, still in the index but dropped from every result (search
 number of tombstones, so ``k`` live results still come back), and `compact` takes the tombstones out in one
 pass once they are more than `compact_at` of the index. A search also drops any id the catalog no longer
 holds, so an image removed by another process is never returned, even before this one has caught up.
+
+In a collection with views (views.py) an image is several vectors, faiss id ``image_id * slots + slot``; the
+catalog, the tombstones and every result speak of images, and a search returns each image once, at its best
+vector's rank.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import numpy as np
 
 from .catalog import Catalog, Record
 from .codec import Codec, index_ids, save_index, search, set_nprobe
+from .errors import CorruptCollectionError
 from .locking import ReadWriteLock, process_alive
+from .views import faiss_ids, image_ids
 
 __all__ = ["LiveIndex"]
 
@@ -37,10 +43,13 @@ class LiveIndex:
         index: the index loaded from the snapshot (trained codec + registered descriptors).
         catalog: the collection's catalog.
         nprobe: cells visited per query (set again on a rebuilt index).
+        slots: faiss ids per image (1: one vector per image; views.py).
+        vectors_per_image: the most vectors an image has (1 + its views).
     """
 
-    def __init__(self, index, catalog: Catalog, nprobe: int):
+    def __init__(self, index, catalog: Catalog, nprobe: int, slots: int = 1, vectors_per_image: int = 1):
         self.index, self.catalog, self.nprobe = index, catalog, nprobe
+        self.slots, self.vectors_per_image = slots, vectors_per_image
         self.codec = Codec.from_index(index)
         self.lock = ReadWriteLock()  # searches run together; adding vectors excludes them
         self.unsnapshotted = 0  # changes in memory that the snapshot file lacks
@@ -63,10 +72,11 @@ class LiveIndex:
         with self.lock.writing():
             self._catalog_version = self.catalog.data_version()
             self._last_removal = self.catalog.last_removal()
-            catalog_ids, indexed = self._catalog_ids(), np.sort(index_ids(self.index))
+            catalog_ids, vectors = self._catalog_ids(), np.sort(index_ids(self.index))
+            indexed = np.unique(image_ids(vectors, self.slots))
             stale = indexed[~_contains(catalog_ids, indexed)]
             unknown = np.count_nonzero(~_contains(self.catalog.removed_ids(), stale))
-            repeated = np.count_nonzero(indexed[1:] == indexed[:-1])
+            repeated = np.count_nonzero(vectors[1:] == vectors[:-1])
             if unknown or repeated:
                 logger.warning("%s: the index holds %d ids the catalog lacks and %d repeated ids: rebuilding it "
                                "from the catalog", self.catalog.path.parent, unknown, repeated)
@@ -77,8 +87,8 @@ class LiveIndex:
             missing = catalog_ids[~_contains(indexed, catalog_ids)]
             if len(missing):
                 logger.info("%s: adding %d catalog records the index lacked", self.catalog.path.parent, len(missing))
-            for ids, vectors in self.catalog.iter_descriptors(missing):
-                self.index.add_with_ids(vectors, ids)
+            for ids, slots, vectors in self.catalog.iter_descriptors(missing):
+                self._add(ids, slots, vectors)
             self.unsnapshotted = len(missing)
             self._last_id = int(catalog_ids[-1]) if len(catalog_ids) else 0
             if self.compaction_due():
@@ -91,26 +101,31 @@ class LiveIndex:
             return
         with self.lock.writing():
             self._catalog_version = self.catalog.data_version()  # read first: a commit after it is seen next time
-            for ids, vectors in self.catalog.iter_descriptors_after(self._last_id):
-                self.index.add_with_ids(vectors, ids)
+            for ids, slots, vectors in self.catalog.iter_descriptors_after(self._last_id):
+                self._add(ids, slots, vectors)
                 self._last_id = int(ids[-1])
-                self.unsnapshotted += len(ids)
+                self.unsnapshotted += len(np.unique(ids))
             removed, self._last_removal = self.catalog.removals_after(self._last_removal)
             self._bury(removed)
             if self.compaction_due():
                 self.compact()
 
-    def insert(self, records: list[Record], descriptors: np.ndarray) -> list[int]:
-        """Register records in the catalog (one transaction) and add their descriptors to the index.
+    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None) -> list[int]:
+        """Register records in the catalog (one transaction) and add their (n, d) descriptors, and their views'
+        (n, V, d), to the index.
 
         Returns:
             the new ids, ascending.
         """
         stored = self.catalog.stored(descriptors)  # what another process will read back
+        stored_views = None if views is None else self.catalog.stored(views)
         with self.lock.writing():
             self.refresh()  # ids above the largest seen are then exactly this batch's
-            ids = self.catalog.insert(records, stored)
-            self.index.add_with_ids(stored, np.array(ids, np.int64))
+            ids = self.catalog.insert(records, stored, stored_views)
+            vectors = stored[:, None] if stored_views is None else np.concatenate([stored[:, None], stored_views], 1)
+            count = vectors.shape[1]
+            self._add(np.repeat(np.array(ids, np.int64), count), np.tile(np.arange(count), len(ids)),
+                      vectors.reshape(-1, vectors.shape[-1]))
             self._last_id = max(self._last_id, ids[-1])
             self.unsnapshotted += len(ids)
         return ids
@@ -129,6 +144,12 @@ class LiveIndex:
             self._bury(removed)
         return records
 
+    def _add(self, ids: np.ndarray, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors of images (their ids, and each vector's slot: 0 the image, 1.. its views)."""
+        if self.slots == 1 and np.any(slots):
+            raise CorruptCollectionError(f"{self.catalog.path}: holds view descriptors, the manifest has no views")
+        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids * self.slots + slots)
+
     def _bury(self, removed: np.ndarray) -> None:
         """Tombstones for removed ids this index holds (under the write lock)."""
         held = [int(i) for i in removed if int(i) <= self._last_id]
@@ -137,15 +158,15 @@ class LiveIndex:
 
     def compaction_due(self) -> bool:
         """Whether the tombstones are more than `compact_at` of the index (and at least `compact_min`)."""
-        return bool(self.tombstones) and len(self.tombstones) >= max(self.compact_min,
-                                                                      self.compact_at * self.index.ntotal)
+        return bool(self.tombstones) and len(self.tombstones) >= max(
+            self.compact_min, self.compact_at * self.index.ntotal / self.vectors_per_image)
 
     def compact(self) -> int:
         """Take the tombstones out of the index (one pass over it); returns how many."""
         with self.lock.writing():
             count = len(self.tombstones)
             if count:
-                self.index.remove_ids(np.array(sorted(self.tombstones), np.int64))
+                self.index.remove_ids(faiss_ids(np.array(sorted(self.tombstones)), self.slots, self.slots))
                 logger.info("%s: compacted the index: %d removed images taken out", self.catalog.path.parent, count)
                 self.tombstones.clear()
                 self.unsnapshotted += count
@@ -155,10 +176,11 @@ class LiveIndex:
         """The ``k`` nearest registered images of each query: a list of (id, distance) per query, nearest first
         by the index's distance; removed images never appear."""
         self.refresh()
-        with self.lock.reading():
-            distances, ids = search(self.index, queries, k + len(self.tombstones))
+        with self.lock.reading():  # an image's views may all come before the next image: ask for all of them
+            distances, ids = search(self.index, queries, (k + len(self.tombstones)) * self.vectors_per_image)
             tombstones = set(self.tombstones)
-        return [[(int(i), float(d)) for i, d in zip(row_i, row_d) if i >= 0 and int(i) not in tombstones][:k]
+        return [_first_of_each([(int(i), float(d)) for i, d in zip(image_ids(row_i, self.slots), row_d)
+                                if i >= 0 and int(i) not in tombstones], k)
                 for row_i, row_d in zip(ids, distances)]
 
     def save(self, path: Path) -> None:
@@ -184,6 +206,18 @@ def _remove_dead_snapshots(path: Path) -> None:
         if pid.isdigit() and not process_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             logger.info("removed %s, left by a snapshot that was killed", tmp.name)
+
+
+def _first_of_each(hits: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    """The first ``k`` distinct images of a ranked list, each at its first (best) rank."""
+    seen, out = set(), []
+    for image_id, distance in hits:
+        if image_id not in seen:
+            seen.add(image_id)
+            out.append((image_id, distance))
+            if len(out) == k:
+                break
+    return out
 
 
 def _contains(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:

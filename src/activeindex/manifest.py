@@ -15,12 +15,13 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def new_manifest(model: dict, dim: int, preprocessing: dict, factory: str, nprobe: int) -> dict:
-    """The manifest of a new, untrained collection (descriptors stored as float16)."""
+def new_manifest(model: dict, dim: int, preprocessing: dict, factory: str, nprobe: int, views: dict) -> dict:
+    """The manifest of a new, untrained collection (descriptors stored as float16; ``views``: its
+    `views.ViewSet`'s ``to_dict``)."""
     return {"format_version": FORMAT_VERSION, "activeindex_version": __version__,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "model": model, "dim": dim,
             "preprocessing": preprocessing, "factory": factory, "nprobe": nprobe, "codec_fingerprint": None,
-            "train_size": 0, "descriptor_dtype": "float16"}
+            "train_size": 0, "descriptor_dtype": "float16", "views": views}
 
 
 def read_manifest(root: Path) -> dict:

@@ -29,6 +29,7 @@ from .extractor import Extractor, PreprocessConfig
 from .faults import ENVIRONMENT
 from .imageio import ImageLimits
 from .ingest import PlannedFile, Prepared, Preparer, read_planned, run_tag
+from .views import NO_VIEWS, ViewSet, get_view_set
 
 __all__ = ["connect", "prepare_on_ray", "WorkerSpec", "THREADS_PER_CPU_ACTOR"]
 
@@ -66,15 +67,16 @@ class WorkerSpec:
     run: str  # the driver's run tag (ingest.run_tag), in the staged files' names
     signing: SigningMaterial | None  # Content Credentials (every node sees the files at the same paths)
     memory: float | None  # bytes an activation batch may use
+    views: str  # the collection's view set (views.py)
 
     @classmethod
     def of(cls, extractor: Extractor, codec: Codec, config: ActivationConfig | None, out_dir: Path | None,
            threads: int, stored_dtype: str, run: str, signing: SigningMaterial | None,
-           memory: float | None = None) -> WorkerSpec:
+           memory: float | None = None, views: ViewSet = NO_VIEWS) -> WorkerSpec:
         trained = faiss.serialize_index(codec.trained).tobytes()
         return cls(extractor.model_source, extractor.preprocessing.to_dict(), trained,
                    config.to_dict() if config else None, str(out_dir) if out_dir else None, threads, stored_dtype,
-                   run, signing, memory)
+                   run, signing, memory, views.name)
 
 
 class _Worker:
@@ -89,7 +91,7 @@ class _Worker:
         codec = Codec(faiss.deserialize_index(np.frombuffer(spec.codec, np.uint8)))
         config = ActivationConfig.from_dict(spec.config) if spec.config else None
         self.preparer = Preparer(extractor, codec, config, spec.out_dir, stored_dtype=spec.stored_dtype, run=spec.run,
-                                 signing=spec.signing, memory=spec.memory)
+                                 signing=spec.signing, memory=spec.memory, views=get_view_set(spec.views))
 
     def __call__(self, batch: dict) -> dict:
         prepared = self.preparer(pickle.loads(batch["prepared"][0]))
@@ -119,7 +121,8 @@ def _actor_options(workers: int | None) -> tuple[dict, int]:
 def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: list[list[PlannedFile]],
                    config: ActivationConfig | None, out_dir: Path | None, workers: int | None = None,
                    stored_dtype: str = "float16", run: str | None = None,
-                   signing: SigningMaterial | None = None, memory: float | None = None) -> Iterator[list[Prepared]]:
+                   signing: SigningMaterial | None = None, memory: float | None = None,
+                   views: ViewSet = NO_VIEWS) -> Iterator[list[Prepared]]:
     """Prepare the planned batches on Ray; yields each batch's results in their planned order.
 
     Args:
@@ -133,6 +136,7 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
         run: the driver's run tag (`ingest.run_tag`).
         signing: Content Credentials signing material (its files at the same paths on every node).
         memory: bytes an activation batch may use on an actor.
+        views: the collection's view set (their descriptors computed on the actors).
     """
     if not batches:
         return
@@ -142,7 +146,8 @@ def prepare_on_ray(address: str, extractor: Extractor, codec: Codec, batches: li
     context.execution_options.preserve_order = True  # batches commit in file order: the same ids as in-process
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines would drown the CLI's output
     options, threads = _actor_options(workers)
-    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag(), signing, memory)
+    spec = WorkerSpec.of(extractor, codec, config, out_dir, threads, stored_dtype, run or run_tag(), signing, memory,
+                         views)
     logger.info("Ray: %d batches on %s actors (%d torch threads each on CPU)", len(batches),
                 options["compute"].min_size, threads)
     faults = {"runtime_env": {"env_vars": {ENVIRONMENT: os.environ[ENVIRONMENT]}}} if ENVIRONMENT in os.environ else {}

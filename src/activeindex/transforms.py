@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .config import EDIT_FAMILIES
 
-__all__ = ["EDIT_FAMILIES", "random_edit"]
+__all__ = ["EDIT_FAMILIES", "random_edit", "rotate"]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -33,15 +33,19 @@ def _crop(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def _rotate(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """A rotation of up to 30 degrees either way, canvas expanded with black corners (as the benchmark's)."""
-    from kornia.geometry.transform import rotate
+    return rotate(x, _uniform(g, -30.0, 30.0))
 
-    angle = _uniform(g, -30.0, 30.0)
+
+def rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """(B, 3, h, w) turned by ``angle`` degrees counter-clockwise, the canvas expanded with black corners."""
+    from kornia.geometry.transform import rotate as kornia_rotate
+
     h, w = x.shape[-2:]
     c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
     new_h, new_w = math.ceil(h * c + w * s), math.ceil(w * c + h * s)
     pad_h, pad_w = new_h - h, new_w - w
     padded = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    return rotate(padded, torch.full((x.shape[0],), angle, device=x.device, dtype=x.dtype))
+    return kornia_rotate(padded, torch.full((x.shape[0],), angle, device=x.device, dtype=x.dtype))
 
 
 def _flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
