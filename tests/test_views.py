@@ -156,3 +156,17 @@ def test_calibration_scores_are_the_best_over_each_images_views(with_views, extr
         assert score == pytest.approx(float(np.max(vectors @ query)), abs=1e-5)
         gained += score > float(vectors[0] @ query) + 1e-6
     assert gained >= 1  # a view, not the whole image, gave some score: calibrate sees the views
+
+
+def test_the_views_command_changes_the_set_and_info_names_it(with_views, capsys):
+    from activeindex.cli import main
+
+    root = str(with_views.root)
+    with_views.close()
+    assert main(["views", root, "none"]) == 0
+    assert "6 images indexed with view set none" in capsys.readouterr().out
+    assert main(["info", root]) == 0
+    assert "views              none (the whole image alone)" in capsys.readouterr().out
+    reopened = Collection.open(root, device="cpu")
+    assert sorted(index_ids(reopened.index).tolist()) == [1, 2, 3, 4, 5, 6]  # one vector each, under its id
+    reopened.close()

@@ -44,6 +44,7 @@ from ..imageio import load_image, save_png, write_atomically
 from ..perceptual import quality
 from ..progress import progress_bar
 from ..release import Release
+from ..views import NO_VIEWS, ViewSet, get_view_set
 from .baselines import BASELINES, PDQ_VERSION, exact_index, pdq_hashes, pdq_nearest
 from .corpus import open_corpus, save_atomic
 from .metrics import (
@@ -61,6 +62,8 @@ from .metrics import (
     uap_interval,
 )
 from .report import write_report
+from .views import SUFFIX as VIEWS_SUFFIX
+from .views import query_times, search_images, view_index, view_vectors
 
 __all__ = ["BenchmarkConfig", "BenchmarkData", "run_benchmark", "prepare", "build_index", "seeds", "sample",
            "STREAMS", "MODES"]
@@ -106,6 +109,9 @@ class BenchmarkConfig:
     bootstrap: int = 1000  # resamples for the 95 % intervals
     seed: int = 0
     device: str | None = None
+    # a view set (views.py) indexed beside each original and distractor photo: rows "MODE, views", paired per
+    # image with "MODE" in the same run (bench/views.py); "none": no such rows
+    views: str = "none"
 
     def __post_init__(self) -> None:
         for spec in self.factories:
@@ -119,6 +125,7 @@ class BenchmarkConfig:
             raise InvalidInputError(f"compare: {self.compare} must name distinct presets other than {self.preset!r}")
         if self.psnr is not None and self.scalings:
             raise InvalidInputError("psnr sets every image's scaling: it cannot be combined with scalings")
+        get_view_set(self.views)  # an unknown view set fails here
         self.releases()  # a bad FORMAT:QUALITY fails here
         self.activation()  # an unknown preset or an invalid psnr fails here, before any work
         for preset in self.compare:
@@ -213,6 +220,10 @@ class BenchmarkData:
     negatives: np.ndarray  # (m, d) non-matching queries
     nonmatching: list[Path]  # their images: edited by `_edited` ("auto"), or already edited (DISC21)
     nonmatching_edited: bool
+    views: ViewSet = NO_VIEWS
+    orig_views: np.ndarray | None = None  # (n, V, d): the originals' views, when ``views`` has any
+    dist_views: np.ndarray | None = None  # (m, V, d): the distractor photos' (the first m of ``x_refs``)
+    view_seconds: dict | None = None  # encoding an image alone and with its views, seconds per image
 
 
 def run_benchmark(config: BenchmarkConfig, progress: bool | None = None) -> dict:
@@ -293,7 +304,25 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
     data = BenchmarkData(originals=originals, x_orig=x_orig, x_train=x_train, x_refs=x_refs, distractors=dist_paths,
                          labels=labels, passive=passive, negatives=negatives, nonmatching=nonmatching,
                          nonmatching_edited=corpus.nonmatching_edited)
+    if get_view_set(config.views).views:
+        _add_views(data, config, cache, extractor, progress)
+        setup["views"] = data.views.to_dict() | {"seconds_per_image": data.view_seconds}
     return data, setup, extractor
+
+
+def _add_views(data: BenchmarkData, config: BenchmarkConfig, cache: _Cache, extractor: Extractor,
+               progress: bool | None) -> None:
+    """The originals' and the distractor photos' view descriptors (cached) and their encoding time."""
+    data.views = get_view_set(config.views)
+    version = (data.views.to_dict(), extractor.model_id)
+    data.orig_views, orig_seconds = view_vectors(cache.get, _key(data.originals, *version), extractor,
+                                                 data.originals, data.views, "originals", progress)
+    data.dist_views, dist_seconds = view_vectors(cache.get, _key(data.distractors, *version), extractor,
+                                                 data.distractors, data.views, "distractors", progress)
+    seconds = (orig_seconds * len(data.originals) + dist_seconds * len(data.distractors)) / (
+        len(data.originals) + len(data.distractors))
+    data.view_seconds = {"whole": float(seconds[0]), "with_views": float(seconds[1]),
+                         "ratio": float(seconds[1] / seconds[0])}
 
 
 def _count(packages: list[str], chosen: Iterable[int] | None = None) -> dict[str, int]:
@@ -397,9 +426,11 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
     activated, results = _activate_and_query(codec, index, config.activations(target), config, extractor,
                                              cache, cache_root, data, data.labels, progress)
     gt = np.arange(len(data.originals))
+    view_cost = _search_with_views(index, results, data, config) if data.orig_views is not None else None
     rows = _edit_rows(results, gt, codec, data.x_orig, config)
     hits = _paper_hits(results, gt)
     return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),
+            "views": view_cost,
             "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None,
             "fingerprint": codec.fingerprint()[:12], "r1_paper_average": _paired(hits, config),
             "edits": rows, "icd": _copy_detection(index, results, data, config) if "auto" in results else None,
@@ -557,9 +588,28 @@ def _activate_and_query(codec, index, settings: dict[str, ActivationConfig], con
     return activated, results
 
 
+def _search_with_views(index, results: dict[str, dict[str, _Found]], data: BenchmarkData,
+                       config: BenchmarkConfig) -> dict:
+    """Add each mode's results in the index with views ("MODE, views"); returns the cost, side by side."""
+    n_photos = len(data.dist_views)
+    views = view_index(index, [(DISTRACTOR_IDS + np.arange(n_photos), data.dist_views),
+                               (np.arange(len(data.originals)), data.orig_views)])
+    per_image = 1 + len(data.views.views)
+    for by_mode in results.values():
+        for mode, found in list(by_mode.items()):
+            by_mode[mode + VIEWS_SUFFIX] = _Found(found.queries, *search_images(views, found.queries, config.k,
+                                                                                 per_image))
+    queries = np.concatenate([by_mode["active"].queries for by_mode in results.values()])
+    return {"set": data.views.name, "ntotal": int(views.ntotal), "ntotal_without": int(index.ntotal),
+            "encode_seconds": data.view_seconds,
+            "query_ms": query_times(index, views, queries, config.k, per_image)}
+
+
 def _differences(modes: Iterable[str]) -> list[tuple[str, str]]:
-    """The paired differences reported: active - passive, and each compared preset - active."""
-    return [("active", "passive")] + [(mode, "active") for mode in modes if mode not in MODES]
+    """The paired differences reported: active - passive, each compared preset - active, and each mode with
+    views - the same mode without."""
+    return [("active", "passive")] + [(mode, mode.removesuffix(VIEWS_SUFFIX)) if mode.endswith(VIEWS_SUFFIX)
+                                      else (mode, "active") for mode in modes if mode not in MODES]
 
 
 def _edit_rows(results: dict, gt: np.ndarray, codec: Codec, x_orig: np.ndarray, config: BenchmarkConfig) -> list:

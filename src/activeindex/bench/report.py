@@ -26,7 +26,8 @@ PAPER_R1 = {"IVF4096,PQ8x8": (0.46, 0.75), "IVF1024,Flat": (0.66, 0.89), "PCA + 
             "OPQ + PQ": (0.92, 0.94)}
 COLOURS = {"pdq": "#edae49", "exact_sscd": "#00798c", "passive": "#9aa5b1", "active": "#d1495b"}
 COMPARED_COLOURS = ("#30638e", "#66a182", "#8d6a9f")  # the compared presets', in order
-NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active"}
+NAMES = {"pdq": "PDQ", "exact_sscd": "exact SSCD", "passive": "passive", "active": "active",
+         "passive, views": "passive with views", "active, views": "active with views"}
 BASELINES_NOTE = ("PDQ: a hit when the nearest reference by Hamming distance is the original, at any distance "
                   "(plain nearest-neighbour top-1, as every index; a tie is a miss). Exact SSCD: exhaustive search "
                   "over the uncompressed descriptors. Both on the passive queries, among the same references and "
@@ -261,6 +262,26 @@ def _point(point: dict | None) -> str:
     return "-" if point is None else _with_ci(point["rate"], point["ci"])
 
 
+def _views_cells(index: dict) -> dict[str, str]:
+    """The views setting (bench/views.py): R@1 with views, per edit, and its cost beside the same index without."""
+    views, rows = index["views"], {(r["edit"], r["mode"]): r for r in index["edits"]}
+    average = index["r1_paper_average"]
+    cells = {f"R@1 {mode} with views": _with_ci(average[f"{mode}, views"], average["ci"][f"{mode}, views"])
+             for mode in ("passive", "active")}
+    for edit in sorted({e for e, _ in rows}):
+        if (edit, "active, views") in rows:
+            cells[f"{edit}: active -> with views"] = (f"{rows[edit, 'active']['r1']:.3f} -> "
+                                                      f"{rows[edit, 'active, views']['r1']:.3f} "
+                                                      "[{:.2f}, {:.2f}]".format(*rows[edit, "active, views"]["r1_ci"]))
+    cost = views["encode_seconds"]
+    cells["views: index vectors"] = f"{views['ntotal']} ({views['ntotal'] / views['ntotal_without']:.2f}x)"
+    cells["views: encoding s / image"] = (f"{cost['whole']:.3f} -> {cost['with_views']:.3f} "
+                                          f"({cost['ratio']:.2f}x)")
+    ms = views["query_ms"]
+    cells["views: search ms / query"] = f"{ms['without']:.3f} -> {ms['with']:.3f} ({ms['with'] / ms['without']:.2f}x)"
+    return cells
+
+
 def summary_rows(results: dict) -> list[dict[str, str]]:
     """One row of formatted figures per index (shared by the HTML and Markdown tables); the baselines' R@1, the
     same for every index, next to the index's."""
@@ -273,6 +294,8 @@ def summary_rows(results: dict) -> list[dict[str, str]]:
         row |= {f"R@1 {name}": _with_ci(b["r1"], b["ci"]) for name, b in baselines.items()}
         row |= {f"R@1 {_name(mode)}": _with_ci(avg[mode], avg["ci"][mode]) for mode in ["passive", *_activated(index)]}
         row |= {f"R@1 {_name(diff)}": _with_ci(avg[diff], avg["ci"][diff], "+.3f") for diff in _differences(index)}
+        if index.get("views"):
+            row |= _views_cells(index)
         if index["icd"]:
             for name in ("plain", "normalized"):
                 entry = index["icd"][name]
