@@ -114,14 +114,14 @@ def test_killed_activation_leaves_a_consistent_collection_and_resumes(tmp_path, 
     assert 2 <= registered < 6, "the kill must land in the middle of the run"
 
     collection = Collection.open(root)  # opens, and index and catalog agree
-    assert collection.index.ntotal == collection.catalog.count() == registered
+    assert collection.indexed_images == collection.catalog.count() == registered
     for record in collection.catalog.get(list(range(1, registered + 1))).values():
         assert sha256_file(record.activated_path) == record.activated_sha256
 
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().endswith(f"{6 - registered} registered, {registered} skipped, 0 failed")
-    assert Collection.open(root).index.ntotal == _count(root) == 6
+    assert Collection.open(root).indexed_images == _count(root) == 6
 
 
 def _count(root) -> int:

@@ -64,7 +64,7 @@ def test_create_train_activate_search_round_trip(collection, photo_files, tmp_pa
     assert best.id == active.records[0].id and best.original_path == str(photo_files[0].resolve())
     assert 0.5 < best.similarity <= 1  # the exact cosine to the stored original descriptor
     info = Collection.open(collection.root).info()
-    assert (info["images"], info["active"], info["passive"], info["ntotal"]) == (6, 3, 3, 6)
+    assert (info["images"], info["active"], info["passive"], info["indexed_images"]) == (6, 3, 3, 6)
 
 
 def test_scaling_is_stored_per_record_and_older_catalogs_gain_the_column(collection, photo_files, tmp_path):
@@ -94,7 +94,7 @@ def test_duplicates_are_not_added_twice(collection, photo_files, tmp_path):
     report = collection.add([photo_files[1], copy])
     assert not report.records and [reason for _, reason in report.skipped] == [
         "already registered (id 2)", "already registered (id 1)"]
-    assert collection.catalog.count() == collection.index.ntotal == 2
+    assert collection.catalog.count() == collection.indexed_images == 2
 
 
 def test_bad_files_fail_one_by_one_and_the_rest_proceeds(collection, photo_files, tmp_path):
@@ -109,7 +109,7 @@ def test_bad_files_fail_one_by_one_and_the_rest_proceeds(collection, photo_files
     errors = dict(report.failed)
     assert set(errors) == {str(tmp_path / n) for n in ["text.jpg", "cut.jpg", "tiny.png", "absent.png"]}
     assert all("\n" not in e for e in errors.values())
-    assert collection.catalog.count() == collection.index.ntotal == 2
+    assert collection.catalog.count() == collection.indexed_images == 2
 
 
 def test_index_behind_catalog_is_caught_up_on_open(collection, photo_files, tmp_path):
@@ -119,7 +119,7 @@ def test_index_behind_catalog_is_caught_up_on_open(collection, photo_files, tmp_
     collection.add(photo_files[2:4])
     (collection.root / "index.faiss").write_bytes(stale)
     reopened = Collection.open(collection.root)
-    assert reopened.index.ntotal == reopened.catalog.count() == 4
+    assert reopened.indexed_images == reopened.catalog.count() == 4
     assert reopened.search(load_image(photo_files[3]), k=1)[0][0].original_path == str(photo_files[3].resolve())
 
 

@@ -115,7 +115,7 @@ def test_a_released_file_replaced_since_is_kept_when_its_image_is_removed(filled
 def test_compaction_takes_removed_images_out_of_the_index_and_the_snapshot(filled, photos):
     filled._live.compact_min = 3  # compact once 3 removed images are in the index
     filled.remove([3, 4])
-    assert filled._live.tombstones == {3, 4} and filled.index.ntotal == 6  # not compacted yet: 2 < 3
+    assert filled._live.tombstones == {3, 4} and filled.indexed_images == 6  # not compacted yet: 2 < 3
     filled.remove([5])  # the third: compacted, and index.faiss written without them
     assert filled._live.tombstones == set() and sorted(index_ids(filled.index)) == [1, 2, 6]
     reopened = check_consistent(filled.root)

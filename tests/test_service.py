@@ -172,7 +172,7 @@ def test_killed_server_loses_no_registered_image(tmp_path, training_npy, small_p
     process.send_signal(signal.SIGKILL)
     process.wait()
     reopened = Collection.open(root)
-    assert reopened.catalog.count() == reopened.index.ntotal == 1
+    assert reopened.catalog.count() == reopened.indexed_images == 1
 
 
 def _big_jpeg(side: int = 8000) -> bytes:
@@ -362,7 +362,7 @@ def test_a_killed_activation_worker_is_a_503_and_the_next_activation_works(serve
     again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
     assert again.status_code == 200 and again.headers["content-type"] == "image/png"
     status = httpx.get(f"{url}/v1/status", timeout=30).json()
-    assert status["images"] == status["ntotal"]
+    assert status["images"] == status["indexed_images"]
 
 
 def test_delete_takes_an_image_down_for_every_search(served, small_photos):
@@ -387,7 +387,7 @@ def test_delete_takes_an_image_down_for_every_search(served, small_photos):
     again = httpx.post(f"{url}/v1/activate", files=upload, headers=token, timeout=300)
     assert again.status_code == 200 and int(again.headers["X-Image-Id"]) > image_id
     status = httpx.get(f"{url}/v1/status", timeout=30).json()
-    assert status["removed"] == 1 and status["images"] == status["ntotal"] - 1  # one removed, not yet compacted
+    assert status["removed"] == 1 and status["images"] == status["indexed_images"] - 1  # one removed, not yet compacted
 
 
 def test_reads_need_the_token_unless_the_server_opens_them(served, tmp_path):

@@ -95,7 +95,7 @@ def test_server_and_cli_interleaved_lose_nothing(tmp_path, training_npy, photos)
         assert writer.wait(timeout=300) == 0, writer.stderr.read()
         assert cli("add", root, photos[5], "-q").wait(timeout=300) == 0
         status = httpx.get(f"{url}/v1/status", timeout=30).json()
-        assert status["images"] == status["ntotal"] == 6
+        assert status["images"] == status["indexed_images"] == 6
         assert activate_over_http(url, photos[6]) == 200  # the server's index write keeps the CLI's images
     finally:
         stop_server(server)

@@ -562,7 +562,7 @@ def _print_dict(data: dict) -> None:
 def _print_info(info: dict) -> None:
     """One ``key value`` line per collection fact."""
     keys = ["path", "factory", "nlist", "nprobe", "train_size", "images", "active", "passive", "removed",
-            "removed_in_index", "ntotal", "codec_fingerprint", "device"]
+            "removed_in_index", "indexed_images", "ntotal", "codec_fingerprint", "device"]
     for key in keys:
         print(f"{key:18} {info.get(key)}")
     views = info.get("views") or {"name": "none", "views": []}
@@ -633,8 +633,9 @@ def _print_search(results: list[dict]) -> None:
             continue
         print(result["query"])
         for rank, m in enumerate(result["matches"], 1):
+            view = "" if m["view"] == "whole" else f"  (through its view {m['view']})"
             print(f"  {rank:>3}. id {m['id']:<6} similarity {m['similarity']:.3f}  distance {m['distance']:.4f}  "
-                  f"{m['original_path']}")
+                  f"{m['original_path']}{view}")
 
 
 def _print_fingerprints(results: list[dict]) -> None:

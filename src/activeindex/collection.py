@@ -100,6 +100,11 @@ class Collection:
         return self._live.index if self._live else None
 
     @property
+    def indexed_images(self) -> int:
+        """Images the index holds (each with its views' vectors; removed ones not yet compacted included)."""
+        return self._live.indexed_images() if self._live else 0
+
+    @property
     def codec(self) -> Codec | None:
         """The frozen codec (None until trained)."""
         return self._live.codec if self._live else None
@@ -474,7 +479,8 @@ class Collection:
         return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
                 "removed": self.catalog.removed_count(),
                 "removed_in_index": len(self._live.tombstones) if self._live else 0,
-                "ntotal": int(self.index.ntotal) if self.index is not None else 0,
+                "ntotal": int(self.index.ntotal) if self.index is not None else 0,  # vectors: images and views
+                "indexed_images": self.indexed_images,
                 "nlist": self.codec.nlist if self.codec else None, "device": str(self.extractor.device)}
 
     def close(self) -> None:

@@ -183,6 +183,12 @@ class LiveIndex:
                                 if i >= 0 and int(i) not in tombstones], k)
                 for row_i, row_d in zip(ids, distances)]
 
+    def indexed_images(self) -> int:
+        """Images the index holds vectors of (removed ones not yet compacted included)."""
+        with self.lock.reading():
+            ids = index_ids(self.index)
+        return len(ids) if self.slots == 1 else len(np.unique(image_ids(ids, self.slots)))
+
     def save(self, path: Path) -> None:
         """Write the index (caught up with the catalog) to ``path`` atomically; searches go on meanwhile."""
         self.refresh()

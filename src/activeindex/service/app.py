@@ -147,7 +147,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     def status() -> dict:
         info = collection.info()
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
-                                     "passive", "removed", "ntotal", "model")} | {
+                                     "passive", "removed", "ntotal", "indexed_images", "model")} | {
             "version": __version__, "threshold": threshold, "calibration": info.get("calibration"),
             "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
