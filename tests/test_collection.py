@@ -44,7 +44,8 @@ def photo_files(small_photos, tmp_path_factory):
 
 @pytest.fixture()
 def collection(tmp_path, training_npy):
-    col = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu")
+    """One vector per image, so index ids are image ids (views: test_views.py)."""
+    col = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu", views="none")
     col.train(training_npy)
     return col
 

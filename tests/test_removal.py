@@ -38,7 +38,7 @@ def photos(small_photos, tmp_path_factory) -> list[Path]:
 @pytest.fixture
 def filled(tmp_path, training_npy, photos) -> Collection:
     """A trained collection: photos 0-1 activated (ids 1, 2), photos 2-5 passive (ids 3-6)."""
-    collection = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu")
+    collection = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu", views="none")
     collection.train(training_npy)
     collection.activate(photos[:2], tmp_path / "published", FAST)
     collection.add(photos[2:6])
