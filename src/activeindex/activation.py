@@ -23,6 +23,7 @@ from .config import PRESETS, ActivationConfig, get_preset
 from .extractor import (
     IMAGENET_STD,
     Extractor,
+    network_input,
     preprocess,
     preprocessed_size,
     resize_to,
@@ -33,6 +34,7 @@ from .perceptual import jnd_heatmap, psnr, quality, row_blocks
 from .progress import progress_bar
 from .release import Release
 from .transforms import random_edit
+from .views import NO_VIEWS, ViewSet, encode_views
 
 __all__ = ["ActivationConfig", "ActivatedImage", "Activator", "PRESETS", "get_preset"]
 
@@ -63,10 +65,12 @@ class ActivatedImage:
     # (code, without IVF) that the 8-bit result reached; None for a colour PNG
     lost_in_encoding: bool | None = None
     encoded: bytes | None = field(default=None, repr=False)  # the released bytes measured (None: a colour PNG)
+    views: np.ndarray | None = field(default=None, repr=False)  # (V, d): the ORIGINAL's views' (indexed), if any
+
 
     def metrics(self) -> dict:
         """The scalar fields, for catalogs and JSON."""
-        return {k: v for k, v in asdict(self).items() if k not in ("image", "descriptor", "encoded")}
+        return {k: v for k, v in asdict(self).items() if k not in ("image", "descriptor", "encoded", "views")}
 
 
 class Optimized(NamedTuple):
@@ -87,6 +91,9 @@ class Activator:
         config: the settings (``ActivationConfig()`` or ``get_preset("paper")``).
         stored_dtype: the precision the index is fed descriptors in (a collection: ``"float16"``); targets
             and the reported cell / code agreement come from the descriptor rounded to it.
+        memory: bytes a batch may use (`activation_memory`); None: ``batch_size`` alone decides.
+        views: the views the collection indexes beside each image: their descriptors come with each result,
+            and ``config.view_draws`` of them per iteration are pushed towards their own codes.
 
     Example:
         >>> results = Activator(extractor, codec).activate([image])
@@ -95,10 +102,10 @@ class Activator:
     """
 
     def __init__(self, extractor: Extractor, codec: Codec, config: ActivationConfig = ActivationConfig(),
-                 stored_dtype: str = "float32", memory: float | None = None):
-        self.extractor, self.codec, self.config = extractor, codec, config
+                 stored_dtype: str = "float32", memory: float | None = None, views: ViewSet = NO_VIEWS):
+        self.extractor, self.codec, self.config, self.views = extractor, codec, config, views
         self.stored_dtype = np.dtype(stored_dtype)
-        self.memory = memory  # bytes a batch may use (`activation_memory`); None: batch_size alone decides
+        self.memory = memory
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self._alpha = torch.tensor(config.alpha_c).view(1, 3, 1, 1)
         self._precision = compute_dtype(config.precision, extractor.device)
@@ -120,16 +127,30 @@ class Activator:
         # rounded as the index will store them: the target is the code the index holds, not a neighbour's
         descriptors = self.extractor.encode_arrays(images).astype(self.stored_dtype).astype(np.float32)
         targets = self.codec.targets(descriptors, self.config.target)
+        views = self._original_views(images)
+        view_targets = None if views is None or not self.config.view_draws else self.codec.targets(
+            views.reshape(-1, views.shape[-1]), self.config.target).reshape(views.shape)
         out: list[Optimized | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):
             activated = self.optimize([images[i] for i in idx], torch.from_numpy(targets[idx]), seeds=idx,
-                                      releases=[releases[i] for i in idx])
+                                      releases=[releases[i] for i in idx],
+                                      view_targets=None if view_targets is None else torch.from_numpy(view_targets[idx]))
             for i, result in zip(idx, activated):
                 out[i] = result
             bar.update(len(idx))
         bar.close()
-        return self._assess(images, out, releases, descriptors, targets)
+        results = self._assess(images, out, releases, descriptors, targets)
+        for i, result in enumerate(results):
+            result.views = None if views is None else views[i]
+        return results
+
+    def _original_views(self, images: Sequence[np.ndarray]) -> np.ndarray | None:
+        """(n, V, d): the descriptors of the originals' views, rounded as the index stores them; None without."""
+        if not self.views.views:
+            return None
+        inputs = [network_input(image, self.extractor.preprocessing) for image in images]
+        return encode_views(self.extractor, inputs, self.views).astype(self.stored_dtype).astype(np.float32)
 
     def _batches(self, images: Sequence[np.ndarray]) -> list[list[int]]:
         """Indices grouped by the size the network sees (one aspect ratio, any resolution) and by how their change
@@ -154,7 +175,8 @@ class Activator:
         return batches
 
     def optimize(self, images: Sequence[np.ndarray], targets: torch.Tensor, seeds: Sequence[int] = (),
-                 releases: Sequence[Release] | None = None) -> list[Optimized]:
+                 releases: Sequence[Release] | None = None,
+                 view_targets: torch.Tensor | None = None) -> list[Optimized]:
         """Run the optimisation on images that the network sees at one size and that take one number of `steps`.
 
         Memory per image, at full resolution: the budget map (1 channel), delta, its gradient and Adam's two
@@ -166,6 +188,8 @@ class Activator:
             targets: (B, d) float target descriptors.
             seeds: one extra seed per image (its position), so results do not depend on batching.
             releases: how each is released (default: PNG); a PSNR floor holds on the released file.
+            view_targets: (B, V, d) the targets of each image's views (`views`), ``config.view_draws`` of which,
+                drawn per iteration, join the loss; None: the whole image (and its edits) alone.
 
         Returns:
             B `Optimized`: the released pixels, the scaling each got, the lossless result, the lossy bytes.
@@ -173,6 +197,7 @@ class Activator:
         releases = list(releases or [Release()] * len(images))
         cfg, device, preprocessing = self.config, self.extractor.device, self.extractor.preprocessing
         targets = targets.to(device)
+        view_targets = None if view_targets is None else view_targets.to(device)
         per_channel = (self._alpha * self._std).to(device)  # alpha_c and the normalisation, folded: (1, 3, 1, 1)
         size = preprocessed_size(images[0].shape[:2], preprocessing)
         maps, views_of_originals = map(list, zip(*[self._budget_and_view(image, size) for image in images]))
@@ -188,11 +213,15 @@ class Activator:
         for _ in range(self.steps(images[0].shape[:2])):
             seen, mse = zip(*[change(d) for change, d in zip(changes, deltas)])
             inputs = torch.cat([round_to_levels(o + v) for o, v in zip(views_of_originals, seen)])
-            views = [inputs] + [preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing)
-                                for _ in range(cfg.edit_draws if cfg.edits else 0)]
+            seen_as = [(inputs, targets)] + [
+                (preprocess(random_edit(inputs, cfg.edits, edits), self.extractor.preprocessing), targets)
+                for _ in range(cfg.edit_draws if cfg.edits else 0)]
+            if view_targets is not None:
+                seen_as += [(preprocess(self.views.views[v](inputs).clamp(0.0, 1.0), self.extractor.preprocessing),
+                             view_targets[:, v]) for v in self._view_draws(edits)]
             cosine = torch.stack([F.cosine_similarity(
-                self.extractor.embed_preprocessed(view, cfg.gradient, self._precision), targets, dim=1)
-                for view in views]).mean(0)
+                self.extractor.embed_preprocessed(x, cfg.gradient, self._precision), target, dim=1)
+                for x, target in seen_as]).mean(0)
             loss = (-cosine + cfg.lambda_mse * torch.stack(mse)).sum()  # a sum: each image's gradient is its own
             loss.backward()
             adam.step()
@@ -205,6 +234,11 @@ class Activator:
                 results.append(_release(_compose(image, change), s, r) if cfg.psnr is None
                                else _meet_floor(image, change, s, cfg.psnr, r))
             return results
+
+    def _view_draws(self, generator: torch.Generator) -> list[int]:
+        """Which views join this iteration's loss: ``config.view_draws`` distinct ones, drawn for the batch."""
+        count = min(self.config.view_draws, len(self.views.views))
+        return torch.randperm(len(self.views.views), generator=generator)[:count].tolist()
 
     def _change(self, budget: torch.Tensor, size: tuple[int, int],
                 per_channel: torch.Tensor) -> _PixelChange | _CoarseChange:

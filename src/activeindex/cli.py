@@ -109,7 +109,7 @@ def finite_float(above: float | None = None, at_least: float | None = None,
 _ACTIVATION_TYPES: dict[str, Callable[[str], int | float]] = {  # one per numeric ActivationConfig field
     "scaling": finite_float(above=0), "lambda_mse": finite_float(at_least=0), "lr": finite_float(above=0),
     "iterations": positive_int, "batch_size": positive_int, "seed": _seed, "edit_draws": positive_int,
-    "resolution": int_in(0), "coarse_iterations": positive_int,
+    "resolution": int_in(0), "coarse_iterations": positive_int, "view_draws": int_in(0),
 }
 
 

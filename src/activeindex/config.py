@@ -66,6 +66,10 @@ class ActivationConfig:
     # each of a family drawn from `edits` (transforms.EDIT_FAMILIES); () is the paper's unedited-only loss
     edits: tuple[str, ...] = ()
     edit_draws: int = 2
+    # activated views: in a collection with views (views.py), the loss also averages the cosine of `view_draws`
+    # of its indexed views per iteration, drawn at random, each to its own target (the original view's code);
+    # 0: the views are indexed as passive references (docs/views.md, "Activated views")
+    view_draws: int = 0
     # delta's resolution as a multiple of the network's input: a larger photo is optimised at it, its change
     # upsampled and shaped by the full-resolution JND map, with the same loss computed exactly (coarse.py);
     # 0: one delta per full-resolution pixel, the paper's
@@ -100,6 +104,7 @@ class ActivationConfig:
             "edits": (isinstance(self.edits, (tuple, list)) and set(self.edits) <= set(EDIT_FAMILIES),
                       f"a list of edit families from {list(EDIT_FAMILIES)}"),
             "edit_draws": (_is_int(self.edit_draws) and self.edit_draws >= 1, "an integer >= 1"),
+            "view_draws": (_is_int(self.view_draws) and self.view_draws >= 0, "an integer >= 0"),
             "resolution": (_is_int(self.resolution) and self.resolution >= 0, "an integer >= 0"),
             "coarse_iterations": (_is_int(self.coarse_iterations) and self.coarse_iterations >= 1, "an integer >= 1"),
             "psnr": (self.psnr is None or (_is_finite(self.psnr) and 20 <= self.psnr <= 80),

@@ -228,7 +228,8 @@ class Preparer:
         self.views = views
         self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.activator = Activator(extractor, codec, config, stored_dtype, memory) if config is not None else None
+        self.activator = (Activator(extractor, codec, config, stored_dtype, memory, views) if config is not None
+                          else None)
 
     def __call__(self, batch: list[Prepared]) -> list[Prepared]:
         ready = [p for p in batch if p.error is None]
@@ -236,14 +237,14 @@ class Preparer:
             return batch
         pause_point("prepare")
         results, releases = [None] * len(ready), [None] * len(ready)
-        views = self._views([p.network_input if p.image is None else None for p in ready],
-                            [p.image for p in ready])
         if self.activator is None:
             descriptors = self.extractor.encode_network_inputs([p.network_input for p in ready])
+            views = self._views([p.network_input for p in ready])
         else:
             releases = [resolve_release(self.config.output, self.config.quality, p.source, p.rgba) for p in ready]
             results = self.activator.activate([p.image for p in ready], progress=False, releases=releases)
             descriptors = np.stack([r.descriptor for r in results])
+            views = [r.views for r in results]
         for item, descriptor, result, release, item_views in zip(ready, descriptors, results, releases, views):
             item.views = item_views
             height, width = item.shape
@@ -265,13 +266,12 @@ class Preparer:
         return batch
 
 
-    def _views(self, inputs: list[torch.Tensor | None], images: list[np.ndarray | None]) -> list[np.ndarray | None]:
-        """Each image's (V, d) view descriptors (the ORIGINAL's, as indexed), in one encode; None without views."""
+    def _views(self, inputs: list[torch.Tensor]) -> list[np.ndarray | None]:
+        """Each passive reference's (V, d) view descriptors, from its network input, in one encode; None without
+        views (an activated image's come with its result)."""
         if not self.views.views:
-            return [None] * len(images)
-        whole = [x if x is not None else network_input(image, self.extractor.preprocessing)
-                 for x, image in zip(inputs, images)]
-        return list(encode_views(self.extractor, whole, self.views))
+            return [None] * len(inputs)
+        return list(encode_views(self.extractor, inputs, self.views))
 
 
 def _write_staged(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None) -> None:
