@@ -115,7 +115,7 @@ class AutogradActivator(Activator):
         if config.precision == "auto" and extractor.device.type == "cpu" and torch.cpu._is_avx512_bf16_supported():
             self._precision = torch.bfloat16
 
-    def optimize(self, images, targets, seeds=(), releases=None):
+    def optimize(self, images, targets, seeds=(), releases=None, view_targets=None):  # no views: the earlier path
         cfg, device = self.config, self.extractor.device
         originals, targets = [to_tensor(image).to(device) for image in images], targets.to(device)
         std, alpha = self._std.to(device), self._alpha.to(device)

@@ -196,8 +196,8 @@ def test_a_search_thread_never_indexes_a_batch_twice(filled, photos, tmp_path):
     inserted, searched = threading.Event(), threading.Event()
     real_insert, queue = filled.catalog.insert, JobQueue(filled.root)
 
-    def insert_then_let_a_search_in(records, descriptors):
-        ids = real_insert(records, descriptors)
+    def insert_then_let_a_search_in(*args):
+        ids = real_insert(*args)
         queue.submit([photos[0]], tmp_path)  # another connection commits, as a server's job queue does
         inserted.set()
         searched.wait(2)  # the search thread's catch-up gets its chance here (it waits for the lock, if any)

@@ -49,7 +49,7 @@ def fill(disk: Path, leave: int) -> Path:
 
 
 def trained(root: Path, training_npy: Path) -> Path:
-    collection = Collection.create(root, TEST_FACTORY, device="cpu")
+    collection = Collection.create(root, TEST_FACTORY, device="cpu", views="none")  # a disk's room: one vector each
     collection.train(training_npy)
     collection.close()
     return root

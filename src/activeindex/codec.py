@@ -247,7 +247,12 @@ def _emptied(index: faiss.Index) -> faiss.Index:
 
 
 def index_fingerprint(index: faiss.Index) -> str:
-    """sha256 of a trained, empty index's serialisation."""
+    """sha256 of a trained, empty index's serialisation, at nprobe 1: nprobe is a search setting, not the codec
+    (a collection made with ``nprobe=8`` saves its index with it)."""
+    ivf = _find_ivf(index)
+    if ivf is not None and ivf.nprobe != 1:
+        index = faiss.clone_index(index)
+        set_nprobe(index, 1)
     return hashlib.sha256(faiss.serialize_index(index).tobytes()).hexdigest()
 
 
