@@ -133,9 +133,9 @@ class Activator:
         out: list[Optimized | None] = [None] * len(images)
         bar = progress_bar(len(images), "activate", progress)
         for idx in self._batches(images):
+            batch_view_targets = None if view_targets is None else torch.from_numpy(view_targets[idx])
             activated = self.optimize([images[i] for i in idx], torch.from_numpy(targets[idx]), seeds=idx,
-                                      releases=[releases[i] for i in idx],
-                                      view_targets=None if view_targets is None else torch.from_numpy(view_targets[idx]))
+                                      releases=[releases[i] for i in idx], view_targets=batch_view_targets)
             for i, result in zip(idx, activated):
                 out[i] = result
             bar.update(len(idx))
