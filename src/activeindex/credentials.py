@@ -6,7 +6,17 @@ the activation as a ``c2pa.edited`` action. Released files are JPEG, PNG or WebP
 ingredient when it is one of those, TIFF, GIF, HEIC/HEIF or AVIF (`ingredient_format`); any other (BMP)
 cannot be signed for: the library refuses an edit without its parent (the first action must be
 ``c2pa.opened`` or ``c2pa.created``, and the file was not created here). No thumbnails are embedded
-(`_context`); an original's own manifest store, thumbnails included, is carried whole.
+(`library_context`); an original's own manifest store, thumbnails included, is carried whole.
+
+Given the released file's fingerprint (`binding.encode_binding` of its descriptor), the manifest also carries a
+``c2pa.soft-binding`` assertion (C2PA 2.x, the soft binding assertion): ``alg`` `binding.ALG`, one block
+whose ``scope`` is empty (the whole image) and whose ``value`` is that fingerprint, and an empty ``pad``. A
+validator holding a stripped copy computes its fingerprint and resolves it through the service's
+``/c2pa/v1/matches/byBinding`` to this manifest.
+
+Trust: c2pa-python 0.29 and later trust no root by default, so a manifest whose signature and hashes verify
+reads ``Valid`` with the failure ``signingCredential.untrusted`` until its root is given as a trust anchor
+(``trust_anchors``, a PEM file of root certificates), then ``Trusted``.
 """
 from __future__ import annotations
 
@@ -26,16 +36,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ._version import __version__
+from .binding import ALG
 from .errors import InvalidInputError
 from .imageio import read_file, write_atomically
 
 __all__ = ["SigningMaterial", "manifest_store", "active_manifest", "active_manifest_id", "sign_activated", "validation",
-           "ingredient_format", "ALGORITHMS", "DESCRIPTION"]
+           "read_report", "library_context", "check_trust_anchors", "ingredient_format", "ALGORITHMS", "DESCRIPTION",
+           "SOFT_BINDING"]
 
 logger = logging.getLogger(__name__)
 
 AGENT = {"name": "activeindex", "version": __version__}
 DESCRIPTION = "imperceptible perturbation for copy detection (active indexing)"
+SOFT_BINDING = "c2pa.soft-binding"  # the soft binding assertion's label
 _CURVES = {"es256": ec.SECP256R1, "es384": ec.SECP384R1, "es512": ec.SECP521R1}
 _KEY_TYPES = {**dict.fromkeys(_CURVES, ec.EllipticCurvePrivateKey),
               **dict.fromkeys(("ps256", "ps384", "ps512"), rsa.RSAPrivateKey), "ed25519": ed25519.Ed25519PrivateKey}
@@ -88,7 +101,7 @@ class SigningMaterial:
             raise InvalidInputError(f"{self.private_key}: not an unencrypted PEM private key ({e})") from e
         self._check(leaf, key)
         if self.trust_anchors is not None:
-            _certificates(self.trust_anchors, read_file(self.trust_anchors))
+            check_trust_anchors(self.trust_anchors)
         return chain, key_pem
 
     def _check(self, leaf: x509.Certificate, key: PrivateKeyTypes) -> None:
@@ -109,14 +122,7 @@ class SigningMaterial:
 def manifest_store(path: str | Path) -> bytes | None:
     """The raw C2PA manifest store (JUMBF) embedded in a JPEG, PNG or WebP file, or None if it has none."""
     data = read_file(path)
-    mime = _format(data)
-    if mime == "image/jpeg":
-        return _jpeg_store(data)
-    if mime == "image/png":
-        return _png_chunk(data, b"caBX")
-    if mime == "image/webp":
-        return _riff_chunk(data, b"C2PA")
-    return None
+    return _store(data, _format(data))
 
 
 def active_manifest(store: bytes) -> bytes:
@@ -146,38 +152,54 @@ def active_manifest_id(path: str | Path) -> str | None:
 def validation(path: str | Path, trust_anchors: str | Path | None = None) -> dict:
     """What ``c2pa.Reader`` reports: the manifest store as a dict, with ``validation_state`` and
     ``validation_results``; ``{}`` for a file without one. ``trust_anchors``: PEM roots to trust."""
+    with library_context(trust_anchors) as context:
+        return read_report(path, context)
+
+
+def read_report(path: str | Path, context: c2pa.Context) -> dict:
+    """`validation` under an open `library_context`, which many reads may share: the report of a file in any format
+    the library reads (`ingredient_format`), ``{}`` for a file without a manifest store.
+
+    Raises:
+        InvalidInputError: an unreadable file, or a manifest store the library cannot read (with its reason).
+    """
     data = read_file(path)
-    mime = _format(data)
-    if mime is None:
+    mime = _media_type(data)
+    if mime is None or (_format(data) is not None and _store(data, mime) is None):  # checked without the library
         return {}
     try:
-        with _context(trust_anchors) as context:
-            reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
-            if reader is None:
-                return {}
-            with reader:
-                return json.loads(reader.json())
+        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
+        if reader is None:
+            return {}
+        with reader:
+            return json.loads(reader.json())
     except c2pa.C2paError as e:
         raise InvalidInputError(f"{path}: unreadable Content Credentials ({_one_line(e)})") from e
+
+
+def check_trust_anchors(path: str | Path) -> Path:
+    """``path``, checked now: a readable PEM file of certificates (the roots to trust).
+
+    Raises:
+        InvalidInputError: a missing file, or one that holds no PEM certificate (the message names it).
+    """
+    path = Path(path)
+    _certificates(path, read_file(path))
+    return path
 
 
 def ingredient_format(path: str | Path) -> str | None:
     """The MIME type of a file the C2PA library can name as an ingredient (JPEG, PNG, WebP, TIFF, GIF, HEIC/HEIF,
     AVIF), from its signature; None for anything else (BMP)."""
-    data = read_file(path)
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    if data[:4] == b"GIF8":
-        return "image/gif"
-    if data[4:8] == b"ftyp":
-        return _BMFF_BRANDS.get(data[8:12])
-    return _format(data)
+    return _media_type(read_file(path))
 
 
 def sign_activated(original: Path, activated: Path, output: Path, material: SigningMaterial,
-                   parameters: dict | None = None, *, title: str | None = None) -> str:
+                   parameters: dict | None = None, *, title: str | None = None, soft_binding: str | None = None) -> str:
     """Write ``output``: the activated file's bytes with a new signed manifest whose parent ingredient is
     ``original`` and whose ``c2pa.actions`` records the activation (``c2pa.edited``, ``parameters`` kept).
+    ``soft_binding``: the activated file's `binding.ALG` value (`binding.encode_binding` of its descriptor),
+    written as a ``c2pa.soft-binding`` assertion (None: none).
 
     ``output`` is written atomically and may be ``activated`` itself; its format is the activated file's
     (read from its bytes, never from a name). ``title``: the manifest's title (default: ``output``'s name;
@@ -200,12 +222,14 @@ def sign_activated(original: Path, activated: Path, output: Path, material: Sign
     action = {"action": "c2pa.edited", "softwareAgent": AGENT, "description": DESCRIPTION}
     if parameters is not None:
         action["parameters"] = parameters
-    definition = {"claim_generator_info": [AGENT], "title": title or Path(output).name,
-                  "assertions": [{"label": "c2pa.actions", "data": {"actions": [action]}}]}
+    assertions = [{"label": "c2pa.actions", "data": {"actions": [action]}}]
+    if soft_binding is not None:
+        assertions.append(_soft_binding_assertion(soft_binding))
+    definition = {"claim_generator_info": [AGENT], "title": title or Path(output).name, "assertions": assertions}
     info = c2pa.C2paSignerInfo(material.algorithm.encode(), chain, key, material.timestamp_url)
     signed = io.BytesIO()
     try:
-        with _context(material.trust_anchors) as context, c2pa.Signer.from_info(info) as signer, \
+        with library_context(material.trust_anchors) as context, c2pa.Signer.from_info(info) as signer, \
                 c2pa.Builder(definition, context=context) as builder:
             builder.set_intent(c2pa.C2paBuilderIntent.EDIT)  # the library adds `c2pa.opened` for the parent
             builder.add_ingredient({"title": Path(original).name, "relationship": "parentOf"}, parent_mime,
@@ -223,10 +247,16 @@ def sign_activated(original: Path, activated: Path, output: Path, material: Sign
     return label
 
 
-def _context(trust_anchors: str | Path | None) -> c2pa.Context:
+def _soft_binding_assertion(value: str) -> dict:
+    """The ``c2pa.soft-binding`` assertion of a `binding.ALG` value over the whole image (an empty scope). The
+    library writes a JSON definition as CBOR, so ``pad`` is an empty array, which its reader takes as empty bytes."""
+    return {"label": SOFT_BINDING, "data": {"alg": ALG, "blocks": [{"scope": {}, "value": value}], "pad": []}}
+
+
+def library_context(trust_anchors: str | Path | None) -> c2pa.Context:
     """A library context: the given PEM roots trusted, remote manifests never fetched, no thumbnails made
     (the library's default, a 1024-pixel one for the claim and one for each ingredient, adds ~100-600 KB to
-    a file), the library's defaults otherwise."""
+    a file), the library's defaults otherwise. One context serves any number of reads."""
     settings: dict = {"verify": {"remote_manifest_fetch": False}, "builder": {"thumbnail": {"enabled": False}}}
     if trust_anchors is not None:
         settings["trust"] = {"trust_anchors": read_file(trust_anchors).decode("ascii", errors="replace")}
@@ -241,6 +271,17 @@ def _certificates(path: Path, data: bytes) -> list[x509.Certificate]:
         raise InvalidInputError(f"{path}: not a PEM certificate file ({e})") from e
 
 
+def _media_type(data: bytes) -> str | None:
+    """The MIME type of the bytes of a format the C2PA library reads (`ingredient_format`), or None."""
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data[:4] == b"GIF8":
+        return "image/gif"
+    if data[4:8] == b"ftyp":
+        return _BMFF_BRANDS.get(data[8:12])
+    return _format(data)
+
+
 def _format(data: bytes) -> str | None:
     """The MIME type of JPEG, PNG and WebP bytes, from their signature; None for anything else."""
     if data.startswith(b"\xff\xd8\xff"):
@@ -248,6 +289,15 @@ def _format(data: bytes) -> str | None:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
     return "image/webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else None
+
+
+def _store(data: bytes, mime: str | None) -> bytes | None:
+    """The manifest store embedded in JPEG, PNG or WebP bytes, or None."""
+    if mime == "image/jpeg":
+        return _jpeg_store(data)
+    if mime == "image/png":
+        return _png_chunk(data, b"caBX")
+    return _riff_chunk(data, b"C2PA") if mime == "image/webp" else None
 
 
 def _png_chunk(data: bytes, kind: bytes) -> bytes | None:

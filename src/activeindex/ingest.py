@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .activation import ActivatedImage, ActivationConfig, Activator, activation_memory
+from .binding import defines, encode_binding
 from .catalog import Catalog, Record
 from .codec import Codec
 from .credentials import SigningMaterial, ingredient_format, manifest_store, sign_activated
@@ -215,7 +216,8 @@ class Preparer:
         writer: threads that write the staged PNGs while the next batch is prepared (None: in line).
         stored_dtype: how the catalog stores descriptors (the activation targets the code it will index).
         run: the run's `run_tag`, part of every staged name (which run, of which process, wrote it).
-        signing: sign each released file's Content Credentials (C2PA), the original as its ingredient.
+        signing: sign each released file's Content Credentials (C2PA), the original as its ingredient, and, when
+            the model and preprocessing are `binding.ALG`'s, the released file's fingerprint as a soft binding.
         memory: bytes a batch of activations may use (`activation.activation_memory`); None: no limit.
         views: the views of each image to index beside it (their descriptors go to ``Prepared.views``).
     """
@@ -225,6 +227,8 @@ class Preparer:
                  stored_dtype: str = "float16", run: str | None = None, signing: SigningMaterial | None = None,
                  memory: float | None = None, views: ViewSet = NO_VIEWS):
         self.extractor, self.config, self.writer, self.signing = extractor, config, writer, signing
+        # a fingerprint of another model or preprocessing is not ALG's: such manifests carry no soft binding
+        self.binds = signing is not None and defines(extractor.model_id, extractor.preprocessing.to_dict())
         self.views = views
         self.run = run or run_tag()
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -259,10 +263,11 @@ class Preparer:
                     item.warnings.append(f"released as {release.format.upper()} {release.quality or ''}, the activated "
                                          "image left its cell: edited copies are found less often (try a higher "
                                          "--quality, or --format png)")
+                fingerprint = encode_binding(result.released_descriptor) if self.binds else None
                 if self.writer is None:
-                    _write_staged(item, result, release, self.signing)
+                    _write_staged(item, result, release, self.signing, fingerprint)
                 else:  # encoding, metadata and signing are slow: done while the next batch is activated
-                    item.writing = self.writer.submit(_write_staged, item, result, release, self.signing)
+                    item.writing = self.writer.submit(_write_staged, item, result, release, self.signing, fingerprint)
         return batch
 
 
@@ -274,12 +279,13 @@ class Preparer:
         return list(encode_views(self.extractor, inputs, self.views))
 
 
-def _write_staged(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None) -> None:
+def _write_staged(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None,
+                  fingerprint: str | None) -> None:
     """The released file, under its staging name (`_write_release`). One file's failure to encode, copy its
     metadata or sign becomes its ``Prepared.error`` (its staged file removed), so the rest of the batch is
     registered; a full disk stops the run."""
     try:
-        _write_release(item, result, release, signing)
+        _write_release(item, result, release, signing, fingerprint)
     except StorageFullError:
         raise
     except (ActiveIndexError, OSError, ValueError) as e:  # PIL's encoders raise OSError and ValueError
@@ -289,10 +295,12 @@ def _write_staged(item: Prepared, result: ActivatedImage, release: Release, sign
         item.staged = None
 
 
-def _write_release(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None) -> None:
+def _write_release(item: Prepared, result: ActivatedImage, release: Release, signing: SigningMaterial | None,
+                   fingerprint: str | None) -> None:
     """The measured bytes (a PNG: encoded here), the original's metadata (its profile unless the release has its
     own), then its Content Credentials (with signing material and an original C2PA takes as ingredient, else
-    a warning; without signing material, a warning when the original had some)."""
+    a warning; without signing material, a warning when the original had some), ``fingerprint`` (the released
+    file's `binding.ALG` value, measured on the very pixels written) as their soft binding."""
     staged, original = Path(item.staged), Path(item.path)
     write_atomically(staged, lambda f: f.write(result.encoded or release.encode(result.image)))
     if item.source is not None and item.source.metadata:
@@ -302,7 +310,7 @@ def _write_release(item: Prepared, result: ActivatedImage, release: Release, sig
                              "as the ingredient of an edit (JPEG, PNG, WebP, TIFF, GIF, HEIC or AVIF can)")
     elif signing is not None:
         item.record.manifest_id = sign_activated(
-            original, staged, staged, signing, title=f"{original.stem}{release.extension}",
+            original, staged, staged, signing, title=f"{original.stem}{release.extension}", soft_binding=fingerprint,
             parameters={"format": release.format, "quality": release.quality, "psnr": round(result.psnr, 2),
                         "scaling": round(result.scaling, 4)})
     elif item.source is not None and item.source.metadata and manifest_store(original) is not None:

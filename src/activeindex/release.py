@@ -177,16 +177,17 @@ def release_warnings(source: SourceInfo | None, release: Release) -> list[str]:
     return warnings
 
 
-def require_exiftool() -> str:
-    """exiftool's path: call it before a run whose released files keep their sources' metadata.
+def require_exiftool(purpose: str = "keep the source's metadata in the released file") -> str:
+    """exiftool's path: call it before a run that needs it (``purpose``, for the message): one whose released
+    files keep their sources' metadata, or one that reads files' credit (credit.py).
 
     Raises:
         InvalidInputError: exiftool is not installed (the message says how to install it).
     """
     exiftool = shutil.which("exiftool")
     if exiftool is None:
-        raise InvalidInputError("exiftool is needed to keep the source's metadata in the released file: install "
-                                "it (Debian: apt-get install libimage-exiftool-perl)")
+        raise InvalidInputError(f"exiftool is needed to {purpose}: install it (Debian: apt-get install "
+                                "libimage-exiftool-perl)")
     return exiftool
 
 
