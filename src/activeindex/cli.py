@@ -183,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c2pa-sign", nargs=2, default=None, metavar=("CERT", "KEY"),
                    help="sign each released file's Content Credentials (C2PA) with this PEM certificate chain "
                         "(leaf first) and PEM private key, the original (and its own credentials) as ingredient")
-    p.add_argument("--c2pa-trust", default=None, metavar="ROOTS",
-                   help="PEM root certificates to trust when reading the originals' Content Credentials")
+    _add_c2pa_trust(p, "when the originals' Content Credentials are read for signing (with --c2pa-sign)")
     p.add_argument("--activation-memory", type=finite_float(above=0), default=None, metavar="GB",
                    help="memory an activation batch may use, in GB (default: half the memory available); batches "
                         "are cut to fit, from the images' headers")
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "need more are refused (413), batches are cut to fit")
     p.add_argument("--c2pa-sign", nargs=2, default=None, metavar=("CERT", "KEY"),
                    help="sign every released file's Content Credentials (as for activate)")
-    p.add_argument("--c2pa-trust", default=None, metavar="ROOTS", help="as for activate")
+    _add_c2pa_trust(p, "wherever the server reads Content Credentials: the originals' when it signs")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="a host name clients use to reach the server (repeatable; the Host header is checked "
                         "against them, a guard against DNS rebinding). Default: the loopback names, plus --host")
@@ -353,13 +352,33 @@ def _check_release_tools(signing) -> None:
     check_release_tools(signing)
 
 
+def _add_c2pa_trust(parser: argparse.ArgumentParser, where: str) -> None:
+    """--c2pa-trust ANCHORS.pem, on the commands that read or sign Content Credentials (`_trust_anchors`)."""
+    parser.add_argument("--c2pa-trust", default=None, metavar="ANCHORS.pem",
+                        help="PEM root certificates whose manifests read as trusted (C2PA trust anchors), "
+                             f"{where}; without it no signer is trusted")
+
+
+def _trust_anchors(args: argparse.Namespace) -> Path | None:
+    """The file of --c2pa-trust, checked now (PEM certificates), or None."""
+    if args.c2pa_trust is None:
+        return None
+    from .credentials import check_trust_anchors
+
+    return check_trust_anchors(args.c2pa_trust)
+
+
 def _signing(args: argparse.Namespace):
-    """The Content Credentials signing material of --c2pa-sign CERT KEY (files checked now), or None."""
+    """The Content Credentials signing material of --c2pa-sign CERT KEY and --c2pa-trust (files checked now), or
+    None; --c2pa-trust alone is refused where only signing reads credentials (``activate``)."""
     if not args.c2pa_sign:
+        if args.c2pa_trust is not None and args.command == "activate":
+            raise InvalidInputError("--c2pa-trust names the roots trusted when signing reads the originals' "
+                                    "Content Credentials: give --c2pa-sign CERT KEY with it")
         return None
     from .credentials import SigningMaterial
 
-    return SigningMaterial.load(*args.c2pa_sign, trust_anchors=args.c2pa_trust)
+    return SigningMaterial.load(*args.c2pa_sign, trust_anchors=_trust_anchors(args))
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:
@@ -460,7 +479,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         logger.warning("no token given: writes need this one-time token: %s", token)
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
                            ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
-                           signing=_signing(args), activation_memory=args.activation_memory * 1e9)
+                           signing=_signing(args), trust_anchors=_trust_anchors(args),
+                           activation_memory=args.activation_memory * 1e9)
     _check_release_tools(config.signing)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)

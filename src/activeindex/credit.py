@@ -243,12 +243,12 @@ def _manifest(report: dict) -> Manifest:
 def compare(suspect: Credit, source: Credit) -> CreditCheck:
     """Whether a copy kept its source's credit.
 
-    ``kept``: the owner's credit is present (a role the source fills has a matching value in the copy, or the
-    copy's manifest chains to the released file or its original) and no role holds another's; ``changed``: a
-    role the source fills holds other values only (another creator, another copyright notice, another's
-    manifest), or the copy keeps none of the source's credit yet names someone; ``removed``: the source
-    carried credit, the copy carries none; ``none``: the source carries no credit to check; ``unknown``: a
-    file's credit could not be read (``reason``).
+    ``kept``: the owner's credit is present (a role the source fills holds the source's values in the copy, or
+    the copy's manifest chains to the released file or its original) and no role holds another's; ``changed``:
+    a role the source fills holds a value of another in the copy (another creator, another copyright notice,
+    a manifest that chains to neither), or the copy keeps none of the source's credit yet names someone;
+    ``removed``: the source carried credit, the copy carries none; ``none``: the source carries no credit to
+    check; ``unknown``: a file's credit could not be read (``reason``).
 
     Args:
         suspect: the copy's credit (`read_credits`).
@@ -290,10 +290,12 @@ def _status(theirs: dict[str, set], ours: dict[str, set]) -> str:
 
 
 def _matches(role: str, theirs: set, ours: set) -> bool:
-    """Whether any value of the copy's matches one of the source's (manifests: the same label)."""
+    """Whether the copy's values of a role are the source's: each matches one of the source's (one other
+    copyright notice beside the owner's is another's credit); manifests: the copy's store holds or names the
+    source's manifest or its original's (a store also holds the manifests of later edits)."""
     if role == "credentials":
         return bool(theirs & ours)
-    return any(_within(a, b) or _within(b, a) for a in theirs for b in ours)
+    return all(any(_within(a, b) or _within(b, a) for b in ours) for a in theirs)
 
 
 def _within(outer: tuple[str, ...], inner: tuple[str, ...]) -> bool:

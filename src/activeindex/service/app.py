@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -77,6 +77,17 @@ class ServiceConfig:
     public_reads: bool = False  # records, activated files and jobs without the token (passive thumbnails never)
     public_metrics: bool = False  # /metrics without the token
     signing: SigningMaterial | None = None  # sign every released file's Content Credentials (C2PA)
+    # PEM roots trusted wherever the server reads Content Credentials (C2PA trust anchors): the originals' when it
+    # signs (unless `signing` names its own); None: no signer is trusted
+    trust_anchors: Path | None = None
+
+
+def _signing(config: ServiceConfig) -> SigningMaterial | None:
+    """The signing material, trusting the server's trust anchors unless it names its own."""
+    signing = config.signing
+    if signing is None or signing.trust_anchors is not None or config.trust_anchors is None:
+        return signing
+    return replace(signing, trust_anchors=config.trust_anchors)
 
 
 class _Searches:
@@ -104,7 +115,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
                               max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads,
-                              signing=config.signing, memory=config.activation_memory)
+                              signing=_signing(config), memory=config.activation_memory)
     discard = partial(discard_unregistered, collection, worker.queue, uploads)
 
     @asynccontextmanager
