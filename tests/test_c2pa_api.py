@@ -22,7 +22,7 @@ from PIL import Image
 
 from activeindex import ActivationConfig, Collection, cli
 from activeindex.binding import ALG, decode_binding, encode_binding
-from activeindex.credentials import manifest_store
+from activeindex.credentials import SOFT_BINDING, manifest_store, validation
 from activeindex.edits import apply_edit
 from activeindex.errors import InvalidInputError
 from activeindex.imageio import load_image
@@ -175,6 +175,27 @@ def test_by_binding_with_the_fingerprint_command_gives_the_same_answer(url, edit
         found = check_result(response)
         assert [m["manifestId"] for m in found] == [m["manifestId"] for m in expected]
         assert all(abs(a["similarityScore"] - b["similarityScore"]) <= 1 for a, b in zip(found, expected))
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_signed_released_file_carries_its_fingerprint_as_a_soft_binding_that_resolves(url, signed, extractor,
+                                                                                         which):
+    """The manifest's ``c2pa.soft-binding`` assertion: this service's alg, the whole image, the released file's own
+    fingerprint; a validator holding it (or a stripped copy's) resolves it here to that image's manifest."""
+    record = signed.active[which]
+    report = validation(record.activated_path, signed.pki.trust_anchors)
+    assert report["validation_state"] == "Trusted"  # the assertion is hashed into the claim like any other
+    [assertion] = [a for a in report["manifests"][record.manifest_id]["assertions"] if a["label"] == SOFT_BINDING]
+    [block] = assertion["data"]["blocks"]
+    assert assertion["data"]["alg"] == ALG and block["scope"] == {}  # an empty scope: the whole image
+    # the fingerprint anyone computes from the released file (`activeindex fingerprint`), within float16 rounding
+    assert float(decode_binding(block["value"]) @ extractor.encode(record.activated_path)) > 0.9999
+    for response in (httpx.get(f"{url}{PREFIX}/matches/byBinding", params={"alg": ALG, "value": block["value"]},
+                               timeout=60),
+                     httpx.post(f"{url}{PREFIX}/matches/byBinding", json={"alg": ALG, "value": block["value"]},
+                                timeout=60)):
+        matches = check_result(response)
+        assert matches[0]["manifestId"] == record.manifest_id and matches[0]["similarityScore"] >= 95
 
 
 def test_max_results_bounds_the_matches(url, signed):

@@ -20,7 +20,7 @@ from activeindex.cli import finite_float, int_in
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image, sha256_file
 
-from .conftest import TEST_FACTORY
+from .conftest import TEST_FACTORY, free_port
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -192,21 +192,26 @@ ONE_LINE_ERRORS = [  # (arguments, what the error names): refused before the col
     (["activate", "{col}", "q.png", "--out", "{file}"], "--out {file}: exists and is not a folder"),
     (["add", "{col}", "{empty}"], "no image files found in {empty}"),
     (["activate", "{col}", "{empty}", "--out", "{tmp}/out"], "no image files found in {empty}"),
+    (["activate", "{col}", "{image}", "--out", "{tmp}/out", "--c2pa-trust", "{file}"],
+     "--c2pa-trust names the roots trusted when signing"),  # without --c2pa-sign it would do nothing
+    (["serve", "{col}", "--port", "{free_port}", "--c2pa-trust", "{file}"], "{file}: not a PEM certificate file"),
     pytest.param(["info", "{col}", "--device", "cuda"], "CUDA is not available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ]
 
 
 @pytest.mark.parametrize("args, named", ONE_LINE_ERRORS, ids=["host", "port in use", "out is a file", "add empty",
-                                                                "activate empty", "no cuda"])
+                                                                "activate empty", "trust without signing",
+                                                                "trust not PEM", "no cuda"])
 def test_bad_arguments_fail_fast_in_one_line(args, named, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("not a folder")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "image.png")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         values = {"col": tmp_path / "col", "tmp": tmp_path, "empty": tmp_path / "empty", "file": tmp_path / "file",
-                  "busy_port": busy.getsockname()[1]}
+                  "busy_port": busy.getsockname()[1], "image": tmp_path / "image.png", "free_port": free_port()}
         result = run(*[a.format(**values) for a in args], check=False)
     lines = result.stderr.splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr

@@ -468,6 +468,8 @@ def cmd_serve(args: argparse.Namespace) -> dict:
 
     from .service import ServiceConfig, create_app
 
+    signing, trust_anchors = _signing(args), _trust_anchors(args)
+    _check_release_tools(signing)
     addresses = _resolve(args.host, args.port)
     token = args.token or os.environ.get("ACTIVEINDEX_TOKEN")
     if token is None and not all(ipaddress.ip_address(address[0]).is_loopback for _, address in addresses):
@@ -479,9 +481,7 @@ def cmd_serve(args: argparse.Namespace) -> dict:
         logger.warning("no token given: writes need this one-time token: %s", token)
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
                            ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
-                           signing=_signing(args), trust_anchors=_trust_anchors(args),
-                           activation_memory=args.activation_memory * 1e9)
-    _check_release_tools(config.signing)
+                           signing=signing, trust_anchors=trust_anchors, activation_memory=args.activation_memory * 1e9)
     app = create_app(_open(args), config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs
