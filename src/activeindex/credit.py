@@ -13,8 +13,10 @@ Read, a batch of files at a time (`read_credits`):
 Compare (`compare`): the fields fill four roles (creator, copyright, credit line, source) and Content
 Credentials a fifth; the same value in EXIF, IPTC or XMP fills the same role. Values match when the words of
 one, case, spacing, punctuation and copyright marks aside, run within the other's (``© Agency`` matches
-``(c) 2024 Agency. All rights reserved.``); creators are split at ``;``. Manifests match when the copy's
-store holds or names the released file's manifest (chain ``released``) or its original's (``original``).
+``(c) 2024 Agency. All rights reserved.``); creators are split at ``;``. A role is kept when every value
+the copy holds in it matches one of the source's, changed when one does not (another name beside the
+owner's is another's credit). Manifests match when the copy's store holds or names the released file's
+manifest (chain ``released``) or its original's (``original``).
 
 A file that cannot be read is a `Credit` with an ``error``, never an exception: one bad suspect never stops
 a batch. A missing exiftool is the one error raised, before any file is read.
