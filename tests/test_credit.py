@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -247,3 +248,14 @@ def test_credit_reports_are_json_ready(signed):
     data = one(signed.released).to_dict()
     assert data["fields"]["EXIF:Copyright"] == ("(c) 2024 Test Agency",) and data["error"] is None
     assert data["manifest"]["labels"] == sorted({signed.label, signed.original_label})
+
+
+def test_the_servers_trust_anchors_are_trusted_when_it_signs(signed):
+    """`serve --c2pa-trust` (ServiceConfig.trust_anchors): the signing material trusts them unless it names its own."""
+    from activeindex.service.app import ServiceConfig, _signing
+
+    bare = replace(signed.material, trust_anchors=None)
+    config = ServiceConfig(signing=bare, trust_anchors=signed.material.trust_anchors)
+    assert _signing(config) == signed.material
+    own = replace(signed.material, trust_anchors=signed.folder / "other.pem")
+    assert _signing(replace(config, signing=own)) == own and _signing(replace(config, trust_anchors=None)) == bare
