@@ -249,7 +249,8 @@ def sign_activated(original: Path, activated: Path, output: Path, material: Sign
 
 def _soft_binding_assertion(value: str) -> dict:
     """The ``c2pa.soft-binding`` assertion of a `binding.ALG` value over the whole image (an empty scope). The
-    library writes a JSON definition as CBOR, so ``pad`` is an empty array, which its reader takes as empty bytes."""
+    library turns a JSON definition into CBOR, so ``pad`` (bytes in the spec) is stored as an empty array; it reads
+    back and validates."""
     return {"label": SOFT_BINDING, "data": {"alg": ALG, "blocks": [{"scope": {}, "value": value}], "pad": []}}
 
 
