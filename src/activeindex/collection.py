@@ -31,7 +31,7 @@ import numpy as np
 
 from . import ingest, removal
 from .activation import ActivationConfig, default_activation_memory
-from .catalog import Catalog
+from .catalog import Catalog, Record
 from .codec import Codec, load_index, save_index, set_nprobe
 from .config import DEFAULT_THRESHOLD, MAX_K
 from .credentials import SigningMaterial
@@ -506,8 +506,9 @@ class Collection:
         return [decide(matches, threshold, calibrated, k)
                 for matches in self.search_descriptors(queries, shortlist(k))]
 
-    def original_image(self, match: Match) -> np.ndarray:
-        """The registered original of a result as (H, W, 3) uint8, else its released file (same pixels' size).
+    def original_image(self, match: Match | Record) -> np.ndarray:
+        """The registered original of a result (or record) as (H, W, 3) uint8, else its released file (the same
+        size).
 
         Raises:
             ImageDecodeError: neither file can be read any more.

@@ -3,7 +3,10 @@
 Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
 Reads are private: records, activated files, thumbnails, jobs and ``/metrics`` need the token, unless the
 server is started with ``--public-reads`` / ``--public-metrics`` (a passive reference's thumbnail, never
-published, needs it always); ``/v1/search``, ``/v1/status``, ``/healthz`` and the page are public.
+published, needs it always); ``/v1/search``, ``/v1/status``, ``/healthz`` and the page are public, but a
+search without the token names only the copies its verdicts call (decision.py; the candidates below the
+threshold are counted, never named) and asks for at most ``max_public_k`` candidates. The evidence overlay
+(``POST /v1/images/{id}/overlay``) shows a registered original: the token, always.
 The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool, and
 activations are jobs (service/jobs.py) in the collection's durable queue, run one at a time by the
 collection's job runner process at a lower CPU priority, so searches keep being answered while it activates. Both
@@ -37,8 +40,10 @@ from ..activation import ActivationConfig, activation_memory
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..credentials import SigningMaterial
+from ..decision import Verdict, with_evidence
 from ..errors import ImageDecodeError
-from ..imageio import sha256_bytes, sha256_file, write_atomically
+from ..evidence import align, overlay
+from ..imageio import encode_png, sha256_bytes, sha256_file, write_atomically
 from . import http
 from .c2pa import c2pa_router
 from .jobs import ActivationWorker, discard_unregistered
@@ -60,12 +65,14 @@ class ServiceConfig:
 
     token: str | None = None  # bearer token required by write endpoints (None: writes disabled)
     threshold: float | None = None  # a copy when the best match's similarity is >= this; None: the collection's
+    # (calibrated, else the default; re-read when a calibration is stored meanwhile)
     max_upload_bytes: int = 20 * MiB  # one image file
     max_request_bytes: int = 64 * MiB  # a whole search request, enforced while the body streams in
     max_files: int = 16  # images per search request
     max_request_pixels: int = 64_000_000  # decoded pixels across a request's images, read from their headers
     default_k: int = 5
     max_k: int = 100
+    max_public_k: int = 10  # candidates a search without the token may ask for
     search_threads: int = 2  # requests decoded and embedded at once (each holds at most one decoded image)
     max_pending_searches: int = 32  # running or waiting; beyond: 503
     max_pending_activations: int = 4  # activation jobs queued or running; beyond: 503
@@ -100,7 +107,6 @@ class _Searches:
 
 def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) -> FastAPI:
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
-    threshold = collection.threshold if config.threshold is None else config.threshold
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
                               max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads,
@@ -139,6 +145,14 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         if not config.public_reads:
             authorised(credentials, "reads")
 
+    def reader(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> bool:
+        """Searches: whether the caller may see every candidate (the token, or --public-reads); a wrong token
+        is a 401, none an anonymous search."""
+        if credentials is not None or config.public_reads:
+            require_reader(credentials)
+            return True
+        return False
+
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"ok": True}
@@ -146,25 +160,48 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     @app.get("/v1/status", responses=http.errors(500))
     def status() -> dict:
         info = collection.info()
+        threshold, calibrated = _threshold(collection, config)
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
                                      "passive", "removed", "ntotal", "indexed_images", "model")} | {
-            "version": __version__, "threshold": threshold, "calibration": info.get("calibration"),
+            "version": __version__, "threshold": threshold, "calibrated": calibrated,
+            "calibration": info.get("calibration") if config.threshold is None else None,
             "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
-                       "max_request_pixels": config.max_request_pixels, "max_k": config.max_k}}
+                       "max_request_pixels": config.max_request_pixels, "max_k": config.max_k,
+                       "max_public_k": config.max_public_k}}
 
-    @app.post("/v1/search", responses=http.errors(400, 413, 422, 503),
+    @app.post("/v1/search", responses=http.errors(400, 401, 413, 422, 503),
               max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4})
-    async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k)) -> dict:
-        if not 1 <= k <= config.max_k:
-            raise HTTPException(422, f"k must be between 1 and {config.max_k}")
+    async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k),
+                     evidence: bool = Query(False, description="also where each copy sits in its source's original"),
+                     full: bool = Depends(reader)) -> dict:
+        """Each image's verdict (decision.py). Without the token, the candidates below the threshold are only
+        counted (``below_threshold``): their names stay private."""
+        most = config.max_k if full else min(config.max_k, config.max_public_k)
+        if not 1 <= k <= most:
+            raise HTTPException(422, f"k must be between 1 and {most}" + ("" if full else " without the token"))
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
         named = [await http.read_upload(u, config.max_upload_bytes) for u in images]
-        results = await searches.run(_search, collection, named, k, config.max_request_pixels)
-        return {"threshold": threshold, "results": [
-            {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= threshold,
-             "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
+        verdicts = await searches.run(_verdicts, collection, named, k, config, evidence)
+        threshold, calibrated = (verdicts[0].threshold, verdicts[0].calibrated) if verdicts else _threshold(
+            collection, config)
+        return {"threshold": threshold, "calibrated": calibrated, "results": [
+            {"filename": name, **_public_verdict(collection, v, full)} for (name, _), v in zip(named, verdicts)]}
+
+    @app.post("/v1/images/{image_id}/overlay", response_class=Response, max_body_size=config.max_request_bytes,
+              responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}},
+                               "description": "the image's original, the copy's outline drawn, beside the copy"},
+                         **http.errors(400, 401, 403, 404, 413, 422, 503)})
+    async def evidence_overlay(image_id: int = PathParam(ge=1, le=MAX_ID, description="an image id from a search"),
+                               image: UploadFile = File(..., description="the copy"),
+                               credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        """Where the uploaded copy sits in the registered original: the evidence for a takedown notice, as one
+        PNG (the token always: the original is shown, which was never published); 422 when they do not align."""
+        authorised(credentials, "overlays")
+        named = await http.read_upload(image, config.max_upload_bytes)
+        return Response(await searches.run(_overlay, collection, image_id, named, config.max_request_pixels),
+                        media_type="image/png")
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
               responses={200: {"content": {t: {"schema": http.IMAGE_BODY} for t in http.RELEASED_TYPES.values()},
@@ -267,7 +304,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             authorised(credentials, "metrics")
         return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(c2pa_router(collection, config, threshold, searches.run, require_reader))
+    app.include_router(c2pa_router(collection, config, searches.run, require_reader))
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -282,12 +319,57 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     return app
 
 
-def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_pixels: int) -> list:
-    """(In a worker thread.) Decode and embed one image at a time (bounded memory), then search them all."""
-    http.check_pixels(named, max_pixels)
+def _threshold(collection: Collection, config: ServiceConfig) -> tuple[float, bool]:
+    """The threshold the verdicts use now and whether it is calibrated (--threshold: never)."""
+    if config.threshold is not None:
+        return config.threshold, False
+    return collection.threshold, collection.calibrated
+
+
+def _verdicts(collection: Collection, named: list[tuple[str, bytes]], k: int, config: ServiceConfig,
+              evidence: bool) -> list[Verdict]:
+    """(In a worker thread.) Decode and embed one image at a time (bounded memory), decide on them all, then
+    align each copy with its source's original (decoded again: one image held at a time)."""
+    http.check_pixels(named, config.max_request_pixels)
     queries = np.stack([collection.extractor.encode(collection.extractor.load_bytes(data, name))
                         for name, data in named])
-    return collection.search_descriptors(queries, k)
+    verdicts = collection.verdicts_for_descriptors(queries, k, config.threshold)
+    if evidence:
+        verdicts = [with_evidence(v, collection.extractor.load_bytes(data, name) if v.is_copy else None,
+                                  collection.original_image) for v, (name, data) in zip(verdicts, named)]
+    return verdicts
+
+
+def _public_verdict(collection: Collection, verdict: Verdict, full: bool) -> dict:
+    """A verdict without server paths; ``full``: every candidate, else the copies and a count of the others.
+    A copy with evidence also says its original's ``width`` and ``height`` (the outline's frame)."""
+    shown = list(verdict.candidates if full else verdict.copies)
+    answer = {"is_copy": verdict.is_copy, "threshold": verdict.threshold, "calibrated": verdict.calibrated,
+              "matches": [_match(m) for m in shown]}
+    if not full:
+        answer["below_threshold"] = len(verdict.candidates) - len(shown)
+    if verdict.evidence is not None and shown:
+        found = verdict.evidence.to_dict()
+        answer["matches"][0] |= {"evidence": found["evidence"], "evidence_reason": found["reason"]}
+        if found["evidence"]:
+            record = collection.catalog.get([verdict.match.id]).get(verdict.match.id)
+            answer["matches"][0] |= {"width": record.width, "height": record.height} if record else {}
+    return answer
+
+
+def _overlay(collection: Collection, image_id: int, named: tuple[str, bytes], max_pixels: int) -> bytes:
+    """(In a worker thread.) The evidence overlay of an uploaded copy on a registered original, as PNG bytes."""
+    http.check_pixels([named], max_pixels)
+    query = collection.extractor.load_bytes(named[1], named[0])
+    record = _record(collection, image_id)
+    try:
+        original = collection.original_image(record)
+    except ImageDecodeError as e:
+        raise HTTPException(404, f"image {image_id}: its original is no longer readable on the server") from e
+    found = align(query, original)
+    if found.evidence is None:
+        raise HTTPException(422, f"{named[0]} does not align with image {image_id}: {found.reason}")
+    return encode_png(overlay(original, query, found.evidence))
 
 
 def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]], max_pixels: int,
@@ -393,7 +475,7 @@ def _public_job(collection: Collection, job: Job) -> dict:
 
 def _match(match) -> dict:
     return {"id": match.id, "filename": Path(match.original_path).name, "distance": match.distance,
-            "similarity": match.similarity, "activated": match.activated_path is not None}
+            "similarity": match.similarity, "activated": match.activated_path is not None, "view": match.view}
 
 
 def _record(collection: Collection, image_id: int) -> Record:
