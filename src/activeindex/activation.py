@@ -66,11 +66,13 @@ class ActivatedImage:
     lost_in_encoding: bool | None = None
     encoded: bytes | None = field(default=None, repr=False)  # the released bytes measured (None: a colour PNG)
     views: np.ndarray | None = field(default=None, repr=False)  # (V, d): the ORIGINAL's views' (indexed), if any
-
+    # (d,) float32: the released file's own descriptor (never indexed: the copy verdict's extra candidate)
+    released: np.ndarray | None = field(default=None, repr=False)
 
     def metrics(self) -> dict:
         """The scalar fields, for catalogs and JSON."""
-        return {k: v for k, v in asdict(self).items() if k not in ("image", "descriptor", "encoded", "views")}
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("image", "descriptor", "encoded", "views", "released")}
 
 
 class Optimized(NamedTuple):
@@ -286,7 +288,7 @@ class Activator:
                 image=a.image, **quality(images[i], a.image), scaling=a.scaling,
                 cos_before=_cosine(descriptors[i], targets[i]), cos_after=_cosine(after[i], targets[i]),
                 same_cell=bool(reached[i][0]) if has_ivf else None, same_code=bool(reached[i][1]),
-                descriptor=descriptors[i], format=releases[i].format, encoded=a.encoded,
+                descriptor=descriptors[i], released=after[i], format=releases[i].format, encoded=a.encoded,
                 lost_in_encoding=(bool(before_encoding[i][where] and not reached[i][where])
                                   if i in before_encoding else None)))
         return results

@@ -64,8 +64,8 @@ class Match:
     activated_path: str | None
     distance: float  # as the index reports it (squared L2 for most indexes, Hamming for LSH)
     similarity: float  # exact cosine between the query's descriptor and the registered image's (catalog): the
-    # best over the image and its indexed views
-    view: str = "whole"  # which of them: "whole", or the view's name (views.py)
+    # best over the image, its indexed views and, for an activated image, its released file
+    view: str = "whole"  # which of them: "whole", the view's name (views.py), or "released file"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -462,10 +462,14 @@ class Collection:
                 for query, hits in zip(queries, found)]  # an id removed meanwhile by another process has no row
 
     def _match(self, image_id: int, distance: float, row: tuple, query: np.ndarray) -> Match:
-        """A result, its similarity the best over the image's stored vectors (the image's, its views')."""
+        """A result, its similarity the best over the image's stored vectors (the image's, its views') and its
+        released file's descriptor: a copy is a copy of the released file (docs/decision.md)."""
         similarities = row[2] @ query
         best = int(np.argmax(similarities))
-        return Match(image_id, row[0], row[1], distance, float(similarities[best]), self.views.label(best))
+        similarity, view = float(similarities[best]), self.views.label(best)
+        if row[3] is not None and float(row[3] @ query) > similarity:
+            similarity, view = float(row[3] @ query), "released file"
+        return Match(image_id, row[0], row[1], distance, similarity, view)
 
     def verdicts(self, images: ImageSource | Sequence[ImageSource], k: int = 10,
                  evidence: bool = False) -> list[Verdict]:

@@ -3,9 +3,11 @@ routes, the web page, `calibrate` and the benchmark's operating points).
 
 A query's candidates are the registered images its index search returns: the `SHORTLIST` nearest by the
 index's (approximate) distance, or ``k`` when more are asked for. Each carries its EXACT similarity: the
-cosine between the query's descriptor and the image's stored descriptors, the best over the image and its
-indexed views. The candidates are re-ranked by that similarity, best first (ties keep the index's order);
-the best one is called a copy when its similarity is >= the threshold. The threshold is the collection's
+cosine between the query's descriptor and the image's stored descriptors, the best over the image, its
+indexed views and, for an activated image, its released file (a copy is made from the released file,
+whose descriptor activation moved: docs/decision.md measures what that adds). The candidates are re-ranked
+by that similarity, best first (ties keep the index's order); the best one is called a copy when its
+similarity is >= the threshold. The threshold is the collection's
 calibrated one (`activeindex calibrate`: a measured false-copy rate), else `DEFAULT_THRESHOLD`, and every
 verdict says which (``calibrated``).
 
@@ -37,7 +39,7 @@ SHORTLIST = 10
 class Candidate(Protocol):
     """What the rule reads of a search result (`collection.Match`)."""
 
-    similarity: float  # exact cosine to the registered image's stored descriptors, the best over its views
+    similarity: float  # exact cosine to the registered image's stored descriptors (its views', its released file's)
 
     def to_dict(self) -> dict: ...
 

@@ -460,8 +460,10 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
     if data.orig_views is not None:
         view_cost, views = _search_with_views(index, results, data, config)
     stored = Stored(data.x_refs, data.x_orig, DISTRACTOR_IDS, data.dist_views, data.orig_views)
-    decision = decisions(index, views, 1 + len(data.views.views), results, stored, data.decision_negatives, gt,
-                         [label for label in PAPER_EDITS if label in results])
+    released = {mode: _encode_edits(cache, extractor, files, "released", "none", "none", None, config.seed)
+                for mode, files in activated.items()}  # each activated file's own descriptor, as the catalog keeps it
+    decision = decisions(index, views, 1 + len(data.views.views), results, stored, released,
+                         data.decision_negatives, gt, [label for label in PAPER_EDITS if label in results])
     rows = _edit_rows(results, gt, codec, data.x_orig, config)
     hits = _paper_hits(results, gt)
     return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),

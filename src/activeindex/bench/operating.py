@@ -1,9 +1,10 @@
 """The benchmark's copy decisions: the operating points of the rule the product ships (decision.py).
 
 Every query's candidates are the index's first `decision.SHORTLIST` results; each gets its exact similarity
-(the cosine to the stored descriptors of what it points to: the original's, a reference's, and in the rows
-with views the best over the image's views, as the catalog stores them), and the best is called a copy at
-or above a threshold (`decision.best_of`, `decision.is_copy`). For a false-copy rate r the threshold is the
+(the cosine to the stored descriptors of what it points to: the original's, a reference's, in the rows
+with views the best over the image's views, and in a mode that released activated files the best with the
+released file's own descriptor, as the catalog stores them), and the best is called a copy at or above a
+threshold (`decision.best_of`, `decision.is_copy`). For a false-copy rate r the threshold is the
 lowest that calls at most floor(r m) of the m non-matching queries copies (`calibrate.threshold_for_fpr`);
 a matching query is a true copy when its verdict is a copy of its own original. Reported at `RATES`, per
 edit and over the paper's 14 edits pooled, with Wilson intervals (the threshold taken as fixed).
@@ -14,7 +15,7 @@ they come.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Stored:
         offset: the references' first id.
         reference_views: (p, V, d) the views of the first p references (the photos), or None.
         original_views: (n, V, d) the originals' views, or None.
+        released: (n, d) the released files' descriptors (a mode that activated the originals), or None.
     """
 
     references: np.ndarray
@@ -53,6 +55,7 @@ class Stored:
     offset: int
     reference_views: np.ndarray | None = None
     original_views: np.ndarray | None = None
+    released: np.ndarray | None = None
 
 
 def exact_similarities(queries: np.ndarray, ids: np.ndarray, stored: Stored, views: bool,
@@ -69,6 +72,10 @@ def exact_similarities(queries: np.ndarray, ids: np.ndarray, stored: Stored, vie
         sims = np.einsum("nd,ncd->nc", q, whole[np.where(valid, row[part], 0)])
         if views and stored.original_views is not None:
             sims = np.maximum(sims, _view_similarities(q, ids[part], stored))
+        if stored.released is not None:
+            original = (ids[part] >= 0) & (ids[part] < len(stored.originals))
+            released = np.einsum("nd,ncd->nc", q, stored.released[np.where(original, ids[part], 0)])
+            sims = np.maximum(sims, np.where(original, released, -np.inf))
         out[part] = np.where(valid, sims, np.nan)
     return out
 
@@ -142,27 +149,29 @@ def point_rows(index: dict, modes: list[str]) -> list[dict[str, str]]:
     return rows
 
 
-def decisions(index, views_index, per_image: int, results: dict, stored: Stored, negatives: np.ndarray,
-              gt: np.ndarray, edits: list[str]) -> dict:
+def decisions(index, views_index, per_image: int, results: dict, stored: Stored, released: dict[str, np.ndarray],
+              negatives: np.ndarray, gt: np.ndarray, edits: list[str]) -> dict:
     """One index's operating points, per mode (`operating_points`), and the paired active - passive difference.
 
     Args:
         index: the index (the modes without views); ``views_index``: the same with the views (or None).
         per_image: vectors per image in ``views_index``.
         results: label -> mode -> the mode's queries and their search results (``.queries``, ``.I``).
+        released: mode -> (n, d) its released files' descriptors (modes that activated the originals).
         negatives: (m, d) the non-matching queries.
         edits: the labels pooled into the paper's average.
     """
     found = {False: search(index, negatives, SHORTLIST)[1]}
     if views_index is not None:
         found[True] = search_images(views_index, negatives, SHORTLIST, per_image)[1]
-    nonmatching = {views: verdicts(negatives, ids, stored, views) for views, ids in found.items()}
     points = {}
     for mode in next(iter(results.values())):
-        views = mode.endswith(SUFFIX)
-        matching = {label: verdicts(by_mode[mode].queries, by_mode[mode].I, stored, views)
+        views, base = mode.endswith(SUFFIX), mode.removesuffix(SUFFIX)
+        mode_stored = replace(stored, released=released.get(base))  # what this mode's collection holds
+        nonmatching = verdicts(negatives, found[views], mode_stored, views)
+        matching = {label: verdicts(by_mode[mode].queries, by_mode[mode].I, mode_stored, views)
                     for label, by_mode in results.items()}
-        points[mode] = operating_points(nonmatching[views], matching, gt, edits)
+        points[mode] = operating_points(nonmatching, matching, gt, edits)
     points["active-passive"] = difference(points["active"], points["passive"])
     return {"nonmatching": len(negatives), "shortlist": SHORTLIST, "points": points}
 
