@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activeindex import Collection
+from activeindex import ActivationConfig, Collection
 from activeindex.cli import main
 from activeindex.collection import Match
 from activeindex.config import DEFAULT_THRESHOLD
@@ -173,3 +173,26 @@ def test_search_evidence_gives_the_box_of_a_crop_and_the_angle_of_a_rotation(tmp
     assert "uncalibrated threshold: run activeindex calibrate" in text
     assert "evidence: rotation 0.0 deg" in text or "evidence: rotation -0.0 deg" in text
     assert "crop-evidence-2.png" in text  # the first run's overlays are kept
+
+
+def test_an_activated_images_released_file_is_a_candidate_never_indexed(tmp_path, training_npy, small_photos,
+                                                                        extractor):
+    """The catalog keeps each released file's own descriptor; the index does not hold it; a copy of the
+    released file is judged on it where it is closer than the original's."""
+    for i in (0, 1):
+        Image.fromarray(small_photos[i]).save(tmp_path / f"photo{i}.png")
+    collection = Collection.create(tmp_path / "col", TEST_FACTORY, device="cpu", views="none")
+    collection.train(training_npy)
+    [active] = collection.activate([tmp_path / "photo0.png"], tmp_path / "out", ActivationConfig(iterations=3)).records
+    [passive] = collection.add([tmp_path / "photo1.png"]).records
+    rows = collection.catalog.paths_and_descriptors([active.id, passive.id])
+    released = extractor.encode(active.activated_path)
+    assert rows[passive.id][3] is None and np.allclose(rows[active.id][3], released, atol=2e-3)
+    assert collection.index.ntotal == 2  # one vector each: the released file's is not indexed
+    copy = load_image(active.activated_path)  # the released file itself, as a copy found on the web
+    [verdict] = collection.verdicts(copy, k=2)
+    query = extractor.encode(copy)
+    assert verdict.match.id == active.id and verdict.match.view == "released file"
+    assert verdict.match.similarity == pytest.approx(float(rows[active.id][3] @ query), abs=1e-5)
+    assert verdict.match.similarity > float(rows[active.id][2][0] @ query)  # closer than the original's
+    collection.close()
