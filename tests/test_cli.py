@@ -58,7 +58,7 @@ def test_activate_then_search_an_edited_copy(cli_collection, photo_dir, tmp_path
     assert [r["activated_path"] for r in report["records"]] == [str(out / "photo0.png"), str(out / "photo1.png")]
     assert result.stderr.strip().endswith("2 registered, 0 skipped, 0 failed")
     copy = tmp_path / "copy.jpg"
-    Image.fromarray(apply_edit("contrast_2.0", load_image(out / "photo1.png"))).save(copy, quality=80)
+    Image.fromarray(apply_edit("hue_0.2", load_image(out / "photo1.png"))).save(copy, quality=80)
     found = json.loads(run("search", cli_collection, copy, "-k", "2", "--json").stdout)
     assert found[0]["matches"][0]["id"] == report["records"][1]["id"]
     assert (found[0]["is_copy"], found[0]["calibrated"], found[0]["threshold"]) == (True, False, DEFAULT_THRESHOLD)

