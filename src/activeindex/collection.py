@@ -525,9 +525,15 @@ class Collection:
             return load_image(match.activated_path)
 
     @property
+    def calibration(self) -> dict | None:
+        """The stored calibration (`calibrate.Calibration.to_dict`: threshold, measured rates), or None; one
+        stored by another process since is read at the next call."""
+        return self._threshold.calibration()
+
+    @property
     def calibrated(self) -> bool:
         """Whether `activeindex calibrate` stored a threshold (with its measured false-copy rate)."""
-        return self._threshold.calibration() is not None
+        return self.calibration is not None
 
     @property
     def threshold(self) -> float:
@@ -545,7 +551,8 @@ class Collection:
         """The manifest plus counts and index facts."""
         self.refresh()
         counts = self.catalog.counts()
-        return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
+        return {**self.manifest, "calibration": self.calibration, "path": str(self.root),
+                "images": sum(counts.values()), **counts,
                 "removed": self.catalog.removed_count(),
                 "removed_in_index": len(self._live.tombstones) if self._live else 0,
                 "ntotal": int(self.index.ntotal) if self.index is not None else 0,  # vectors: images and views

@@ -164,7 +164,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
                                      "passive", "removed", "ntotal", "indexed_images", "model")} | {
             "version": __version__, "threshold": threshold, "calibrated": calibrated,
-            "calibration": info.get("calibration") if config.threshold is None else None,
+            "calibration": collection.calibration if config.threshold is None else None,
             "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
                        "max_request_pixels": config.max_request_pixels, "max_k": config.max_k,
