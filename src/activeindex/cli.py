@@ -612,7 +612,7 @@ def _print_info(info: dict) -> None:
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
     calibration = info.get("calibration")
     print(f"{'threshold':18} " + (_calibration_line(calibration) if calibration else
-                                  f"{DEFAULT_THRESHOLD} (default; run activeindex calibrate)"))
+                                  f"{DEFAULT_THRESHOLD} (the uncalibrated default; run activeindex calibrate)"))
 
 
 def _calibration_line(c: dict) -> str:
