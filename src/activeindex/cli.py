@@ -675,7 +675,8 @@ def _print_search(results: list[dict]) -> None:
             continue
         print(f"{result['query']}: {_verdict_line(result)}")
         for rank, m in enumerate(result["matches"], 1):
-            view = "" if m["view"] == "whole" else f"  (through its view {m['view']})"
+            view = {"whole": "", "released file": "  (through its released file)"}.get(
+                m["view"], f"  (through its view {m['view']})")
             print(f"  {rank:>3}. id {m['id']:<6} similarity {m['similarity']:.3f}  distance {m['distance']:.4f}  "
                   f"{m['original_path']}{view}")
         if result["matches"] and "evidence_reason" in result["matches"][0]:
