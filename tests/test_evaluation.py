@@ -219,7 +219,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     summary = (out / "summary.md").read_text()
     assert [summary.count(f"\n| {name} |") for name in ("IVF4,PQ8x4", "IVF4,Flat (ivf_cluster_half)", "PCA16,LSH")] == [
         1, 1, 1]  # one summary row per index
-    assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
+    assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 6  # R@1, decisions
     assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active (robust) | active - passive |") == 3
     assert summary.count("at any distance") == 3
     assert summary.count("true copies at 1 % and 0.1 % false copies per edit, the shipped rule") == 3
