@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -40,16 +39,15 @@ from ..activation import ActivationConfig, activation_memory
 from ..catalog import MAX_ID, Record
 from ..collection import Collection
 from ..credentials import SigningMaterial
-from ..decision import Verdict, with_evidence
 from ..errors import ImageDecodeError
-from ..evidence import align, overlay
-from ..imageio import encode_png, sha256_bytes, sha256_file, write_atomically
+from ..imageio import sha256_bytes, sha256_file, write_atomically
 from . import http
 from .c2pa import c2pa_router
 from .jobs import ActivationWorker, discard_unregistered
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .queue import Job
 from .thumbnails import Thumbnails
+from .verdicts import current_threshold, overlay_png, public_verdict, verdicts
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -160,7 +158,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     @app.get("/v1/status", responses=http.errors(500))
     def status() -> dict:
         info = collection.info()
-        threshold, calibrated = _threshold(collection, config)
+        threshold, calibrated = current_threshold(collection, config.threshold)
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
                                      "passive", "removed", "ntotal", "indexed_images", "model")} | {
             "version": __version__, "threshold": threshold, "calibrated": calibrated,
@@ -184,11 +182,12 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
         named = [await http.read_upload(u, config.max_upload_bytes) for u in images]
-        verdicts = await searches.run(_verdicts, collection, named, k, config, evidence)
-        threshold, calibrated = (verdicts[0].threshold, verdicts[0].calibrated) if verdicts else _threshold(
-            collection, config)
+        found = await searches.run(verdicts, collection, named, k, config.threshold, config.max_request_pixels,
+                                   evidence)
+        threshold, calibrated = (found[0].threshold, found[0].calibrated) if found else current_threshold(
+            collection, config.threshold)
         return {"threshold": threshold, "calibrated": calibrated, "results": [
-            {"filename": name, **_public_verdict(collection, v, full)} for (name, _), v in zip(named, verdicts)]}
+            {"filename": name, **public_verdict(collection, v, full)} for (name, _), v in zip(named, found)]}
 
     @app.post("/v1/images/{image_id}/overlay", response_class=Response, max_body_size=config.max_request_bytes,
               responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}},
@@ -201,7 +200,8 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         PNG (the token always: the original is shown, which was never published); 422 when they do not align."""
         authorised(credentials, "overlays")
         named = await http.read_upload(image, config.max_upload_bytes)
-        return Response(await searches.run(_overlay, collection, image_id, named, config.max_request_pixels),
+        record = await anyio.to_thread.run_sync(_record, collection, image_id)
+        return Response(await searches.run(overlay_png, collection, record, named, config.max_request_pixels),
                         media_type="image/png")
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
@@ -320,59 +320,6 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     return app
 
 
-def _threshold(collection: Collection, config: ServiceConfig) -> tuple[float, bool]:
-    """The threshold the verdicts use now and whether it is calibrated (--threshold: never)."""
-    if config.threshold is not None:
-        return config.threshold, False
-    return collection.threshold, collection.calibrated
-
-
-def _verdicts(collection: Collection, named: list[tuple[str, bytes]], k: int, config: ServiceConfig,
-              evidence: bool) -> list[Verdict]:
-    """(In a worker thread.) Decode and embed one image at a time (bounded memory), decide on them all, then
-    align each copy with its source's original (decoded again: one image held at a time)."""
-    http.check_pixels(named, config.max_request_pixels)
-    queries = np.stack([collection.extractor.encode(collection.extractor.load_bytes(data, name))
-                        for name, data in named])
-    verdicts = collection.verdicts_for_descriptors(queries, k, config.threshold)
-    if evidence:
-        verdicts = [with_evidence(v, collection.extractor.load_bytes(data, name) if v.is_copy else None,
-                                  collection.original_image) for v, (name, data) in zip(verdicts, named)]
-    return verdicts
-
-
-def _public_verdict(collection: Collection, verdict: Verdict, full: bool) -> dict:
-    """A verdict without server paths; ``full``: every candidate, else the copies and a count of the others.
-    A copy with evidence also says its original's ``width`` and ``height`` (the outline's frame)."""
-    shown = list(verdict.candidates if full else verdict.copies)
-    answer = {"is_copy": verdict.is_copy, "threshold": verdict.threshold, "calibrated": verdict.calibrated,
-              "matches": [_match(m) for m in shown]}
-    if not full:
-        answer["below_threshold"] = len(verdict.candidates) - len(shown)
-    if verdict.evidence is not None and shown:
-        found = verdict.evidence.to_dict()
-        answer["matches"][0] |= {"evidence": found["evidence"], "evidence_reason": found["reason"]}
-        if found["evidence"]:
-            record = collection.catalog.get([verdict.match.id]).get(verdict.match.id)
-            answer["matches"][0] |= {"width": record.width, "height": record.height} if record else {}
-    return answer
-
-
-def _overlay(collection: Collection, image_id: int, named: tuple[str, bytes], max_pixels: int) -> bytes:
-    """(In a worker thread.) The evidence overlay of an uploaded copy on a registered original, as PNG bytes."""
-    http.check_pixels([named], max_pixels)
-    query = collection.extractor.load_bytes(named[1], named[0])
-    record = _record(collection, image_id)
-    try:
-        original = collection.original_image(record)
-    except ImageDecodeError as e:
-        raise HTTPException(404, f"image {image_id}: its original is no longer readable on the server") from e
-    found = align(query, original)
-    if found.evidence is None:
-        raise HTTPException(422, f"{named[0]} does not align with image {image_id}: {found.reason}")
-    return encode_png(overlay(original, query, found.evidence))
-
-
 def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]], max_pixels: int,
                     memory: float) -> tuple[list[tuple[Path, int]], list[dict]]:
     """(In a worker thread.) Validate each upload fully (from its header: an image whose activation would need
@@ -472,11 +419,6 @@ def _public_job(collection: Collection, job: Job) -> dict:
             "warnings": [{"filename": Path(w["path"]).name, "warning": w["warning"]}
                          for w in result.get("warnings", [])],
             "error": job.error}
-
-
-def _match(match) -> dict:
-    return {"id": match.id, "filename": Path(match.original_path).name, "distance": match.distance,
-            "similarity": match.similarity, "activated": match.activated_path is not None, "view": match.view}
 
 
 def _record(collection: Collection, image_id: int) -> Record:
