@@ -15,6 +15,7 @@ from PIL import Image
 
 from activeindex import Collection
 from activeindex.calibrate import conformal_threshold, held_out, threshold_for_fpr, wilson_interval
+from activeindex.config import DEFAULT_THRESHOLD
 
 from .conftest import NEBULAE, TEST_FACTORY, start_server, stop_server
 
@@ -89,8 +90,24 @@ def calibrate_cli(*args) -> subprocess.CompletedProcess:
 
 
 def test_calibrate_stores_a_threshold_bounded_for_every_kind_of_query(registered):
-    root, unrelated, _ = registered
-    result = calibrate_cli(root, *unrelated, "--fpr", "0.1", "--json", "-q")
+    """Before: every interface says the threshold is uncalibrated (the server warns at start). A running
+    server picks the calibration up without a restart; its verdicts then say calibrated."""
+    root, unrelated, folder = registered
+    process, url = start_server(root)
+    try:
+        before = httpx.get(f"{url}/v1/status", timeout=30).json()
+        search = httpx.post(f"{url}/v1/search", files={"images": ("q.png", (folder / "photo1.png").read_bytes())},
+                            timeout=120).json()
+        result = calibrate_cli(root, *unrelated, "--fpr", "0.1", "--json", "-q")
+        after = httpx.get(f"{url}/v1/status", timeout=30).json()
+        again = httpx.post(f"{url}/v1/search", files={"images": ("q.png", (folder / "photo1.png").read_bytes())},
+                           timeout=120).json()
+    finally:
+        stop_server(process)
+    log = process.stderr.read()
+    assert (before["calibrated"], before["threshold"], before["calibration"]) == (False, DEFAULT_THRESHOLD, None)
+    assert (search["calibrated"], search["results"][0]["calibrated"]) == (False, False)
+    assert f"{root} is not calibrated: copies are called from a similarity of {DEFAULT_THRESHOLD:.3f}" in log
     assert result.returncode == 0, result.stderr
     calibration = json.loads(result.stdout)
     assert (calibration["n_nonmatching"], calibration["n_held_out"]) == (100, 25)
@@ -101,16 +118,14 @@ def test_calibrate_stores_a_threshold_bounded_for_every_kind_of_query(registered
     assert calibration["kinds"]["unedited"]["tpr"] == 1.0  # registered photos themselves are always copies
     assert calibration["n_matching"] == 24  # 6 registered photos x 4 kinds
     collection = Collection.open(root)
-    assert collection.threshold == calibration["threshold"]
+    assert (collection.threshold, collection.calibrated) == (calibration["threshold"], True)
     info = subprocess.run([sys.executable, "-m", "activeindex", "info", str(root), "-q"], capture_output=True,
                           text=True, timeout=300).stdout
     assert f"threshold          {calibration['threshold']:.4f} (calibrated for FPR 0.1: worst kind's FPR" in info
-    process, url = start_server(root)
-    try:
-        status = httpx.get(f"{url}/v1/status", timeout=30).json()
-    finally:
-        stop_server(process)
-    assert status["threshold"] == calibration["threshold"]
+    assert (after["threshold"], after["calibrated"]) == (calibration["threshold"], True)  # the same server
+    assert after["calibration"]["target_fpr"] == 0.1
+    assert (again["threshold"], again["calibrated"], again["results"][0]["calibrated"]) == (
+        calibration["threshold"], True, True)
 
 
 def test_calibrate_refuses_bad_input_before_loading_the_model(registered, tmp_path):

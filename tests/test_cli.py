@@ -17,6 +17,7 @@ from PIL import Image
 
 from activeindex import Collection, cli
 from activeindex.cli import finite_float, int_in
+from activeindex.config import DEFAULT_THRESHOLD
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image, sha256_file
 
@@ -57,10 +58,12 @@ def test_activate_then_search_an_edited_copy(cli_collection, photo_dir, tmp_path
     assert [r["activated_path"] for r in report["records"]] == [str(out / "photo0.png"), str(out / "photo1.png")]
     assert result.stderr.strip().endswith("2 registered, 0 skipped, 0 failed")
     copy = tmp_path / "copy.jpg"
-    Image.fromarray(apply_edit("contrast_2.0", load_image(out / "photo1.png"))).save(copy, quality=80)
+    Image.fromarray(apply_edit("hue_0.2", load_image(out / "photo1.png"))).save(copy, quality=80)
     found = json.loads(run("search", cli_collection, copy, "-k", "2", "--json").stdout)
     assert found[0]["matches"][0]["id"] == report["records"][1]["id"]
+    assert (found[0]["is_copy"], found[0]["calibrated"], found[0]["threshold"]) == (True, False, DEFAULT_THRESHOLD)
     text = run("search", cli_collection, copy).stdout
+    assert text.splitlines()[0].startswith(f"{copy}: a copy of {photo_dir / 'photo1.png'} (similarity ")
     assert text.splitlines()[1].lstrip().startswith(f"1. id {report['records'][1]['id']} ")
 
 
@@ -226,12 +229,15 @@ def test_search_answers_good_queries_and_reports_bad_ones(cli_collection, photo_
     assert result.returncode == 1
     entries = json.loads(result.stdout)
     assert [e["query"] for e in entries] == [str(q) for q in queries]
-    assert [sorted(e) for e in entries] == [["matches", "query"], ["error", "query"]] * 2
+    verdict = ["calibrated", "is_copy", "matches", "query", "threshold"]
+    assert [sorted(e) for e in entries] == [verdict, ["error", "query"]] * 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "broken.png" in errors[0] and "missing.jpg" in errors[1]
     assert result.stderr.splitlines()[-1] == "2 searched, 2 failed"
     text = run("search", cli_collection, *queries, "-q", check=False).stdout
-    assert [line for line in text.splitlines() if not line.startswith(" ")] == [str(queries[0]), str(queries[2])]
+    heads = [line for line in text.splitlines() if not line.startswith(" ")]
+    assert [line.split(": ")[0] for line in heads] == [str(queries[0]), str(queries[2])]
+    assert all(line.endswith("uncalibrated threshold: run activeindex calibrate)") for line in heads)
 
 
 @pytest.mark.parametrize("raised, code, line", [

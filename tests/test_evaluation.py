@@ -12,6 +12,7 @@ import pytest
 from activeindex import Activator, Codec
 from activeindex.bench.corpus import SOURCES, Corpus, fetch_corpus
 from activeindex.bench.evaluation import STREAMS, BenchmarkConfig, _crops, prepare, run_benchmark, sample, seeds
+from activeindex.decision import SHORTLIST
 from activeindex.edits import apply_edit
 from activeindex.errors import InvalidInputError
 from activeindex.imageio import load_image
@@ -121,7 +122,8 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
                              edits=["none", "brightness_2.0", "auto"], sweeps=["jpeg"], iterations=2, n_activate=6,
                              compare=["robust"],
                              variants={"lr 0.3, crops": {"lr": 0.3, "edits": ["crop"], "edit_draws": 1}},
-                             train_vectors=300, distractor_crops=40, scalings=[1.0], bootstrap=200, device="cpu")
+                             train_vectors=300, distractor_crops=40, scalings=[1.0], bootstrap=200, device="cpu",
+                             decision_edits=["none", "auto"])
     results = run_benchmark(config)
     out = tmp_path / "bench"
     setup = json.loads((out / "results.json").read_text())["setup"]
@@ -130,6 +132,10 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert sum(setup["sources"]["activate"].values()) == 6 and sum(setup["sources"]["nonmatching"].values()) == 5
     assert len(setup["skipped"]) == 2 and "needs 39936 training vectors, has 300" in setup["skipped"][0]
     assert setup["auto_deviations"]
+    decision = setup["decision"]  # the non-matching photos and the training photos, never indexed, each edited
+    assert decision["photos"] == {"nonmatching": 5, "train": setup["train"]["photos"]}
+    assert decision["queries"] == 2 * (5 + setup["train"]["photos"]) and decision["edits"] == ["none", "auto"]
+    assert sum(decision["sources"].values()) == 5 + setup["train"]["photos"]
 
     ivf, flat, lsh = results["indexes"]
     assert (ivf["factory"], ivf["target"], flat["factory"], flat["target"]) == (
@@ -172,6 +178,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
         points = index["icd"]["operating_point"]
         assert points["active-passive"]["rate"] == pytest.approx(points["active"]["rate"] - points["passive"]["rate"])
         assert all(points[m]["false_copies"] == 0 and points[m]["nonmatching"] == 5 for m in ("passive", "active"))
+        _check_decisions(index, decision["queries"], labels)
         rows = {(r["edit"], r["mode"]): r for r in index["edits"]}
         for edit in ("none", "brightness_2.0", "auto"):  # a paired difference: the mean of per-image differences
             assert rows[edit, "active-passive"]["r1"] == pytest.approx(
@@ -192,8 +199,11 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
 
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    # per index: per edit, the paper average, uAP x 2, true copies at 1 % false (2 baselines, 2 modes, difference)
-    assert len(rows) == 3 * (7 * labels + 7 + 2 * 3 + 5)
+    # per index: per edit, the paper average, uAP x 2, the ADC point at 1 % false (2 baselines, 2 modes, difference),
+    # the shipped rule's points at 1 % and 0.1 % false (passive, active, robust, active - passive)
+    assert len(rows) == 3 * (7 * labels + 7 + 2 * 3 + 5 + 2 * 4)
+    assert {r["edit"] for r in rows} >= {"true_copies_at_1pct_false", "true_copies_at_0.1pct_false",
+                                         "adc_true_copies_at_1pct_false"}
     pdq_none = [r for r in rows if r["edit"] == "none" and r["mode"] == "pdq"]
     assert len(pdq_none) == 3 and pdq_none[0]["r1"] == "1.0000"  # the baselines' rows in every index's table
     assert rows[0]["factory"] == "IVF4,PQ8x4" and rows[0]["r1_low"] <= rows[0]["r1"] <= rows[0]["r1_high"]
@@ -209,9 +219,11 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     summary = (out / "summary.md").read_text()
     assert [summary.count(f"\n| {name} |") for name in ("IVF4,PQ8x4", "IVF4,Flat (ivf_cluster_half)", "PCA16,LSH")] == [
         1, 1, 1]  # one summary row per index
-    assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 3
+    assert summary.count("R@1 per edit") == 3 and summary.count("\n| brightness_2.0 | ") == 6  # R@1, decisions
     assert summary.count("\n| edit | PDQ | exact SSCD | passive | active | active (robust) | active - passive |") == 3
     assert summary.count("at any distance") == 3
+    assert summary.count("true copies at 1 % and 0.1 % false copies per edit, the shipped rule") == 3
+    assert "true copies at 0.1 % false, passive -> active" in summary and "Copy decisions per edit" in report
     assert "\n| lr 0.3, crops | 4 | " in summary and "\n| s=2 (default) | 2 | " in summary
 
     # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw
@@ -223,6 +235,28 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in activated]
     run_benchmark(config)  # resumes: activated files are reused, not rewritten
     assert [p.stat().st_mtime_ns for p in activated] == stamps
+
+
+def _check_decisions(index: dict, nonmatching: int, labels: int) -> None:
+    """The shipped rule's operating points (bench/operating.py): one threshold per rate on the non-matching
+    queries, at most that share of them called copies, true copies per edit and pooled over the paper's."""
+    decision = index["decision"]
+    assert decision["nonmatching"] == nonmatching and decision["shortlist"] == SHORTLIST
+    for mode in ("passive", "active", "robust"):
+        for rate in ("0.01", "0.001"):
+            point = decision["points"][mode][rate]
+            assert point["false_copies"] <= float(rate) * nonmatching and point["nonmatching"] == nonmatching
+            assert len(point["edits"]) == labels and point["paper_average"]["n"] == 6 * 3  # 6 images, 3 edits
+            pooled = point["paper_average"]
+            assert pooled["ci"][0] <= pooled["rate"] <= pooled["ci"][1]
+            assert pooled["rate"] == pytest.approx(np.mean(point["hits"]))
+        strict, loose = decision["points"][mode]["0.001"], decision["points"][mode]["0.01"]
+        assert strict["threshold"] >= loose["threshold"]  # fewer false copies: a higher bar, fewer true ones
+        assert strict["paper_average"]["rate"] <= loose["paper_average"]["rate"]
+    assert decision["points"]["active"]["0.01"]["edits"]["none"]["rate"] == 1.0  # a released file: its own descriptor
+    difference = decision["points"]["active-passive"]["0.01"]
+    assert difference["rate"] == pytest.approx(decision["points"]["active"]["0.01"]["paper_average"]["rate"]
+                                               - decision["points"]["passive"]["0.01"]["paper_average"]["rate"])
 
 
 def test_published_formats_are_queried_from_the_released_files(corpus, tmp_path):

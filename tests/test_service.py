@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 from PIL import Image
 
 from activeindex import Collection
+from activeindex.calibrate import _scores
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 from activeindex.locking import FolderLock
@@ -49,14 +51,14 @@ def _png(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
 def test_search_finds_the_source_of_an_edited_copy(served):
     root, url, _ = served
     activated = load_image(root / "activated" / "photo1.png")
-    copy = _png(apply_edit("brightness_2.0", activated), "JPEG", quality=80)
+    copy = _png(apply_edit("hue_0.2", activated), "JPEG", quality=80)
     response = httpx.post(f"{url}/v1/search", files={"images": ("suspect.jpg", copy, "image/jpeg")},
                           data={"k": "3"}, timeout=60)
     assert response.status_code == 200
     result = response.json()["results"][0]
     assert result["filename"] == "suspect.jpg" and result["is_copy"] is True
     assert result["matches"][0]["id"] == 2 and result["matches"][0]["filename"] == "photo1.png"
-    assert len(result["matches"]) == 3
+    assert len(result["matches"]) + result["below_threshold"] == 3  # without the token: the others counted
 
 
 def test_unrelated_image_is_not_a_copy(served):
@@ -64,6 +66,89 @@ def test_unrelated_image_is_not_a_copy(served):
     noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     result = httpx.post(f"{url}/v1/search", files={"images": ("noise.png", _png(noise))}, timeout=60).json()
     assert result["results"][0]["is_copy"] is False
+
+
+def test_one_verdict_from_every_interface(served, small_photos, tmp_path):
+    """The same images get the same verdict from the Python API, the CLI, /v1/search, C2PA byContent and the
+    rule calibrate scores with (decision.py)."""
+    root, url, _ = served
+    activated = load_image(root / "activated" / "photo1.png")
+    queries = {"copy.png": _png(apply_edit("brightness_2.0", activated)),
+               "turned.png": _png(apply_edit("rotation_25", activated)), "cropped.png": _png(
+                   apply_edit("center_crop_0.5", load_image(root / "activated" / "photo0.png"))),
+               "unrelated.png": _png(small_photos[5])}
+    paths = [tmp_path / name for name in queries]
+    for path, data in zip(paths, queries.values()):
+        path.write_bytes(data)
+    collection = Collection.open(root, device="cpu")
+    api = collection.verdicts(paths, k=5)
+    scores = _scores(collection, [(p, None) for p in paths], {"unedited": ("none",)}, 0, "test", False)["unedited"]
+    command = [sys.executable, "-m", "activeindex", "search", str(root), *map(str, paths), "--json", "-q"]
+    cli = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=600).stdout)
+    web = httpx.post(f"{url}/v1/search", files=[("images", (n, d)) for n, d in queries.items()], headers=READ,
+                     timeout=120).json()["results"]
+    for verdict, (score, _), by_cli, by_web, data in zip(api, scores, cli, web, queries.values()):
+        content = httpx.post(f"{url}/c2pa/v1/matches/byContent", content=data, headers={"Content-Type": "image/png"},
+                             timeout=120).json()["matches"]
+        expected = (verdict.is_copy, verdict.match.id)
+        assert (by_cli["is_copy"], by_cli["matches"][0]["id"]) == expected
+        assert (by_web["is_copy"], by_web["matches"][0]["id"]) == expected
+        assert score == pytest.approx(verdict.match.similarity, abs=1e-5)
+        assert (score >= collection.threshold) == verdict.is_copy
+        assert [m["manifestId"].rsplit(":", 1)[1] for m in content[:1]] == ([str(verdict.match.id)]
+                                                                           if verdict.is_copy else [])
+    assert api[0].is_copy and not api[-1].is_copy
+    collection.close()
+
+
+def test_a_search_without_the_token_names_only_the_copies(served, small_photos):
+    """Anonymous: the candidates below the threshold are only counted, never named; k is capped. With the
+    token: every candidate, as before."""
+    root, url, _ = served
+    unrelated = {"images": ("unrelated.png", _png(small_photos[5]))}
+    public = httpx.post(f"{url}/v1/search", files=unrelated, data={"k": "3"}, timeout=120)
+    [result] = public.json()["results"]
+    assert (result["is_copy"], result["matches"], result["below_threshold"]) == (False, [], 3)
+    assert "photo" not in public.text and '"id"' not in public.text  # no registered file is named
+    private = httpx.post(f"{url}/v1/search", files=unrelated, data={"k": "3"}, headers=READ, timeout=120).json()
+    assert [m["filename"] for m in private["results"][0]["matches"]] and "below_threshold" not in private["results"][0]
+    copy = {"images": ("copy.png", _png(apply_edit("hue_0.2", load_image(root / "activated" / "photo1.png"))))}
+    [shown] = httpx.post(f"{url}/v1/search", files=copy, data={"k": "3"}, timeout=120).json()["results"]
+    assert shown["is_copy"] and shown["matches"][0]["filename"] == "photo1.png"
+    assert all(m["similarity"] >= shown["threshold"] for m in shown["matches"])
+    assert shown["below_threshold"] == 3 - len(shown["matches"])
+    capped = httpx.post(f"{url}/v1/search", files=copy, data={"k": "11"}, timeout=120)
+    assert capped.status_code == 422 and "between 1 and 10 without the token" in capped.json()["detail"]
+    assert httpx.post(f"{url}/v1/search", files=copy, data={"k": "11"}, headers=READ, timeout=120).status_code == 200
+    wrong = httpx.post(f"{url}/v1/search", files=copy, headers={"Authorization": "Bearer nope"}, timeout=120)
+    assert wrong.status_code == 401
+
+
+def test_evidence_of_a_copy_and_its_overlay(served, small_photos):
+    """?evidence=1: where a crop sits in the original (corners within 3 % of the true box), the original's
+    size for drawing it; the overlay PNG behind the token; an image that does not align is a 422 with why."""
+    root, url, _ = served
+    activated = load_image(root / "activated" / "photo1.png")
+    h, w = activated.shape[:2]
+    box = np.array([[w // 6, h // 8], [w - w // 6, h // 8], [w - w // 6, h - h // 8], [w // 6, h - h // 8]])
+    crop = _png(activated[h // 8:h - h // 8, w // 6:w - w // 6])
+    response = httpx.post(f"{url}/v1/search", params={"evidence": "1"}, files={"images": ("crop.png", crop)},
+                          timeout=120)
+    [result] = response.json()["results"]
+    first = result["matches"][0]
+    assert result["is_copy"] and first["id"] == 2 and first["evidence_reason"] is None
+    assert (first["width"], first["height"]) == (w, h)
+    assert np.abs(np.array(first["evidence"]["corners"]) - box).max() <= 0.03 * max(w, h)
+    plain = httpx.post(f"{url}/v1/search", files={"images": ("crop.png", crop)}, timeout=120).json()["results"][0]
+    assert "evidence" not in plain["matches"][0]  # only when asked for
+    overlay = f"{url}/v1/images/2/overlay"
+    assert httpx.post(overlay, files={"image": ("crop.png", crop)}, timeout=120).status_code == 401
+    drawn = httpx.post(overlay, files={"image": ("crop.png", crop)}, headers=READ, timeout=120)
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(drawn.content)).size[1] == 720
+    noise = np.random.default_rng(5).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    refused = httpx.post(overlay, files={"image": ("noise.png", _png(noise))}, headers=READ, timeout=120)
+    assert refused.status_code == 422 and "does not align with image 2" in refused.json()["detail"]
 
 
 def test_activate_round_trip_and_records(served, small_photos):
@@ -135,8 +220,8 @@ def test_concurrent_searches(served, small_photos):
     _, url, _ = served
     queries = [_png(apply_edit("jpeg_50", small_photos[i % 4])) for i in range(12)]
 
-    def one(data: bytes) -> int:
-        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", data)}, timeout=120)
+    def one(data: bytes) -> int:  # with the token: the nearest image whether or not it is called a copy
+        response = httpx.post(f"{url}/v1/search", files={"images": ("q.png", data)}, headers=READ, timeout=120)
         return response.json()["results"][0]["matches"][0]["id"] if response.status_code == 200 else -1
 
     with ThreadPoolExecutor(6) as pool:

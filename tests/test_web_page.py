@@ -17,6 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from activeindex.config import DEFAULT_THRESHOLD
 from activeindex.edits import apply_edit
 from activeindex.imageio import load_image
 from activeindex.locking import FolderLock
@@ -91,25 +92,36 @@ def served(collection_root) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def query(collection_root) -> Path:
-    """An edited copy (contrast, JPEG) of the activated photo1.png (id 2)."""
+    """An edited copy (hue, JPEG) of the activated photo1.png (id 2)."""
     root, _ = collection_root
     path = root.parent / "query.jpg"
-    Image.fromarray(apply_edit("contrast_2.0", load_image(root / "activated" / "photo1.png"))).save(path, quality=70)
+    Image.fromarray(apply_edit("hue_0.2", load_image(root / "activated" / "photo1.png"))).save(path, quality=70)
     return path
 
 
 # --- tests ------------------------------------------------------------------------------------------------------
 
 def test_search_names_the_source_file_with_similarity_and_threshold(served, query):
-    _, url = served
+    """The verdict names the source, says the threshold is uncalibrated, and outlines where the copy sits on
+    the matched original (the query is the whole photo: its outline is the original's frame)."""
+    root, url = served
     with _browser() as driver:
         driver.get(url)
         _status_loaded(driver)
+        assert "uncalibrated" in driver.find_element(By.ID, "status").text
         _enter_token(driver)
         driver.find_element(By.ID, "search-file").send_keys(str(query))
         WebDriverWait(driver, SLOW).until(lambda d: d.find_elements(By.ID, "verdict"))
         verdict = driver.find_element(By.ID, "verdict").text
-        assert "Copy of photo1.png" in verdict and "similarity" in verdict and "a copy from 0.40" in verdict
+        assert "Copy of photo1.png" in verdict and "similarity" in verdict
+        assert f"a copy from {DEFAULT_THRESHOLD:.2f}, uncalibrated" in verdict
+        outline = driver.find_element(By.ID, "outline")
+        h, w = load_image(root / "activated" / "photo1.png").shape[:2]
+        corners = np.array([p.split(",") for p in outline.get_attribute("points").split()], float)
+        assert np.abs(corners - [[0, 0], [w, 0], [w, h], [0, h]]).max() <= 0.03 * max(w, h)
+        drawn = outline.rect
+        assert outline.is_displayed() and drawn["width"] > 100 and drawn["height"] > 100
+        assert "Where your image sits in photo1.png" in driver.find_element(By.ID, "evidence").text
         assert "-0.00" not in driver.find_element(By.ID, "search-result").text
         best = driver.find_element(By.ID, "match-0")
         assert best.get_attribute("data-id") == "2" and "below" not in best.get_attribute("class")
@@ -120,6 +132,8 @@ def test_search_names_the_source_file_with_similarity_and_threshold(served, quer
         preview = driver.find_element(By.ID, "query-preview")
         assert preview.is_displayed() and preview.get_attribute("src").startswith("blob:")
         _images_loaded(driver)
+        WebDriverWait(driver, 30).until(lambda d: (d.execute_script(  # the original's preview under the outline
+            "return document.querySelector('#evidence image').getAttribute('href')") or "").startswith("blob:"))
         assert driver.find_element(By.ID, "search-file").get_attribute("value") == ""  # same file can be re-chosen
         DOCS.mkdir(exist_ok=True)
         driver.save_screenshot(str(DOCS / "web-page.png"))

@@ -27,16 +27,17 @@ if TYPE_CHECKING:
     from .activation import ActivatedImage, Activator
     from .codec import Codec
     from .collection import Collection, Match
+    from .decision import Verdict
     from .extractor import Extractor, PreprocessConfig, list_models
     from .ingest import BatchReport
     from .removal import RemovalReport
 
-_LAZY = {"Collection": "collection", "Match": "collection", "BatchReport": "ingest", "RemovalReport": "removal",
-         "Extractor": "extractor", "PreprocessConfig": "extractor", "list_models": "extractor", "Codec": "codec",
-         "Activator": "activation", "ActivatedImage": "activation"}
+_LAZY = {"Collection": "collection", "Match": "collection", "Verdict": "decision", "BatchReport": "ingest",
+         "RemovalReport": "removal", "Extractor": "extractor", "PreprocessConfig": "extractor",
+         "list_models": "extractor", "Codec": "codec", "Activator": "activation", "ActivatedImage": "activation"}
 
-__all__ = ["__version__", "Collection", "Match", "BatchReport", "RemovalReport", "Extractor", "PreprocessConfig",
-           "list_models", "Codec", "Activator", "ActivationConfig", "ActivatedImage", "get_preset",
+__all__ = ["__version__", "Collection", "Match", "Verdict", "BatchReport", "RemovalReport", "Extractor",
+           "PreprocessConfig", "list_models", "Codec", "Activator", "ActivationConfig", "ActivatedImage", "get_preset",
            "ActiveIndexError", "InvalidInputError", "ImageDecodeError", "UnknownNameError", "CodecMismatchError",
            "ModelMismatchError", "CorruptCollectionError", "CollectionLockedError", "StorageFullError"]
 

@@ -66,9 +66,9 @@ class ActivatedImage:
     lost_in_encoding: bool | None = None
     encoded: bytes | None = field(default=None, repr=False)  # the released bytes measured (None: a colour PNG)
     views: np.ndarray | None = field(default=None, repr=False)  # (V, d): the ORIGINAL's views' (indexed), if any
-    # (d,) float32: the RELEASED file's descriptor (its displayed pixels), its fingerprint as a C2PA soft binding
+    # (d,) float32: the RELEASED file's descriptor (its displayed pixels): its fingerprint as a C2PA soft binding,
+    # and the copy verdict's extra candidate (stored, never indexed)
     released_descriptor: np.ndarray | None = field(default=None, repr=False)
-
 
     def metrics(self) -> dict:
         """The scalar fields, for catalogs and JSON."""

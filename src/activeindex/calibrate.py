@@ -1,7 +1,8 @@
 """The copy decision: a similarity threshold with an honest false-copy rate.
 
-A query is called a copy when its best match's similarity (exact cosine to the stored descriptor) is at
-least the threshold. `calibrate` chooses it on the collection itself, from real photos that are NOT
+A query is called a copy when its best match's similarity (exact cosine to the stored descriptors, the
+best over the index's shortlist re-ranked: decision.py, the rule every interface applies) is at least the
+threshold. `calibrate` chooses it on the collection itself, from real photos that are NOT
 registered (non-matching queries), for the queries a server sees: each non-matching photo is queried as
 every KIND of query (unedited, photometric edits, geometric and overlay edits, DISC21's "auto"
 compositions; `DEFAULT_KINDS`), one edit drawn per query.
@@ -234,8 +235,8 @@ def _matching_sources(collection: Collection, n: int, seed: int) -> list[tuple[P
 
 def _scores(collection: Collection, queries: list[tuple[Path, int | None]], kinds: dict[str, tuple[str, ...]],
             seed: int, what: str, progress: bool | None) -> dict[str, list[tuple[float | None, bool]]]:
-    """Per kind, per query in order: (best similarity, best match is the expected id); (None, False) for a file
-    that could not be read or edited. Each image is decoded once and queried as every kind."""
+    """Per kind, per query in order: (the verdict's match's similarity, it is the expected id); (None, False) for
+    a file that could not be read or edited. Each image is decoded once and queried as every kind."""
     from .edits import apply_edit
     out: dict[str, list] = {kind: [] for kind in kinds}
     streams = dict(zip(kinds, np.random.SeedSequence(seed).spawn(len(kinds) + 2)[2:]))
@@ -253,8 +254,9 @@ def _scores(collection: Collection, queries: list[tuple[Path, int | None]], kind
                 out[kind].append((None, False))
             bar.update(1)
             continue
-        for kind, best in zip(kinds, collection.search(edited, k=1)):
-            out[kind].append((best[0].similarity, best[0].id == expected) if best else (-1.0, False))
+        for kind, verdict in zip(kinds, collection.verdicts(edited, k=1)):  # the verdicts' own rule (decision.py)
+            match = verdict.match
+            out[kind].append((match.similarity, match.id == expected) if match else (-1.0, False))
         bar.update(1)
     bar.close()
     return out

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS images (
     format TEXT,
     lost_in_encoding INTEGER,
     manifest_id TEXT,
-    views BLOB
+    views BLOB,
+    released BLOB
 )
 """
 _PENDING_SCHEMA = """
@@ -77,7 +78,7 @@ CREATE TABLE IF NOT EXISTS removed (
 """
 # columns that catalogs made by earlier versions lack
 _ADDED_COLUMNS = {"scaling": "REAL", "format": "TEXT", "lost_in_encoding": "INTEGER", "manifest_id": "TEXT",
-                  "views": "BLOB"}
+                  "views": "BLOB", "released": "BLOB"}
 
 
 @dataclass
@@ -315,24 +316,29 @@ class Catalog:
                                                        self._absolute(record.activated_path))
         return record
 
-    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None) -> list[int]:
-        """Insert records with their (n, d) descriptors (and (n, V, d) view descriptors) in ONE transaction;
-        returns the new ids, ascending.
+    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None,
+               released: list[np.ndarray | None] | None = None) -> list[int]:
+        """Insert records with their (n, d) descriptors (and (n, V, d) view descriptors, and each activated
+        image's released file's (d,) descriptor: never indexed, a candidate of the copy verdict's exact
+        similarity) in ONE transaction; returns the new ids, ascending.
 
         Descriptors are stored as ``descriptor_dtype``: pass them already rounded (`Catalog.stored`) so that
         what a process indexes from memory equals what another one reads back."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        sql = (f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor, views) "
-               f"VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})")
+        sql = (f"INSERT INTO images ({', '.join(_COLUMNS)}, descriptor, views, released) "
+               f"VALUES ({', '.join('?' * (len(_COLUMNS) + 3))})")
         blobs = np.ascontiguousarray(descriptors, self.descriptor_dtype)
         view_blobs = [None] * len(records) if views is None else [
             np.ascontiguousarray(v, self.descriptor_dtype).tobytes() for v in views]
+        released_blobs = [None if r is None else np.ascontiguousarray(r, self.descriptor_dtype).tobytes()
+                          for r in (released or [None] * len(records))]
         with self._lock, self._errors(), self._transaction():  # never an id given out before, removed or not
             first = self._db.execute("SELECT MAX(COALESCE((SELECT MAX(id) FROM images), 0), "
                                      "COALESCE((SELECT MAX(id) FROM removed), 0)) + 1").fetchone()[0]
             ids = list(range(first, first + len(records)))
-            self._db.executemany(sql, [[image_id, *(self._column(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes(), v]
-                                       for image_id, r, blob, v in zip(ids, records, blobs, view_blobs)])
+            self._db.executemany(sql, [[image_id, *(self._column(r, c) for c in _COLUMNS[1:-1]), now, blob.tobytes(), v,
+                                        out] for image_id, r, blob, v, out in zip(ids, records, blobs, view_blobs,
+                                                                                 released_blobs)])
         for record, image_id in zip(records, ids):
             record.id, record.created_at = image_id, now
         return ids
@@ -371,11 +377,12 @@ class Catalog:
         """Descriptors as the catalog will give them back: rounded to ``descriptor_dtype``, as float32."""
         return np.asarray(descriptors).astype(self.descriptor_dtype).astype(np.float32)
 
-    def paths_and_descriptors(self, ids: list[int]) -> dict[int, tuple[str, str | None, np.ndarray]]:
-        """(original path, activated path, (1 + V, d) descriptors: the image's, then its views') by id, in one
-        query: what a search result needs."""
-        return {row[0]: (self._absolute(row[1]), self._absolute(row[2]), self._vectors(row[3], row[4]))
-                for row in self._rows(["original_path", "activated_path", "descriptor", "views"], ids)}
+    def paths_and_descriptors(self, ids: list[int]) -> dict[int, tuple[str, str | None, np.ndarray, np.ndarray | None]]:
+        """(original path, activated path, (1 + V, d) descriptors: the image's, then its views', and the released
+        file's (d,) descriptor or None) by id, in one query: what a search result needs."""
+        return {row[0]: (self._absolute(row[1]), self._absolute(row[2]), self._vectors(row[3], row[4]),
+                         None if row[5] is None else self._vector(row[5]))
+                for row in self._rows(["original_path", "activated_path", "descriptor", "views", "released"], ids)}
 
     def set_views(self, views: dict[int, np.ndarray | None]) -> None:
         """Replace the stored view descriptors ((V, d) or None) of the given ids, in one transaction."""

@@ -193,10 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=parse, default=None,
                            help=f"override the preset's {f.name} ({parse.__name__})")
 
-    p = sub.add_parser("search", parents=[common], help="find the registered images nearest to queries")
+    p = sub.add_parser("search", parents=[common],
+                       help="is each query a copy of a registered image, and which? (the verdict and the candidates)")
     p.add_argument("collection")
     p.add_argument("queries", nargs="+", help="query image files")
-    p.add_argument("-k", type=int_in(1, MAX_K), default=5, help=f"results per query, 1..{MAX_K} (default 5)")
+    p.add_argument("-k", type=int_in(1, MAX_K), default=5, help=f"candidates shown per query, 1..{MAX_K} (default 5)")
+    p.add_argument("--evidence", nargs="?", const="", default=None, metavar="DIR",
+                   help="also show where each copy sits in its source's original (outline, rotation, scale); with "
+                        "DIR, write there an overlay PNG per copy (the original outlined, beside the query)")
 
     p = sub.add_parser("fingerprint", parents=[common],
                        help="print each image's fingerprint as a C2PA soft binding value (base64; no collection)")
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "enabled only on a loopback address")
     p.add_argument("--threshold", type=finite_float(at_least=-1, at_most=1), default=None,
                    help="similarity from which the best match is called a copy (default: the collection's "
-                        "calibrated threshold, else 0.4)")
+                        f"calibrated threshold, else the uncalibrated default {DEFAULT_THRESHOLD}); the verdicts then "
+                        "say calibrated: false")
     p.add_argument("--public-reads", action="store_true",
                    help="let anyone read records, activated files and jobs (default: the token is needed; the "
                         "thumbnail of a passive reference, never published, always needs it)")
@@ -382,16 +387,23 @@ def _signing(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> list[dict]:
-    """One entry per query, in order: ``{"query", "matches"}``, or ``{"query", "error"}`` for a bad file."""
+    """One entry per query, in order: its verdict ``{"query", "is_copy", "threshold", "calibrated", "matches"}``
+    (`decision.Verdict.to_dict`; with --evidence, the first match's ``evidence``, ``evidence_reason`` and, with
+    DIR, ``overlay``), or ``{"query", "error"}`` for a bad file."""
+    overlays = None if not args.evidence else Path(args.evidence)
+    if overlays is not None and overlays.exists() and not overlays.is_dir():
+        raise InvalidInputError(f"--evidence {overlays}: exists and is not a folder; choose a folder for the overlays")
     collection = _open(args)
     entries: list[dict] = []
     for start in range(0, len(args.queries), _QUERIES_PER_BATCH):
-        entries += _search_batch(collection, args.queries[start:start + _QUERIES_PER_BATCH], args.k)
+        entries += _search_batch(collection, args.queries[start:start + _QUERIES_PER_BATCH], args.k,
+                                 args.evidence is not None, overlays)
     return entries
 
 
-def _search_batch(collection: Collection, queries: list[str], k: int) -> list[dict]:
-    """Decode each query on its own (a bad file fails alone), then search the good ones together."""
+def _search_batch(collection: Collection, queries: list[str], k: int, evidence: bool,
+                  overlays: Path | None) -> list[dict]:
+    """Decode each query on its own (a bad file fails alone), then decide on the good ones together."""
     entries, images = [], []
     for query in queries:
         try:
@@ -399,11 +411,27 @@ def _search_batch(collection: Collection, queries: list[str], k: int) -> list[di
             entries.append({"query": query})
         except ActiveIndexError as e:
             entries.append({"query": query, "error": str(e)})
-    found = iter(collection.search(images, k=k) if images else [])
+    found = iter(zip(collection.verdicts(images, k=k, evidence=evidence), images) if images else [])
     for entry in entries:
         if "error" not in entry:
-            entry["matches"] = [m.to_dict() for m in next(found)]
+            verdict, image = next(found)
+            entry |= verdict.to_dict()
+            if overlays is not None and verdict.evidence and verdict.evidence.evidence:
+                entry["matches"][0]["overlay"] = str(_write_overlay(collection, overlays, entry["query"], verdict,
+                                                                    image))
     return entries
+
+
+def _write_overlay(collection: Collection, folder: Path, query: str, verdict, image) -> Path:
+    """``FOLDER/<query's stem>-evidence.png`` (``-2``, ``-3``... when taken): the source's original outlined,
+    beside the query."""
+    from .evidence import write_overlay
+
+    stem, n = Path(query).stem, 1
+    while (path := folder / f"{stem}-evidence{f'-{n}' if n > 1 else ''}.png").exists():
+        n += 1
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_overlay(path, collection.original_image(verdict.match), image, verdict.evidence.evidence)
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> list[dict]:
@@ -482,13 +510,26 @@ def cmd_serve(args: argparse.Namespace) -> dict:
     config = ServiceConfig(token=token, threshold=args.threshold, allowed_hosts=_allowed_hosts(args, addresses),
                            ray=args.ray, public_reads=args.public_reads, public_metrics=args.public_metrics,
                            signing=signing, trust_anchors=trust_anchors, activation_memory=args.activation_memory * 1e9)
-    app = create_app(_open(args), config)
+    collection = _open(args)
+    _warn_if_uncalibrated(collection, args.threshold)
+    app = create_app(collection, config)
     logger.info("serving on http://%s:%d", args.host, args.port)
     # SIGTERM: requests still waiting (a synchronous activation) get 3 s, then the server stops; their jobs
     # are durable and finish in the collection's next runner
     uvicorn.Server(uvicorn.Config(app, log_level="warning" if args.quiet else "info",
                                   timeout_graceful_shutdown=3)).run(sockets=sockets)
     return {}
+
+
+def _warn_if_uncalibrated(collection: Collection, threshold: float | None) -> None:
+    """A server's verdicts without a measured false-copy rate are said so at start (and in every answer)."""
+    if threshold is not None:
+        logger.warning("copies are called from a similarity of %.3f (--threshold): an uncalibrated threshold, "
+                       "said so in every verdict", threshold)
+    elif not collection.calibrated:
+        logger.warning("%s is not calibrated: copies are called from a similarity of %.3f, the uncalibrated "
+                       "default, said so in every verdict; run activeindex calibrate %s NONMATCHING_PHOTOS...",
+                       collection.root, collection.threshold, collection.root)
 
 
 def _allowed_hosts(args: argparse.Namespace, addresses: list[tuple[socket.AddressFamily, tuple]]) -> tuple[str, ...]:
@@ -591,7 +632,7 @@ def _print_info(info: dict) -> None:
     print(f"{'model':18} {info['model']['name']} (sha256 {info['model']['sha256'][:12]}...)")
     calibration = info.get("calibration")
     print(f"{'threshold':18} " + (_calibration_line(calibration) if calibration else
-                                  f"{DEFAULT_THRESHOLD} (default; run activeindex calibrate)"))
+                                  f"{DEFAULT_THRESHOLD} (the uncalibrated default; run activeindex calibrate)"))
 
 
 def _calibration_line(c: dict) -> str:
@@ -647,15 +688,41 @@ def _summarise_removal(report: RemovalReport) -> int:
 
 
 def _print_search(results: list[dict]) -> None:
-    """Each good query, then its matches nearest first (failed queries are reported on stderr)."""
+    """Each good query with its verdict, its candidates most similar first, and the copy's evidence when asked
+    for (failed queries are reported on stderr)."""
     for result in results:
         if "error" in result:
             continue
-        print(result["query"])
+        print(f"{result['query']}: {_verdict_line(result)}")
         for rank, m in enumerate(result["matches"], 1):
-            view = "" if m["view"] == "whole" else f"  (through its view {m['view']})"
+            view = {"whole": "", "released file": "  (through its released file)"}.get(
+                m["view"], f"  (through its view {m['view']})")
             print(f"  {rank:>3}. id {m['id']:<6} similarity {m['similarity']:.3f}  distance {m['distance']:.4f}  "
                   f"{m['original_path']}{view}")
+        if result["matches"] and "evidence_reason" in result["matches"][0]:
+            print(f"       evidence: {_evidence_line(result['matches'][0])}")
+
+
+def _verdict_line(result: dict) -> str:
+    """"a copy of FILE (similarity 0.912 >= 0.600, calibrated threshold)" or "not a copy (...)"."""
+    how = "calibrated threshold" if result["calibrated"] else "uncalibrated threshold: run activeindex calibrate"
+    if not result["matches"]:
+        return f"not a copy (nothing registered; {how})"
+    best, threshold = result["matches"][0], result["threshold"]
+    if result["is_copy"]:
+        return f"a copy of {best['original_path']} (similarity {best['similarity']:.3f} >= {threshold:.3f}, {how})"
+    return f"not a copy (best similarity {best['similarity']:.3f} < {threshold:.3f}, {how})"
+
+
+def _evidence_line(match: dict) -> str:
+    """Where the copy sits in the original, in one line, or why that is not known."""
+    e = match["evidence"]
+    if e is None:
+        return f"none ({match['evidence_reason']})"
+    corners = " ".join(f"({x:g}, {y:g})" for x, y in e["corners"])
+    overlay = f"; overlay {match['overlay']}" if "overlay" in match else ""
+    return (f"rotation {e['rotation_deg']:.1f} deg, scale {e['scale']:.2f}, {100 * e['share_of_original']:.0f} % of "
+            f"the original, {e['inliers']} inliers; outline {corners}{overlay}")
 
 
 def _print_fingerprints(results: list[dict]) -> None:

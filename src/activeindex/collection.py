@@ -5,14 +5,17 @@
       index.faiss      a snapshot of the searchable index (the trained codec + registered descriptors)
       catalog.sqlite   one row per image: paths, sha256s, activation metrics, time, float16 descriptor
 
-`Collection` is the facade: create / open / train / add / activate / search / remove. Several processes may share a
-collection (a server and CLI runs). The heavy work of add and activate runs unlocked (ingest.py: in this
-process, or on Ray through pipeline.py); each batch is then committed under the folder lock (locking.py),
-and the in-memory index is kept equal to the catalog by live_index.py. A commit costs O(batch):
+`Collection` is the facade: create / open / train / add / activate / search / verdicts / remove. Several
+processes may share a collection (a server and CLI runs). The heavy work of add and activate runs unlocked
+(ingest.py: in this process, or on Ray through pipeline.py); each batch is then committed under the folder
+lock (locking.py), and the in-memory index is kept equal to the catalog by live_index.py. A commit costs O(batch):
 index.faiss is only a snapshot, rewritten when it is older than `snapshot_interval` seconds and lacks
 images, and at the end of a run that leaves it lacking `snapshot_records` images (so a server's trickle of
 single activations does not rewrite a large index each time). A process killed anywhere leaves a folder
 that opens consistently, and re-running its command skips what was registered (by sha256) and resumes.
+
+Above ~450 lines: the facade over the folder's writers (ingest, removal, views) and its readers (search,
+verdicts); each method delegates to the module that does the work (ingest.py, live_index.py, decision.py).
 """
 from __future__ import annotations
 
@@ -28,22 +31,24 @@ import numpy as np
 
 from . import ingest, removal
 from .activation import ActivationConfig, default_activation_memory
-from .catalog import Catalog
+from .catalog import Catalog, Record
 from .codec import Codec, load_index, save_index, set_nprobe
 from .config import DEFAULT_THRESHOLD, MAX_K
 from .credentials import SigningMaterial
+from .decision import StoredThreshold, Verdict, decide, rank, shortlist, with_evidence
 from .errors import ActiveIndexError, InvalidInputError, ModelMismatchError, StorageFullError
 from .extractor import Extractor, ImageSource, PreprocessConfig, network_input
 from .faults import pause_point
+from .imageio import load_image
 from .ingest import BatchCallback, BatchReport, Prepared
 from .live_index import LiveIndex
 from .locking import FolderLock
-from .manifest import FORMAT_VERSION, new_manifest, read_manifest, write_manifest
+from .manifest import FORMAT_VERSION, MANIFEST, new_manifest, read_manifest, write_manifest
 from .progress import progress_bar
 from .removal import RemovalReport
 from .views import DEFAULT_VIEWS, ViewSet, encode_views, from_manifest, get_view_set
 
-__all__ = ["Collection", "Match", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
+__all__ = ["Collection", "Match", "Verdict", "FORMAT_VERSION", "DEFAULT_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +64,8 @@ class Match:
     activated_path: str | None
     distance: float  # as the index reports it (squared L2 for most indexes, Hamming for LSH)
     similarity: float  # exact cosine between the query's descriptor and the registered image's (catalog): the
-    # best over the image and its indexed views
-    view: str = "whole"  # which of them: "whole", or the view's name (views.py)
+    # best over the image, its indexed views and, for an activated image, its released file
+    view: str = "whole"  # which of them: "whole", the view's name (views.py), or "released file"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +92,7 @@ class Collection:
                                descriptor_dtype=manifest.get("descriptor_dtype", "float32"))
         self._folder_lock = FolderLock(root / LOCK)
         self.views: ViewSet = from_manifest(manifest)  # the views of each image it indexes (views.py)
+        self._threshold = StoredThreshold(root / MANIFEST, manifest)
         self._live: LiveIndex | None = None  # once trained: the index, kept equal to the catalog
         if manifest["codec_fingerprint"]:
             self._live = self._live_index(load_index(root / INDEX, manifest["codec_fingerprint"]))
@@ -439,8 +445,8 @@ class Collection:
             k: results per query, 1 to 1000.
 
         Returns:
-            one list of `Match` per query, in the index's order (nearest first by its distance); each
-            carries the exact cosine similarity to the registered image's stored descriptor.
+            one list of `Match` per query: the index's ``k`` nearest images, each once, ordered by exact
+            similarity (best first; `decision.rank`). For the copy verdict, use `verdicts`.
         """
         single = isinstance(images, (str, os.PathLike, np.ndarray))
         return self.search_descriptors(self.extractor.encode([images] if single else list(images), progress=False), k)
@@ -452,19 +458,88 @@ class Collection:
             raise InvalidInputError(f"k must be between 1 and {MAX_K}, got {k}")
         found = self._live.search(queries, k)
         rows = self.catalog.paths_and_descriptors(sorted({i for hits in found for i, _ in hits}))
-        return [[self._match(i, d, rows[i], query) for i, d in hits if i in rows]
+        return [rank([self._match(i, d, rows[i], query) for i, d in hits if i in rows])
                 for query, hits in zip(queries, found)]  # an id removed meanwhile by another process has no row
 
     def _match(self, image_id: int, distance: float, row: tuple, query: np.ndarray) -> Match:
-        """A result, its similarity the best over the image's stored vectors (the image's, its views')."""
+        """A result, its similarity the best over the image's stored vectors (the image's, its views') and its
+        released file's descriptor: a copy is a copy of the released file (docs/decision.md)."""
         similarities = row[2] @ query
         best = int(np.argmax(similarities))
-        return Match(image_id, row[0], row[1], distance, float(similarities[best]), self.views.label(best))
+        similarity, view = float(similarities[best]), self.views.label(best)
+        if row[3] is not None and float(row[3] @ query) > similarity:
+            similarity, view = float(row[3] @ query), "released file"
+        return Match(image_id, row[0], row[1], distance, similarity, view)
+
+    def verdicts(self, images: ImageSource | Sequence[ImageSource], k: int = 10,
+                 evidence: bool = False) -> list[Verdict]:
+        """Is each query a copy of a registered image, and of which? The one rule of every interface
+        (decision.py): the index's `decision.SHORTLIST` nearest images (or ``k``), re-ranked by exact
+        similarity; the best is a copy when its similarity is >= `threshold`.
+
+        Args:
+            images: one query (path or (H, W, 3) uint8 array) or a sequence of them.
+            k: candidates each verdict shows, 1 to 1000.
+            evidence: also find where each copy sits in its source's original (`evidence.align`, about 0.2 s
+                a copy); a query that is not a copy gets none, with the reason "not a copy".
+
+        Returns:
+            one `Verdict` per query, in order.
+
+        Example:
+            >>> [v] = col.verdicts("suspect.jpg", evidence=True)
+            >>> v.is_copy, v.match.original_path, v.evidence.evidence.rotation_deg
+            (True, 'photos/cat.png', 20.1)
+        """
+        items = [images] if isinstance(images, (str, os.PathLike, np.ndarray)) else list(images)
+        if evidence:  # the pixels are needed twice: decoded once
+            items = [self.extractor.load(item) for item in items]
+        found = self.verdicts_for_descriptors(self.extractor.encode(items, progress=False), k)
+        return [with_evidence(v, image, self.original_image) for v, image in zip(found, items)] if evidence else found
+
+    def verdicts_for_descriptors(self, queries: np.ndarray, k: int = 10,
+                                 threshold: float | None = None) -> list[Verdict]:
+        """`verdicts` (without evidence) for (n, d) query descriptors computed by this collection's extractor.
+
+        Args:
+            threshold: an operator's own threshold instead of the collection's (the verdicts then say
+                ``calibrated=False``).
+        """
+        calibrated = self.calibrated if threshold is None else False
+        threshold = self.threshold if threshold is None else threshold
+        return [decide(matches, threshold, calibrated, k)
+                for matches in self.search_descriptors(queries, shortlist(k))]
+
+    def original_image(self, match: Match | Record) -> np.ndarray:
+        """The registered original of a result (or record) as (H, W, 3) uint8, else its released file (the same
+        size).
+
+        Raises:
+            ImageDecodeError: neither file can be read any more.
+        """
+        try:
+            return load_image(match.original_path)
+        except ActiveIndexError:
+            if match.activated_path is None:
+                raise
+            return load_image(match.activated_path)
+
+    @property
+    def calibration(self) -> dict | None:
+        """The stored calibration (`calibrate.Calibration.to_dict`: threshold, measured rates), or None; one
+        stored by another process since is read at the next call."""
+        return self._threshold.calibration()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether `activeindex calibrate` stored a threshold (with its measured false-copy rate)."""
+        return self.calibration is not None
 
     @property
     def threshold(self) -> float:
-        """The copy threshold: the calibrated one (`activeindex calibrate`), else `DEFAULT_THRESHOLD`."""
-        return self.manifest.get("calibration", {}).get("threshold", DEFAULT_THRESHOLD)
+        """The copy threshold: the calibrated one, else `DEFAULT_THRESHOLD`; a calibration stored by another
+        process (a CLI run beside a server) is picked up at the next call (`decision.StoredThreshold`)."""
+        return self._threshold.threshold()
 
     def save_calibration(self, calibration: dict) -> None:
         """Store a calibration (calibrate.py) in the manifest."""
@@ -476,7 +551,8 @@ class Collection:
         """The manifest plus counts and index facts."""
         self.refresh()
         counts = self.catalog.counts()
-        return {**self.manifest, "path": str(self.root), "images": sum(counts.values()), **counts,
+        return {**self.manifest, "calibration": self.calibration, "path": str(self.root),
+                "images": sum(counts.values()), **counts,
                 "removed": self.catalog.removed_count(),
                 "removed_in_index": len(self._live.tombstones) if self._live else 0,
                 "ntotal": int(self.index.ntotal) if self.index is not None else 0,  # vectors: images and views

@@ -39,7 +39,7 @@ pillow_heif.register_heif_opener()  # HEIC/HEIF, as phones write them
 Item, Result = TypeVar("Item"), TypeVar("Result")
 
 __all__ = ["ImageLimits", "SourceInfo", "source_info", "load_image", "read_file", "decode_image", "decode_layers",
-           "image_size", "to_rgb", "composite_on_white", "srgb_profile", "save_png", "sha256_file",
+           "image_size", "to_rgb", "composite_on_white", "srgb_profile", "save_png", "encode_png", "sha256_file",
            "sha256_bytes", "list_images", "read_ahead", "write_atomically", "IMAGE_SUFFIXES", "PNG_COMPRESS_LEVEL"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
@@ -322,8 +322,14 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     Raises:
         StorageFullError: the disk is full (the path is named; no partial file is left).
     """
-    return write_atomically(path, lambda f: Image.fromarray(image).save(f, format="PNG",
-                                                                         compress_level=PNG_COMPRESS_LEVEL))
+    return write_atomically(path, lambda f: f.write(encode_png(image)))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 array as lossless PNG bytes (as `save_png` writes them)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> Path:

@@ -110,6 +110,7 @@ class Prepared:
     record: Record | None = None
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the ORIGINAL's, as indexed
     views: np.ndarray | None = field(default=None, repr=False)  # (V, d): the original's indexed views' (views.py)
+    released: np.ndarray | None = field(default=None, repr=False)  # (d,): an activated image's released file's
     staged: str | None = None  # the activated file under its staging name; the commit renames it
     source: SourceInfo | None = field(default=None, repr=False)  # how the original is encoded
     rgba: np.ndarray | None = field(default=None, repr=False)  # (H, W, 4) colour and alpha of a transparent image
@@ -256,6 +257,7 @@ class Preparer:
                                  original_path=str(Path(item.path).resolve()), original_sha256=item.sha256,
                                  width=width, height=height, **(result.metrics() if result is not None else {}))
             item.descriptor, item.image, item.network_input, item.rgba = descriptor, None, None, None
+            item.released = None if result is None else result.released_descriptor
             if result is not None:  # a name of its own: two processes may activate the same image at once
                 item.staged = str(self.out_dir / f".{item.sha256[:16]}~{self.run}{STAGED}{release.extension}")
                 item.warnings += release_warnings(item.source, release)
@@ -394,7 +396,8 @@ def commit_batch(prepared: list[Prepared], out_dir: Path | None, index: LiveInde
     if keep:
         try:
             index.insert([item.record for item in keep], np.stack([item.descriptor for item in keep]),
-                         None if keep[0].views is None else np.stack([item.views for item in keep]))
+                         None if keep[0].views is None else np.stack([item.views for item in keep]),
+                         [item.released for item in keep])
         except BaseException:  # e.g. a full disk: the files this commit moved into place go with it
             with contextlib.suppress(Exception):
                 remove_unregistered(catalog)

@@ -110,9 +110,10 @@ class LiveIndex:
             if self.compaction_due():
                 self.compact()
 
-    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None) -> list[int]:
+    def insert(self, records: list[Record], descriptors: np.ndarray, views: np.ndarray | None = None,
+               released: list[np.ndarray | None] | None = None) -> list[int]:
         """Register records in the catalog (one transaction) and add their (n, d) descriptors, and their views'
-        (n, V, d), to the index.
+        (n, V, d), to the index (the released files' descriptors go to the catalog only: `Catalog.insert`).
 
         Returns:
             the new ids, ascending.
@@ -121,7 +122,7 @@ class LiveIndex:
         stored_views = None if views is None else self.catalog.stored(views)
         with self.lock.writing():
             self.refresh()  # ids above the largest seen are then exactly this batch's
-            ids = self.catalog.insert(records, stored, stored_views)
+            ids = self.catalog.insert(records, stored, stored_views, released)
             vectors = stored[:, None] if stored_views is None else np.concatenate([stored[:, None], stored_views], 1)
             count = vectors.shape[1]
             self._add(np.repeat(np.array(ids, np.int64), count), np.tile(np.arange(count), len(ids)),

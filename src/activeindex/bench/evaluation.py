@@ -61,6 +61,7 @@ from .metrics import (
     uap_difference_interval,
     uap_interval,
 )
+from .operating import RATES, Stored, decisions
 from .report import write_report
 from .views import SUFFIX as VIEWS_SUFFIX
 from .views import query_times, search_images, view_index, view_vectors
@@ -73,7 +74,7 @@ logger = logging.getLogger(__name__)
 DISTRACTOR_IDS = 1_000_000  # id range of the references; activated images are 0..n-1
 # independent random streams (numpy SeedSequence spawn keys): no two uses share a draw
 STREAMS = {"activate": 0, "nonmatching": 1, "train_crops": 2, "distractor_crops": 3, "matching_edits": 4,
-           "nonmatching_edits": 5}
+           "nonmatching_edits": 5, "decision_edits": 6}
 MODES = ("passive", "active")
 
 
@@ -112,6 +113,10 @@ class BenchmarkConfig:
     # a view set (views.py) indexed beside each original and distractor photo: rows "MODE, views", paired per
     # image with "MODE" in the same run (bench/views.py); "none": no such rows
     views: str = "none"
+    # the copy decisions' non-matching queries (bench/operating.py): the photos of these splits, never indexed,
+    # each under each of these edits (a DISC21 corpus: its non-matching queries as they are)
+    decision_splits: list[str] = field(default_factory=lambda: ["nonmatching", "train"])
+    decision_edits: list[str] = field(default_factory=lambda: list(PAPER_EDITS))
 
     def __post_init__(self) -> None:
         for spec in self.factories:
@@ -126,6 +131,9 @@ class BenchmarkConfig:
         if self.psnr is not None and self.scalings:
             raise InvalidInputError("psnr sets every image's scaling: it cannot be combined with scalings")
         get_view_set(self.views)  # an unknown view set fails here
+        if set(self.decision_splits) - {"nonmatching", "train"} or not self.decision_splits:
+            raise InvalidInputError(f"decision_splits: {self.decision_splits} must name 'nonmatching' and/or 'train' "
+                                    "(photos never indexed)")
         self.releases()  # a bad FORMAT:QUALITY fails here
         self.activation()  # an unknown preset or an invalid psnr fails here, before any work
         for preset in self.compare:
@@ -218,6 +226,7 @@ class BenchmarkData:
     labels: list[tuple[str, str, float | None]]
     passive: dict[str, np.ndarray]  # label -> (n, d) descriptors of the edited originals
     negatives: np.ndarray  # (m, d) non-matching queries
+    decision_negatives: np.ndarray  # (m', d) the copy decisions' non-matching queries (`_decision_negatives`)
     nonmatching: list[Path]  # their images: edited by `_edited` ("auto"), or already edited (DISC21)
     nonmatching_edited: bool
     views: ViewSet = NO_VIEWS
@@ -301,13 +310,34 @@ def prepare(config: BenchmarkConfig, progress: bool | None = None) -> tuple[Benc
     else:
         negatives = _encode_edits(cache, extractor, nonmatching, "nonmatching", "auto", "auto", None, config.seed,
                                   stream="nonmatching_edits")
+    decision, setup["decision"] = _decision_negatives(config, corpus, nonmatching, negatives, sources, cache,
+                                                      extractor, progress)
     data = BenchmarkData(originals=originals, x_orig=x_orig, x_train=x_train, x_refs=x_refs, distractors=dist_paths,
-                         labels=labels, passive=passive, negatives=negatives, nonmatching=nonmatching,
-                         nonmatching_edited=corpus.nonmatching_edited)
+                         labels=labels, passive=passive, negatives=negatives, decision_negatives=decision,
+                         nonmatching=nonmatching, nonmatching_edited=corpus.nonmatching_edited)
     if get_view_set(config.views).views:
         _add_views(data, config, cache, extractor, progress)
         setup["views"] = data.views.to_dict() | {"seconds_per_image": data.view_seconds}
     return data, setup, extractor
+
+
+def _decision_negatives(config: BenchmarkConfig, corpus, nonmatching: list[Path], negatives: np.ndarray,
+                        sources: dict[str, dict[str, int]], cache: _Cache, extractor: Extractor,
+                        progress: bool | None) -> tuple[np.ndarray, dict]:
+    """The copy decisions' non-matching queries (cached) and where they come from: each photo of
+    ``decision_splits`` (the non-matching split's drawn subset) under each of ``decision_edits``; ``sources``:
+    the photos per split and package."""
+    if corpus.nonmatching_edited:
+        return negatives, {"queries": len(negatives), "photos": {"nonmatching": len(negatives)}, "edits": []}
+    photos = {split: nonmatching if split == "nonmatching" else corpus.paths(split) for split in config.decision_splits}
+    vectors = [_encode_edits(cache, extractor, paths, f"decision-{split}", edit, edit, None, config.seed,
+                             stream="decision_edits")
+               for split, paths in photos.items() for edit in _bar(config.decision_edits, f"non-matching {split}",
+                                                                   progress)]
+    packages = sum((Counter(sources[split]) for split in photos), Counter())
+    return np.concatenate(vectors), {"queries": sum(map(len, vectors)), "edits": list(config.decision_edits),
+                                     "photos": {split: len(paths) for split, paths in photos.items()},
+                                     "sources": dict(sorted(packages.items()))}
 
 
 def _add_views(data: BenchmarkData, config: BenchmarkConfig, cache: _Cache, extractor: Extractor,
@@ -426,7 +456,14 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
     activated, results = _activate_and_query(codec, index, config.activations(target), config, extractor,
                                              cache, cache_root, data, data.labels, progress)
     gt = np.arange(len(data.originals))
-    view_cost = _search_with_views(index, results, data, config) if data.orig_views is not None else None
+    view_cost, views = None, None
+    if data.orig_views is not None:
+        view_cost, views = _search_with_views(index, results, data, config)
+    stored = Stored(data.x_refs, data.x_orig, DISTRACTOR_IDS, data.dist_views, data.orig_views)
+    released = {mode: _encode_edits(cache, extractor, files, "released", "none", "none", None, config.seed)
+                for mode, files in activated.items()}  # each activated file's own descriptor, as the catalog keeps it
+    decision = decisions(index, views, 1 + len(data.views.views), results, stored, released,
+                         data.decision_negatives, gt, [label for label in PAPER_EDITS if label in results])
     rows = _edit_rows(results, gt, codec, data.x_orig, config)
     hits = _paper_hits(results, gt)
     return {"factory": factory, "target": target, "spec": spec, "nlist": codec.nlist, "ntotal": int(index.ntotal),
@@ -434,6 +471,7 @@ def _run_index(spec: str, factory: str, target: str, config: BenchmarkConfig, ex
             "vectors_per_cell": index.ntotal / codec.nlist if codec.nlist else None,
             "fingerprint": codec.fingerprint()[:12], "r1_paper_average": _paired(hits, config),
             "edits": rows, "icd": _copy_detection(index, results, data, config) if "auto" in results else None,
+            "decision": decision,
             "activated_dir": str(activated["active"][0].parent), "originals": [str(p) for p in data.originals],
             "quality": _qualities(data.originals, activated["active"]),
             "bytes": [p.stat().st_size for p in activated["active"]],
@@ -589,8 +627,9 @@ def _activate_and_query(codec, index, settings: dict[str, ActivationConfig], con
 
 
 def _search_with_views(index, results: dict[str, dict[str, _Found]], data: BenchmarkData,
-                       config: BenchmarkConfig) -> dict:
-    """Add each mode's results in the index with views ("MODE, views"); returns the cost, side by side."""
+                       config: BenchmarkConfig) -> tuple[dict, faiss.Index]:
+    """Add each mode's results in the index with views ("MODE, views"); returns the cost, side by side, and that
+    index."""
     n_photos = len(data.dist_views)
     views = view_index(index, [(DISTRACTOR_IDS + np.arange(n_photos), data.dist_views),
                                (np.arange(len(data.originals)), data.orig_views)])
@@ -602,7 +641,7 @@ def _search_with_views(index, results: dict[str, dict[str, _Found]], data: Bench
     queries = np.concatenate([by_mode["active"].queries for by_mode in results.values()])
     return {"set": data.views.name, "ntotal": int(views.ntotal), "ntotal_without": int(index.ntotal),
             "encode_seconds": data.view_seconds,
-            "query_ms": query_times(index, views, queries, config.k, per_image)}
+            "query_ms": query_times(index, views, queries, config.k, per_image)}, views
 
 
 def _differences(modes: Iterable[str]) -> list[tuple[str, str]]:
@@ -770,11 +809,17 @@ def _write_results(out: Path, results: dict) -> None:
             entry = index["icd"][name]
             rows += [[*head, f"uap_{name}", mode, n_icd, entry[mode]["uap"], *entry[mode]["ci"], None, None]
                      for mode in (*MODES, "active-passive")]
-        if index["icd"]:  # the "auto" copies' true-copy rate at 1 % false copies (the baselines', then the index's)
+        if index["icd"]:  # the paper's comparison: "auto" copies called on the top-1 distance at 1 % false copies
             points = {name: results["baselines"][name]["operating_point"] for name in BASELINES}
             points |= index["icd"]["operating_point"]
-            rows += [[*head, "true_copies_at_1pct_false", mode, n, point["rate"], *point["ci"], None, None]
+            rows += [[*head, "adc_true_copies_at_1pct_false", mode, n, point["rate"], *point["ci"], None, None]
                      for mode, point in points.items()]
+        for mode, by_rate in index["decision"]["points"].items():  # the shipped rule, over the paper's edits
+            for rate in RATES:
+                point = by_rate[str(rate)]
+                average = point if "-" in mode else point["paper_average"]
+                rows.append([*head, f"true_copies_at_{100 * rate:g}pct_false", mode, n, average["rate"],
+                             *average["ci"], None, None])
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["factory", "target", "nlist", "edit", "mode", "n", "r1", "r1_low", "r1_high", "r10", "cell"])

@@ -3,7 +3,10 @@
 Thin: requests are validated here (size, pixels, token, content), everything else is the library's.
 Reads are private: records, activated files, thumbnails, jobs and ``/metrics`` need the token, unless the
 server is started with ``--public-reads`` / ``--public-metrics`` (a passive reference's thumbnail, never
-published, needs it always); ``/v1/search``, ``/v1/status``, ``/healthz`` and the page are public.
+published, needs it always); ``/v1/search``, ``/v1/status``, ``/healthz`` and the page are public, but a
+search without the token names only the copies its verdicts call (decision.py; the candidates below the
+threshold are counted, never named) and asks for at most ``max_public_k`` candidates. The evidence overlay
+(``POST /v1/images/{id}/overlay``) shows a registered original: the token, always.
 The event loop never does CPU work: searches (decode, embed, search) run in a small thread pool, and
 activations are jobs (service/jobs.py) in the collection's durable queue, run one at a time by the
 collection's job runner process at a lower CPU priority, so searches keep being answered while it activates. Both
@@ -25,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -45,6 +47,7 @@ from .jobs import ActivationWorker, discard_unregistered
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .queue import Job
 from .thumbnails import Thumbnails
+from .verdicts import current_threshold, overlay_png, public_verdict, verdicts
 
 __all__ = ["ServiceConfig", "create_app"]
 
@@ -60,12 +63,14 @@ class ServiceConfig:
 
     token: str | None = None  # bearer token required by write endpoints (None: writes disabled)
     threshold: float | None = None  # a copy when the best match's similarity is >= this; None: the collection's
+    # (calibrated, else the default; re-read when a calibration is stored meanwhile)
     max_upload_bytes: int = 20 * MiB  # one image file
     max_request_bytes: int = 64 * MiB  # a whole search request, enforced while the body streams in
     max_files: int = 16  # images per search request
     max_request_pixels: int = 64_000_000  # decoded pixels across a request's images, read from their headers
     default_k: int = 5
     max_k: int = 100
+    max_public_k: int = 10  # candidates a search without the token may ask for
     search_threads: int = 2  # requests decoded and embedded at once (each holds at most one decoded image)
     max_pending_searches: int = 32  # running or waiting; beyond: 503
     max_pending_activations: int = 4  # activation jobs queued or running; beyond: 503
@@ -111,7 +116,6 @@ class _Searches:
 
 def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) -> FastAPI:
     """The app. ``collection`` must be trained; activated files go to ``COLLECTION/activated``."""
-    threshold = collection.threshold if config.threshold is None else config.threshold
     uploads, activated_dir = collection.root / "uploads", collection.root / "activated"
     worker = ActivationWorker(collection.root, collection.extractor.model_source, str(collection.extractor.device),
                               max_pending=config.max_pending_activations, ray=config.ray, uploads=uploads,
@@ -150,6 +154,14 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
         if not config.public_reads:
             authorised(credentials, "reads")
 
+    def reader(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> bool:
+        """Searches: whether the caller may see every candidate (the token, or --public-reads); a wrong token
+        is a 401, none an anonymous search."""
+        if credentials is not None or config.public_reads:
+            require_reader(credentials)
+            return True
+        return False
+
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"ok": True}
@@ -157,25 +169,51 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
     @app.get("/v1/status", responses=http.errors(500))
     def status() -> dict:
         info = collection.info()
+        threshold, calibrated = current_threshold(collection, config.threshold)
         return {k: info[k] for k in ("factory", "nlist", "nprobe", "codec_fingerprint", "images", "active",
                                      "passive", "removed", "ntotal", "indexed_images", "model")} | {
-            "version": __version__, "threshold": threshold, "calibration": info.get("calibration"),
+            "version": __version__, "threshold": threshold, "calibrated": calibrated,
+            "calibration": collection.calibration if config.threshold is None else None,
             "writes": config.token is not None,
             "limits": {"max_files": config.max_files, "max_upload_bytes": config.max_upload_bytes,
-                       "max_request_pixels": config.max_request_pixels, "max_k": config.max_k}}
+                       "max_request_pixels": config.max_request_pixels, "max_k": config.max_k,
+                       "max_public_k": config.max_public_k}}
 
-    @app.post("/v1/search", responses=http.errors(400, 413, 422, 503),
-              max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4})
-    async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k)) -> dict:
-        if not 1 <= k <= config.max_k:
-            raise HTTPException(422, f"k must be between 1 and {config.max_k}")
+    @app.post("/v1/search", responses=http.errors(400, 401, 413, 422, 503),
+              max_body_size=config.max_request_bytes, form_limits={"max_files": config.max_files, "max_fields": 4},
+              openapi_extra={"security": [{}]})  # the token is optional: anonymous searches name only the copies
+    async def search(images: list[UploadFile] = File(...), k: int = Form(config.default_k),
+                     evidence: bool = Query(False, description="also where each copy sits in its source's original"),
+                     full: bool = Depends(reader)) -> dict:
+        """Each image's verdict (decision.py). Without the token, the candidates below the threshold are only
+        counted (``below_threshold``): their names stay private."""
+        most = config.max_k if full else min(config.max_k, config.max_public_k)
+        if not 1 <= k <= most:
+            raise HTTPException(422, f"k must be between 1 and {most}" + ("" if full else " without the token"))
         if len(images) > config.max_files:
             raise HTTPException(413, f"at most {config.max_files} images per request")
         named = [await http.read_upload(u, config.max_upload_bytes) for u in images]
-        results = await searches.run(_search, collection, named, k, config.max_request_pixels)
-        return {"threshold": threshold, "results": [
-            {"filename": name, "is_copy": bool(matches) and matches[0].similarity >= threshold,
-             "matches": [_match(m) for m in matches]} for (name, _), matches in zip(named, results)]}
+        found = await searches.run(verdicts, collection, named, k, config.threshold, config.max_request_pixels,
+                                   evidence)
+        threshold, calibrated = (found[0].threshold, found[0].calibrated) if found else current_threshold(
+            collection, config.threshold)
+        return {"threshold": threshold, "calibrated": calibrated, "results": [
+            {"filename": name, **public_verdict(collection, v, full)} for (name, _), v in zip(named, found)]}
+
+    @app.post("/v1/images/{image_id}/overlay", response_class=Response, max_body_size=config.max_request_bytes,
+              responses={200: {"content": {"image/png": {"schema": http.IMAGE_BODY}},
+                               "description": "the image's original, the copy's outline drawn, beside the copy"},
+                         **http.errors(400, 401, 403, 404, 413, 422, 503)})
+    async def evidence_overlay(image_id: int = PathParam(ge=1, le=MAX_ID, description="an image id from a search"),
+                               image: UploadFile = File(..., description="the copy"),
+                               credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        """Where the uploaded copy sits in the registered original: the evidence for a takedown notice, as one
+        PNG (the token always: the original is shown, which was never published); 422 when they do not align."""
+        authorised(credentials, "overlays")
+        named = await http.read_upload(image, config.max_upload_bytes)
+        record = await anyio.to_thread.run_sync(_record, collection, image_id)
+        return Response(await searches.run(overlay_png, collection, record, named, config.max_request_pixels),
+                        media_type="image/png")
 
     @app.post("/v1/activate", dependencies=[Depends(require_token)], response_class=Response,
               responses={200: {"content": {t: {"schema": http.IMAGE_BODY} for t in http.RELEASED_TYPES.values()},
@@ -278,7 +316,7 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
             authorised(credentials, "metrics")
         return Response(metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(c2pa_router(collection, config, threshold, searches.run, require_reader))
+    app.include_router(c2pa_router(collection, config, searches.run, require_reader))
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -291,14 +329,6 @@ def create_app(collection: Collection, config: ServiceConfig = ServiceConfig()) 
                         media_type="image/svg+xml")
 
     return app
-
-
-def _search(collection: Collection, named: list[tuple[str, bytes]], k: int, max_pixels: int) -> list:
-    """(In a worker thread.) Decode and embed one image at a time (bounded memory), then search them all."""
-    http.check_pixels(named, max_pixels)
-    queries = np.stack([collection.extractor.encode(collection.extractor.load_bytes(data, name))
-                        for name, data in named])
-    return collection.search_descriptors(queries, k)
 
 
 def _stored_uploads(collection: Collection, uploads: Path, named: list[tuple[str, bytes]], max_pixels: int,
@@ -400,11 +430,6 @@ def _public_job(collection: Collection, job: Job) -> dict:
             "warnings": [{"filename": Path(w["path"]).name, "warning": w["warning"]}
                          for w in result.get("warnings", [])],
             "error": job.error}
-
-
-def _match(match) -> dict:
-    return {"id": match.id, "filename": Path(match.original_path).name, "distance": match.distance,
-            "similarity": match.similarity, "activated": match.activated_path is not None}
 
 
 def _record(collection: Collection, image_id: int) -> Record:

@@ -9,10 +9,11 @@ registered source of an image by its content or by its fingerprint, then fetch t
   (``returnActiveManifest=true``: its active manifest alone); 404 for an image registered without one.
 - ``GET /services/supportedAlgorithms``: ``{"watermarks": [], "fingerprints": [{"alg": ALG}]}``.
 
-A match is a search result whose similarity is >= the copy threshold (the server's, as ``/v1/search``
-uses), most similar first, at most ``maxResults`` of them (capped at the service's ``max_k``), without
-``endpoint`` (the spec: the manifest is then fetched from this same service). Its ``manifestId`` is the
-released file's C2PA manifest label (``urn:c2pa:...``) when it was signed, else
+The matches are the copies of the image's verdict (decision.py, the rule ``/v1/search`` applies, with the
+same threshold): the verdict's match first, then any other candidate at or above the threshold, most
+similar first, at most ``maxResults`` of them (capped at the service's ``max_k``); none when the image is
+not a copy. Without ``endpoint`` (the spec: the manifest is then fetched from this same service). Its
+``manifestId`` is the released file's C2PA manifest label (``urn:c2pa:...``) when it was signed, else
 ``activeindex:<the first 12 hex digits of the codec fingerprint>:<image id>``, for which ``/manifests`` answers
 404. Its ``similarityScore`` (`similarity_score`) maps the cosine similarity s onto 0-100 through the
 calibrated operating point t, piecewise linearly: 0 at s <= 0 (s = -1 where t <= 0), 50 at s = t, 100 at
@@ -39,7 +40,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from .. import binding, credentials
-from ..collection import Collection, Match
+from ..collection import Collection
 from ..errors import ImageDecodeError
 from . import http
 
@@ -98,6 +99,8 @@ class Limits(Protocol):
     def max_request_pixels(self) -> int: ...
     @property
     def max_k(self) -> int: ...
+    @property
+    def threshold(self) -> float | None: ...  # an operator's own threshold; None: the collection's
 
 
 def _param(name: str, kind: str, description: str, where: str = "query", required: bool = False,
@@ -128,14 +131,14 @@ QUERY_BODY = {"required": True, "description": "the soft binding query", "conten
     "schema": SoftBindingQuery.model_json_schema()}}}
 
 
-def c2pa_router(collection: Collection, limits: Limits, threshold: float,
-                run: Callable[..., Awaitable], require_reader: Callable) -> APIRouter:
+def c2pa_router(collection: Collection, limits: Limits, run: Callable[..., Awaitable],
+                require_reader: Callable) -> APIRouter:
     """The API's routes over ``collection``.
 
     Args:
         collection: the served collection (trained).
-        limits: the upload size, pixel count and results limits of the service (`ServiceConfig`).
-        threshold: the copy threshold: a match's similarity is at least this, and scores 50 there.
+        limits: the upload size, pixel count and results limits of the service, and its threshold
+            (`ServiceConfig`): a match's similarity is at least the threshold, and scores 50 there.
         run: runs blocking work off the event loop (``run(function, *args)``, 503 when too much waits).
         require_reader: the dependency that checks the token of record reads.
     """
@@ -149,7 +152,8 @@ def c2pa_router(collection: Collection, limits: Limits, threshold: float,
             raise HTTPException(400, f"unknown alg; this service resolves {binding.ALG if offered else 'none'} "
                                      f"(GET {PREFIX}/services/supportedAlgorithms)")
         query = binding.decode_binding(value)[None]
-        return {"matches": await run(_matches, collection, query, min(max_results, limits.max_k), threshold, codec)}
+        return {"matches": await run(_matches, collection, query, min(max_results, limits.max_k), limits.threshold,
+                                     codec)}
 
     @router.get("/matches/byBinding", operation_id="queryByBinding", **matches,
                 responses=http.errors(400, 414, 500, 503), openapi_extra={"parameters": BY_BINDING},
@@ -181,7 +185,7 @@ def c2pa_router(collection: Collection, limits: Limits, threshold: float,
         _check_media_type(request.headers.get("content-type"))
         data = await request.body()
         return {"matches": await run(_content_matches, collection, data, min(args["maxResults"], limits.max_k),
-                                     threshold, codec, limits.max_request_pixels)}
+                                     limits.threshold, codec, limits.max_request_pixels)}
 
     @router.get("/manifests/{manifestId}", operation_id="getManifestById", response_class=Response,
                 dependencies=[Depends(require_reader)], openapi_extra={"parameters": MANIFEST},
@@ -278,7 +282,7 @@ def _check_media_type(content_type: str | None) -> None:
                                  "Content-Type")
 
 
-def _content_matches(collection: Collection, data: bytes, k: int, threshold: float, codec: str,
+def _content_matches(collection: Collection, data: bytes, k: int, threshold: float | None, codec: str,
                      max_pixels: int) -> list[dict]:
     """(In a worker thread.) Identify the body as an image (415 otherwise) within the pixel limit (413), then
     decode, embed and search it."""
@@ -290,14 +294,14 @@ def _content_matches(collection: Collection, data: bytes, k: int, threshold: flo
     return _matches(collection, query[None], k, threshold, codec)
 
 
-def _matches(collection: Collection, query: np.ndarray, k: int, threshold: float, codec: str) -> list[dict]:
-    """(In a worker thread.) The spec's matches of one (1, d) query: its search results at or above the
-    threshold, most similar first."""
-    [found] = collection.search_descriptors(query, k)
-    copies: list[Match] = sorted((m for m in found if m.similarity >= threshold), key=lambda m: -m.similarity)
+def _matches(collection: Collection, query: np.ndarray, k: int, threshold: float | None, codec: str) -> list[dict]:
+    """(In a worker thread.) The spec's matches of one (1, d) query: its verdict's copies (decision.py), the
+    verdict's match first; ``threshold``: an operator's own, else the collection's."""
+    [verdict] = collection.verdicts_for_descriptors(query, k, threshold)
+    copies = verdict.copies
     records = collection.catalog.get([m.id for m in copies])
     return [{"manifestId": records[m.id].manifest_id or f"activeindex:{codec}:{m.id}",
-             "similarityScore": similarity_score(m.similarity, threshold)}
+             "similarityScore": similarity_score(m.similarity, verdict.threshold)}
             for m in copies if m.id in records]  # an image removed meanwhile has no record
 
 
