@@ -224,6 +224,7 @@ def test_small_benchmark_end_to_end(corpus, tmp_path):
     assert summary.count("at any distance") == 3
     assert summary.count("true copies at 1 % and 0.1 % false copies per edit, the shipped rule") == 3
     assert "true copies at 0.1 % false, passive -> active" in summary and "Copy decisions per edit" in report
+    assert "R@1 as answered, passive -> active" in summary and "active, answered" in summary
     assert "\n| lr 0.3, crops | 4 | " in summary and "\n| s=2 (default) | 2 | " in summary
 
     # PDQ hashed the very crops whose descriptors are the references: one shared, seeded draw
@@ -250,10 +251,15 @@ def _check_decisions(index: dict, nonmatching: int, labels: int) -> None:
             pooled = point["paper_average"]
             assert pooled["ci"][0] <= pooled["rate"] <= pooled["ci"][1]
             assert pooled["rate"] == pytest.approx(np.mean(point["hits"]))
+        answered = decision["answered"][mode]["paper_average"]  # R@1 as answered: the match, whatever its similarity
+        assert answered["n"] == 6 * 3 and answered["ci"][0] <= answered["rate"] <= answered["ci"][1]
+        assert all(decision["points"][mode][rate]["paper_average"]["rate"] <= answered["rate"]  # a copy needs both
+                   for rate in ("0.01", "0.001"))
         strict, loose = decision["points"][mode]["0.001"], decision["points"][mode]["0.01"]
         assert strict["threshold"] >= loose["threshold"]  # fewer false copies: a higher bar, fewer true ones
         assert strict["paper_average"]["rate"] <= loose["paper_average"]["rate"]
     assert decision["points"]["active"]["0.01"]["edits"]["none"]["rate"] == 1.0  # a released file: its own descriptor
+    assert decision["answered"]["active"]["edits"]["none"]["rate"] == 1.0
     difference = decision["points"]["active-passive"]["0.01"]
     assert difference["rate"] == pytest.approx(decision["points"]["active"]["0.01"]["paper_average"]["rate"]
                                                - decision["points"]["passive"]["0.01"]["paper_average"]["rate"])

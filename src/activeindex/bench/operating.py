@@ -25,8 +25,8 @@ from ..decision import SHORTLIST, best_of, is_copy
 from .metrics import paired_difference_interval, proportion_interval
 from .views import SUFFIX, search_images
 
-__all__ = ["RATES", "Stored", "exact_similarities", "verdicts", "operating_points", "difference", "decisions",
-           "point_rows", "decision_cells", "decision_setup", "DECISION_NOTE"]
+__all__ = ["RATES", "Stored", "exact_similarities", "verdicts", "operating_points", "answered", "difference",
+           "decisions", "point_rows", "decision_cells", "decision_setup", "DECISION_NOTE", "ANSWERED"]
 
 RATES = (0.01, 0.001)  # the false-copy rates reported
 DECISION_NOTE = ("the share of matching queries (the paper's 14 edits of each activated image, pooled; or one "
@@ -35,6 +35,7 @@ DECISION_NOTE = ("the share of matching queries (the paper's 14 edits of each ac
                  "best a copy at or above the threshold that calls at most 1 % (0.1 %) of {queries} non-matching "
                  "queries copies ({photos} photos never indexed, from {sources}, each under {edits} edits); "
                  "Wilson's interval, the threshold taken as fixed.")
+ANSWERED = "answered"  # the column of the share of queries whose verdict's match is their original (any similarity)
 
 
 @dataclass
@@ -125,6 +126,17 @@ def operating_points(nonmatching: tuple[np.ndarray, np.ndarray], matching: dict[
     return out
 
 
+def answered(matching: dict[str, tuple[np.ndarray, np.ndarray]], gt: np.ndarray, edits: list[str]) -> dict:
+    """R@1 as the product answers: the share of matching queries whose verdict's match (the re-ranked shortlist's
+    best, whatever its similarity) is their own original, per edit and pooled over ``edits``, with Wilson's
+    intervals: ``{"edits": {label: {"rate", "ci"}}, "paper_average": {"rate", "ci", "n"}}``."""
+    hits = {label: found == gt for label, (_, found) in matching.items()}
+    pooled = np.concatenate([hits[label] for label in edits]) if edits else np.zeros(0, bool)
+    return {"edits": {label: {"rate": float(h.mean()), "ci": proportion_interval(h)} for label, h in hits.items()},
+            "paper_average": {"rate": float(pooled.mean()) if pooled.size else float("nan"),
+                              "ci": proportion_interval(pooled), "n": int(pooled.size)}}
+
+
 def difference(a: dict, b: dict) -> dict:
     """Paired difference of two modes' pooled true copies at each rate (Newcombe's interval)."""
     return {rate: {"rate": a[rate]["paper_average"]["rate"] - b[rate]["paper_average"]["rate"],
@@ -141,6 +153,10 @@ def point_rows(index: dict, modes: list[str]) -> list[dict[str, str]]:
     for label in [*labels, "paper average"]:
         row = {"edit": label}
         for mode in modes:
+            if ANSWERED in decision:  # runs before the column existed lack it
+                answer = decision[ANSWERED][mode]
+                row[f"{mode}, {ANSWERED}"] = _cell(answer["paper_average"] if label == "paper average"
+                                                   else answer["edits"][label])
             for rate in RATES:
                 point = decision["points"][mode][str(rate)]
                 cell = point["paper_average"] if label == "paper average" else point["edits"][label]
@@ -164,7 +180,7 @@ def decisions(index, views_index, per_image: int, results: dict, stored: Stored,
     found = {False: search(index, negatives, SHORTLIST)[1]}
     if views_index is not None:
         found[True] = search_images(views_index, negatives, SHORTLIST, per_image)[1]
-    points = {}
+    points, answers = {}, {}
     for mode in next(iter(results.values())):
         views, base = mode.endswith(SUFFIX), mode.removesuffix(SUFFIX)
         mode_stored = replace(stored, released=released.get(base))  # what this mode's collection holds
@@ -172,8 +188,9 @@ def decisions(index, views_index, per_image: int, results: dict, stored: Stored,
         matching = {label: verdicts(by_mode[mode].queries, by_mode[mode].I, mode_stored, views)
                     for label, by_mode in results.items()}
         points[mode] = operating_points(nonmatching, matching, gt, edits)
+        answers[mode] = answered(matching, gt, edits)
     points["active-passive"] = difference(points["active"], points["passive"])
-    return {"nonmatching": len(negatives), "shortlist": SHORTLIST, "points": points}
+    return {"nonmatching": len(negatives), "shortlist": SHORTLIST, "points": points, "answered": answers}
 
 
 def decision_setup(setup: dict) -> dict[str, object]:
@@ -185,10 +202,14 @@ def decision_setup(setup: dict) -> dict[str, object]:
 
 
 def decision_cells(index: dict) -> dict[str, str]:
-    """An index's summary cells: true copies at each rate over the paper's edits, passive -> active (+ paired
-    difference)."""
-    points = index["decision"]["points"]
+    """An index's summary cells: R@1 as the product answers (`answered`), and true copies at each rate over the
+    paper's edits, passive -> active (+ paired difference)."""
+    points, answers = index["decision"]["points"], index["decision"].get(ANSWERED, {})
     cells = {}
+    for suffix in ("", SUFFIX):  # R@1 as the product answers it, without and with views (when run)
+        if f"active{suffix}" in answers:
+            passive, active = (answers[m + suffix]["paper_average"] for m in ("passive", "active"))
+            cells[f"R@1 as answered{suffix}, passive -> active"] = f"{_cell(passive)} -> {_cell(active)}"
     for rate in RATES:
         passive, active = (points[m][str(rate)]["paper_average"] for m in ("passive", "active"))
         diff = points["active-passive"][str(rate)]
